@@ -1,0 +1,66 @@
+//! Binarisation and dequantisation of 8-bit images.
+
+use crate::{GmError, Result};
+use tch::{Kind, Tensor};
+
+/// The shared binarisation protocol: `pixel > 127 → 1.0`, else `0.0` (input `Uint8`).
+pub fn binarize_threshold(pixels: &Tensor) -> Result<Tensor> {
+    check_u8(pixels, "binarize_threshold")?;
+    Ok(pixels.f_gt(127)?.f_to_kind(Kind::Float)?)
+}
+
+/// Stochastic binarisation: each pixel is 1 with probability `pixel / 255` (libtorch's generator).
+pub fn binarize_stochastic(pixels: &Tensor) -> Result<Tensor> {
+    check_u8(pixels, "binarize_stochastic")?;
+    Ok(pixels
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(255.0)?
+        .f_bernoulli()?)
+}
+
+/// Uniform dequantisation: `(pixel + u) / 256` with `u ~ U[0, 1)`, values in `[0, 1)`.
+pub fn dequantize_uniform(pixels: &Tensor) -> Result<Tensor> {
+    check_u8(pixels, "dequantize_uniform")?;
+    let x = pixels.f_to_kind(Kind::Float)?;
+    Ok(x.f_add(&x.f_rand_like()?)?.f_div_scalar(256.0)?)
+}
+
+/// Pixels scaled to `[0, 1]` without noise: `pixel / 255`.
+pub fn to_unit_interval(pixels: &Tensor) -> Result<Tensor> {
+    check_u8(pixels, "to_unit_interval")?;
+    Ok(pixels.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?)
+}
+
+fn check_u8(pixels: &Tensor, what: &str) -> Result<()> {
+    if pixels.kind() != Kind::Uint8 {
+        return Err(GmError::Domain(format!(
+            "{what}: expected Uint8 pixels, got {:?}",
+            pixels.kind()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols() {
+        let p = Tensor::from_slice(&[0u8, 127, 128, 255]);
+        let b = binarize_threshold(&p).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![0.0, 0.0, 1.0, 1.0]);
+        tch::manual_seed(0);
+        let d = dequantize_uniform(&p).unwrap();
+        let v = Vec::<f32>::try_from(&d).unwrap();
+        for (x, byte) in v.iter().zip([0.0f32, 127.0, 128.0, 255.0]) {
+            assert!(
+                *x >= byte / 256.0 && *x < (byte + 1.0) / 256.0,
+                "dequantised value stays in its bin"
+            );
+        }
+        let s = binarize_stochastic(&Tensor::from_slice(&[0u8, 255])).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&s).unwrap(), vec![0.0, 1.0]);
+        assert!(binarize_threshold(&Tensor::from_slice(&[0.5f32])).is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! Normal distributions.
+
+use super::{check_value_shape, extended, Distribution, LN_2PI};
+use crate::{GmError, Result};
+use tch::{Device, Kind, Tensor};
+
+/// Element-wise (diagonal) Normal with `loc` and `scale` of one (broadcast) shape; every element
+/// is a batch entry. Wrap in [`super::Independent`] to treat trailing dimensions as one event.
+#[derive(Debug)]
+pub struct Normal {
+    loc: Tensor,
+    scale: Tensor,
+}
+
+impl Normal {
+    /// `loc` and `scale` are broadcast together; `scale` must be positive.
+    pub fn new(loc: &Tensor, scale: &Tensor) -> Result<Self> {
+        let both = Tensor::f_broadcast_tensors(&[loc, scale]).map_err(|_| {
+            GmError::shape(
+                "Normal::new",
+                format!("scale broadcastable to loc {:?}", loc.size()),
+                &scale.size(),
+            )
+        })?;
+        let mut it = both.into_iter();
+        let loc = it.next().expect("two tensors in, two out");
+        let scale = it.next().expect("two tensors in, two out");
+        Ok(Normal { loc, scale })
+    }
+
+    /// Parameterised by the log of the scale, which is always valid; the usual output of a network.
+    pub fn from_log_scale(loc: &Tensor, log_scale: &Tensor) -> Result<Self> {
+        Normal::new(loc, &log_scale.f_exp()?)
+    }
+
+    /// Checks that every scale is positive and finite (one host synchronisation).
+    pub fn validate(&self) -> Result<()> {
+        let bad = self
+            .scale
+            .f_le(0.0)?
+            .f_logical_or(&self.scale.f_isfinite()?.f_logical_not()?)?;
+        if bad.f_any()?.int64_value(&[]) != 0 {
+            return Err(GmError::Domain(
+                "Normal: every scale must be positive and finite".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn loc(&self) -> &Tensor {
+        &self.loc
+    }
+
+    pub fn scale(&self) -> &Tensor {
+        &self.scale
+    }
+}
+
+impl Distribution for Normal {
+    fn batch_shape(&self) -> Vec<i64> {
+        self.loc.size()
+    }
+
+    fn event_shape(&self) -> Vec<i64> {
+        vec![]
+    }
+
+    fn sample(&self, sample_shape: &[i64]) -> Result<Tensor> {
+        tch::no_grad(|| self.rsample(sample_shape))
+    }
+
+    fn rsample(&self, sample_shape: &[i64]) -> Result<Tensor> {
+        let shape = extended(sample_shape, &self.loc.size());
+        let eps = Tensor::f_randn(shape.as_slice(), (self.loc.kind(), self.loc.device()))?;
+        Ok(self.loc.f_add(&eps.f_mul(&self.scale)?)?)
+    }
+
+    fn log_prob(&self, value: &Tensor) -> Result<Tensor> {
+        check_value_shape("Normal", value, &self.loc.size(), &[])?;
+        let z = value.f_sub(&self.loc)?.f_div(&self.scale)?;
+        let quad = z.f_square()?.f_mul_scalar(-0.5)?;
+        Ok(quad
+            .f_sub(&self.scale.f_log()?)?
+            .f_sub_scalar(0.5 * LN_2PI)?)
+    }
+
+    fn entropy(&self) -> Result<Tensor> {
+        Ok(self.scale.f_log()?.f_add_scalar(0.5 + 0.5 * LN_2PI)?)
+    }
+
+    fn mean(&self) -> Result<Tensor> {
+        Ok(self.loc.shallow_clone())
+    }
+
+    fn variance(&self) -> Result<Tensor> {
+        Ok(self.scale.f_square()?)
+    }
+
+    fn name(&self) -> &'static str {
+        "Normal"
+    }
+}
+
+/// The standard Normal N(0, I) over events of a fixed shape (batch shape `[]`): the base
+/// distribution of flows and the prior of VAEs.
+#[derive(Debug, Clone)]
+pub struct StandardNormal {
+    event_shape: Vec<i64>,
+    kind: Kind,
+    device: Device,
+}
+
+impl StandardNormal {
+    pub fn new(event_shape: &[i64], device: Device) -> Self {
+        StandardNormal {
+            event_shape: event_shape.to_vec(),
+            kind: Kind::Float,
+            device,
+        }
+    }
+
+    /// The same distribution in another floating-point kind (e.g. `Kind::Double` for tests).
+    pub fn with_kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    fn event_size(&self) -> i64 {
+        self.event_shape.iter().product()
+    }
+}
+
+impl Distribution for StandardNormal {
+    fn batch_shape(&self) -> Vec<i64> {
+        vec![]
+    }
+
+    fn event_shape(&self) -> Vec<i64> {
+        self.event_shape.clone()
+    }
+
+    fn sample(&self, sample_shape: &[i64]) -> Result<Tensor> {
+        self.rsample(sample_shape)
+    }
+
+    fn rsample(&self, sample_shape: &[i64]) -> Result<Tensor> {
+        let shape = extended(sample_shape, &self.event_shape);
+        Ok(Tensor::f_randn(shape.as_slice(), (self.kind, self.device))?)
+    }
+
+    fn log_prob(&self, value: &Tensor) -> Result<Tensor> {
+        check_value_shape("StandardNormal", value, &[], &self.event_shape)?;
+        let sq = super::sum_rightmost(&value.f_square()?, self.event_shape.len())?;
+        Ok(sq
+            .f_mul_scalar(-0.5)?
+            .f_sub_scalar(0.5 * LN_2PI * self.event_size() as f64)?)
+    }
+
+    fn entropy(&self) -> Result<Tensor> {
+        let h = 0.5 * (1.0 + LN_2PI) * self.event_size() as f64;
+        Ok(Tensor::f_from_slice(&[h])?
+            .f_to_kind(self.kind)?
+            .f_to_device(self.device)?
+            .f_reshape([])?)
+    }
+
+    fn mean(&self) -> Result<Tensor> {
+        Ok(Tensor::f_zeros(
+            self.event_shape.as_slice(),
+            (self.kind, self.device),
+        )?)
+    }
+
+    fn variance(&self) -> Result<Tensor> {
+        Ok(Tensor::f_ones(
+            self.event_shape.as_slice(),
+            (self.kind, self.device),
+        )?)
+    }
+
+    fn name(&self) -> &'static str {
+        "StandardNormal"
+    }
+}

@@ -1,0 +1,394 @@
+//! Layers shared by several families: activations, an MLP, and MADE's masked layers (used by
+//! gm-flow's MAF/IAF and by gm-autoregressive's MADE).
+
+use crate::train::config::Config;
+use crate::{GmError, Result};
+use rand::seq::SliceRandom;
+use rand_chacha::rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+/// Element-wise non-linearities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    Relu,
+    LeakyRelu,
+    Elu,
+    Gelu,
+    Silu,
+    Tanh,
+}
+
+impl Activation {
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Relu => x.relu(),
+            Activation::LeakyRelu => x.leaky_relu(),
+            Activation::Elu => x.elu(),
+            Activation::Gelu => x.gelu("none"),
+            Activation::Silu => x.silu(),
+            Activation::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// A multi-layer perceptron `in → hidden… → out` with an activation between layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpConfig {
+    pub hidden: Vec<i64>,
+    pub activation: Activation,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        MlpConfig {
+            hidden: vec![256, 256],
+            activation: Activation::Relu,
+        }
+    }
+}
+
+impl Config for MlpConfig {
+    fn validate(&self) -> Result<()> {
+        if let Some(h) = self.hidden.iter().find(|h| **h < 1) {
+            return Err(GmError::config(
+                "hidden",
+                format!("every hidden width must be at least 1, got {h}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl MlpConfig {
+    pub fn init(&self, path: &nn::Path, inputs: i64, outputs: i64) -> Result<Mlp> {
+        self.validate()?;
+        if inputs < 1 || outputs < 1 {
+            return Err(GmError::config(
+                "mlp",
+                format!("inputs and outputs must be positive, got {inputs} → {outputs}"),
+            ));
+        }
+        let mut layers = Vec::new();
+        let mut width = inputs;
+        for (i, &h) in self
+            .hidden
+            .iter()
+            .chain(std::iter::once(&outputs))
+            .enumerate()
+        {
+            layers.push(nn::linear(
+                path / format!("layer{i}"),
+                width,
+                h,
+                Default::default(),
+            ));
+            width = h;
+        }
+        Ok(Mlp {
+            layers,
+            activation: self.activation,
+            inputs,
+        })
+    }
+}
+
+/// See [`MlpConfig`].
+#[derive(Debug)]
+pub struct Mlp {
+    layers: Vec<nn::Linear>,
+    activation: Activation,
+    inputs: i64,
+}
+
+impl Mlp {
+    /// Maps `[batch, in]` to `[batch, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dim() != 2 || x.size()[1] != self.inputs {
+            return Err(GmError::shape(
+                "Mlp.forward",
+                format!("[batch, {}]", self.inputs),
+                &x.size(),
+            ));
+        }
+        let mut h = x.shallow_clone();
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h);
+            if i < last {
+                h = self.activation.apply(&h);
+            }
+        }
+        Ok(h)
+    }
+
+    /// The last layer, e.g. to zero it so that a residual block starts as the identity.
+    pub fn last_layer_mut(&mut self) -> &mut nn::Linear {
+        self.layers
+            .last_mut()
+            .expect("an MLP has at least one layer")
+    }
+}
+
+/// A linear layer whose weight is multiplied by a fixed 0/1 mask `[out, in]`.
+#[derive(Debug)]
+pub struct MaskedLinear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    mask: Tensor,
+}
+
+impl MaskedLinear {
+    /// Initialised uniformly in ±1/√(connected inputs), as for an ordinary linear layer.
+    pub fn new(path: &nn::Path, mask: &Tensor) -> Result<Self> {
+        if mask.dim() != 2 {
+            return Err(GmError::shape(
+                "MaskedLinear::new",
+                "a mask [out, in]",
+                &mask.size(),
+            ));
+        }
+        let (out, inp) = (mask.size()[0], mask.size()[1]);
+        let fan_in = (inp as f64).max(1.0);
+        let bound = 1.0 / fan_in.sqrt();
+        let weight = path.var(
+            "weight",
+            &[out, inp],
+            nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        );
+        let bias = path.var(
+            "bias",
+            &[out],
+            nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        );
+        let mask = mask
+            .f_to_kind(weight.kind())?
+            .f_to_device(weight.device())?;
+        Ok(MaskedLinear { weight, bias, mask })
+    }
+
+    pub fn mask(&self) -> &Tensor {
+        &self.mask
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight.f_mul(&self.mask)?, Some(&self.bias))?)
+    }
+}
+
+/// How MADE orders the input dimensions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// x₁, x₂, …, x_D.
+    #[default]
+    Natural,
+    /// x_D, …, x₁.
+    Reversed,
+    /// A random permutation fixed by the seed.
+    Random { seed: u64 },
+}
+
+impl Ordering {
+    /// Degree of each input (1-based position in the autoregressive order).
+    pub fn degrees(&self, d: i64) -> Vec<i64> {
+        match self {
+            Ordering::Natural => (1..=d).collect(),
+            Ordering::Reversed => (1..=d).rev().collect(),
+            Ordering::Random { seed } => {
+                let mut v: Vec<i64> = (1..=d).collect();
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(*seed);
+                v.shuffle(&mut rng);
+                v
+            }
+        }
+    }
+}
+
+/// MADE (Germain et al., 2015): an MLP whose masks make output `i` depend only on inputs that
+/// come strictly before `i` in the ordering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MadeConfig {
+    pub hidden: Vec<i64>,
+    /// Parameters produced per input dimension (2 for an affine transform, more for splines or mixtures).
+    pub outputs_per_input: i64,
+    pub ordering: Ordering,
+    /// Size of an optional context vector fed, unmasked, to the first hidden layer.
+    pub context_features: i64,
+    pub activation: Activation,
+}
+
+impl Default for MadeConfig {
+    fn default() -> Self {
+        MadeConfig {
+            hidden: vec![128, 128],
+            outputs_per_input: 2,
+            ordering: Ordering::Natural,
+            context_features: 0,
+            activation: Activation::Relu,
+        }
+    }
+}
+
+impl Config for MadeConfig {
+    fn validate(&self) -> Result<()> {
+        if self.hidden.is_empty() || self.hidden.iter().any(|h| *h < 1) {
+            return Err(GmError::config(
+                "hidden",
+                "MADE needs at least one hidden layer of positive width",
+            ));
+        }
+        if self.outputs_per_input < 1 {
+            return Err(GmError::config("outputs_per_input", "must be at least 1"));
+        }
+        if self.context_features < 0 {
+            return Err(GmError::config("context_features", "must not be negative"));
+        }
+        Ok(())
+    }
+}
+
+/// The masks of a MADE, from degrees: a hidden unit of degree m sees inputs of degree ≤ m; an
+/// output of degree d sees hidden units of degree < d.
+pub fn made_masks(input_degrees: &[i64], hidden: &[i64], outputs_per_input: i64) -> Vec<Tensor> {
+    let d = input_degrees.len() as i64;
+    let mut prev: Vec<i64> = input_degrees.to_vec();
+    let mut masks = Vec::new();
+    for &h in hidden {
+        let lo = prev.iter().copied().min().unwrap_or(1).min(d - 1).max(0);
+        let span = (d - lo).max(1);
+        let degrees: Vec<i64> = (0..h).map(|k| lo + k % span).collect();
+        masks.push(mask_from(&degrees, &prev, |out, inp| out >= inp));
+        prev = degrees;
+    }
+    let out_degrees: Vec<i64> = (0..outputs_per_input)
+        .flat_map(|_| input_degrees.iter().copied())
+        .collect();
+    masks.push(mask_from(&out_degrees, &prev, |out, inp| out > inp));
+    masks
+}
+
+fn mask_from(out_deg: &[i64], in_deg: &[i64], connect: impl Fn(i64, i64) -> bool) -> Tensor {
+    let values: Vec<f32> = out_deg
+        .iter()
+        .flat_map(|&o| in_deg.iter().map(move |&i| (o, i)))
+        .map(|(o, i)| if connect(o, i) { 1.0 } else { 0.0 })
+        .collect();
+    Tensor::from_slice(&values).reshape([out_deg.len() as i64, in_deg.len() as i64])
+}
+
+impl MadeConfig {
+    pub fn init(&self, path: &nn::Path, features: i64) -> Result<Made> {
+        self.validate()?;
+        if features < 1 {
+            return Err(GmError::config(
+                "features",
+                format!("MADE needs at least one input, got {features}"),
+            ));
+        }
+        let degrees = self.ordering.degrees(features);
+        let masks = made_masks(&degrees, &self.hidden, self.outputs_per_input);
+        let layers = masks
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                MaskedLinear::new(&(path / format!("layer{i}")), &m.to_device(path.device()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let context = (self.context_features > 0).then(|| {
+            nn::linear(
+                path / "context",
+                self.context_features,
+                self.hidden[0],
+                Default::default(),
+            )
+        });
+        Ok(Made {
+            layers,
+            context,
+            activation: self.activation,
+            features,
+            outputs_per_input: self.outputs_per_input,
+            degrees,
+        })
+    }
+}
+
+/// See [`MadeConfig`].
+#[derive(Debug)]
+pub struct Made {
+    layers: Vec<MaskedLinear>,
+    context: Option<nn::Linear>,
+    activation: Activation,
+    features: i64,
+    outputs_per_input: i64,
+    degrees: Vec<i64>,
+}
+
+impl Made {
+    /// Maps `[batch, D]` (and an optional context `[batch, C]`) to `[batch, outputs_per_input, D]`;
+    /// `out[:, k, i]` depends only on inputs before `i` in the ordering.
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        if x.dim() != 2 || x.size()[1] != self.features {
+            return Err(GmError::shape(
+                "Made.forward",
+                format!("[batch, {}]", self.features),
+                &x.size(),
+            ));
+        }
+        let mut h = self.layers[0].forward(x)?;
+        match (&self.context, context) {
+            (Some(layer), Some(c)) => {
+                if c.dim() != 2 || c.size()[0] != x.size()[0] {
+                    return Err(GmError::shape(
+                        "Made.forward context",
+                        format!("[{}, C]", x.size()[0]),
+                        &c.size(),
+                    ));
+                }
+                h = h.f_add(&layer.forward(c))?;
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(GmError::Unsupported(
+                    "this MADE was built with a context; pass one".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(GmError::Unsupported(
+                    "this MADE has no context input".into(),
+                ))
+            }
+        }
+        for layer in &self.layers[1..] {
+            h = layer.forward(&self.activation.apply(&h))?;
+        }
+        Ok(h.f_reshape([-1, self.outputs_per_input, self.features])?)
+    }
+
+    /// The degree (1-based position in the ordering) of each input.
+    pub fn degrees(&self) -> &[i64] {
+        &self.degrees
+    }
+
+    /// The final layer, e.g. to start an autoregressive flow at the identity.
+    pub fn output_layer_mut(&mut self) -> &mut MaskedLinear {
+        self.layers.last_mut().expect("MADE has an output layer")
+    }
+}
+
+/// Counts the elements of the given tensors.
+pub fn count_parameters<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> i64 {
+    tensors.into_iter().map(|t| t.numel() as i64).sum()
+}

@@ -1,0 +1,202 @@
+//! Reusable law checks for tests, called by every crate's property tests.
+//!
+//! Each `assert_*` function panics with a message that says which law failed, by how much,
+//! and at which tolerance, so a failing proptest case shrinks to a readable counter-example.
+
+use crate::bijectors::{autograd_jacobian, autograd_log_abs_det, Bijector};
+use crate::distributions::Distribution;
+use tch::{Kind, Tensor};
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    a.to_kind(Kind::Double)
+        .f_sub(&b.to_kind(Kind::Double))
+        .expect("same shapes")
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// `inverse(forward(x)) ≈ x` within `tol` (max abs), and the two log-dets cancel within `tol`
+/// per unit of event size.
+pub fn assert_bijector_inverts(b: &dyn Bijector, x: &Tensor, tol: f64) {
+    let (y, ld_f) = b.forward(x).expect("forward");
+    let (x2, ld_i) = b.inverse(&y).expect("inverse");
+    assert_eq!(x2.size(), x.size(), "inverse(forward(x)) changed the shape");
+    let err = max_abs_diff(&x2, x);
+    assert!(
+        err <= tol,
+        "inverse(forward(x)) differs from x by {err:e} > {tol:e}"
+    );
+    let event: i64 = x.size()[1..].iter().product();
+    let ld_err = max_abs_diff(&ld_f, &ld_i.f_neg().expect("neg"));
+    assert!(
+        ld_err <= tol * event.max(1) as f64,
+        "forward and inverse log-dets do not cancel: off by {ld_err:e}"
+    );
+}
+
+/// `forward(inverse(y)) ≈ y` within `tol`.
+pub fn assert_bijector_inverts_from_output(b: &dyn Bijector, y: &Tensor, tol: f64) {
+    let (x, _) = b.inverse(y).expect("inverse");
+    let (y2, _) = b.forward(&x).expect("forward");
+    let err = max_abs_diff(&y2, y);
+    assert!(
+        err <= tol,
+        "forward(inverse(y)) differs from y by {err:e} > {tol:e}"
+    );
+}
+
+/// The forward log-det of each of the first `max_examples` examples equals `ln |det|` of the
+/// full autograd Jacobian, within `tol`. Use double-precision inputs and parameters.
+pub fn assert_log_det_matches_autograd(b: &dyn Bijector, x: &Tensor, tol: f64, max_examples: i64) {
+    let (_, ld) = b.forward(x).expect("forward");
+    let n = x.size()[0].min(max_examples);
+    for i in 0..n {
+        let xi = x.get(i);
+        let reference =
+            autograd_log_abs_det(|z| Ok(b.forward(z)?.0), &xi).expect("autograd Jacobian");
+        let got = ld.double_value(&[i]);
+        assert!(
+            (got - reference).abs() <= tol,
+            "example {i}: log|det J| = {got}, autograd Jacobian gives {reference} (tolerance {tol:e})"
+        );
+    }
+}
+
+/// Output `i` of `f` (a map `[1, D] → [1, K, D]` or `[1, D]`) does not depend on any input whose
+/// degree is at least that of `i`: the autoregressive property, checked with autograd at `x` `[D]`.
+pub fn assert_autoregressive<F>(f: F, x: &Tensor, degrees: &[i64])
+where
+    F: Fn(&Tensor) -> Tensor,
+{
+    let d = degrees.len() as i64;
+    let (j, _) = autograd_jacobian(|z| Ok(f(z)), x).expect("Jacobian");
+    let n_out = j.size()[0];
+    assert_eq!(n_out % d, 0, "outputs must be a multiple of the {d} inputs");
+    for row in 0..n_out {
+        let i = row % d;
+        for col in 0..d {
+            if degrees[col as usize] >= degrees[i as usize] {
+                let v = j.double_value(&[row, col]);
+                assert!(
+                    v == 0.0,
+                    "output for dimension {i} (degree {}) depends on input {col} (degree {}): ∂ = {v}",
+                    degrees[i as usize],
+                    degrees[col as usize]
+                );
+            }
+        }
+    }
+}
+
+/// `∫ exp(log_prob(x)) dx ≈ 1` over `[lo, hi]` by the trapezoid rule with `n` points; `log_prob`
+/// maps `[n]` to `[n]`.
+pub fn assert_density_integrates_1d<F>(log_prob: F, lo: f64, hi: f64, n: i64, tol: f64)
+where
+    F: Fn(&Tensor) -> Tensor,
+{
+    let x = Tensor::linspace(lo, hi, n, (Kind::Double, tch::Device::Cpu));
+    let p = log_prob(&x).to_kind(Kind::Double).exp();
+    let integral = Tensor::trapezoid_x(&p, &x, -1).double_value(&[]);
+    assert!(
+        (integral - 1.0).abs() <= tol,
+        "density integrates to {integral} over [{lo}, {hi}], not 1 ± {tol}"
+    );
+}
+
+/// The same over the square `[lo, hi]²` with `n × n` points; `log_prob` maps `[m, 2]` to `[m]`.
+/// Returns the integral.
+pub fn assert_density_integrates_2d<F>(log_prob: F, lo: f64, hi: f64, n: i64, tol: f64) -> f64
+where
+    F: Fn(&Tensor) -> Tensor,
+{
+    let axis = Tensor::linspace(lo, hi, n, (Kind::Double, tch::Device::Cpu));
+    let grid = Tensor::meshgrid_indexing(&[&axis, &axis], "ij");
+    let pts = Tensor::stack(&[grid[0].reshape([-1]), grid[1].reshape([-1])], 1);
+    let mut parts = Vec::new();
+    let total = pts.size()[0];
+    let chunk = 65_536;
+    let mut start = 0;
+    while start < total {
+        let len = chunk.min(total - start);
+        parts.push(
+            log_prob(&pts.narrow(0, start, len))
+                .to_kind(Kind::Double)
+                .exp(),
+        );
+        start += len;
+    }
+    let p = Tensor::cat(&parts, 0).reshape([n, n]);
+    let integral =
+        Tensor::trapezoid_x(&Tensor::trapezoid_x(&p, &axis, 1), &axis, 0).double_value(&[]);
+    assert!(
+        (integral - 1.0).abs() <= tol,
+        "density integrates to {integral} over [{lo}, {hi}]², not 1 ± {tol}"
+    );
+    integral
+}
+
+/// Sample mean and variance of `n` draws match `mean()` and `variance()` within `sigmas`
+/// standard errors (the variance's error estimated from the sample fourth moment).
+pub fn assert_sample_moments(d: &dyn Distribution, n: i64, sigmas: f64) {
+    let x = d.sample(&[n]).expect("sample").to_kind(Kind::Double);
+    let mean = d.mean().expect("mean").to_kind(Kind::Double);
+    let var = d.variance().expect("variance").to_kind(Kind::Double);
+    let m = x.mean_dim(0, false, Kind::Double);
+    let centred = &x - &m;
+    let v = centred.square().mean_dim(0, false, Kind::Double);
+    let m4 = centred
+        .pow_tensor_scalar(4)
+        .mean_dim(0, false, Kind::Double);
+    let se_mean = (&var / n as f64).sqrt();
+    let se_var = ((&m4 - &v.square()).clamp_min(0.0) / n as f64).sqrt();
+    let z_mean = ((&m - &mean).abs() / (se_mean + 1e-12))
+        .max()
+        .double_value(&[]);
+    let z_var = ((&v - &var).abs() / (se_var + 1e-12))
+        .max()
+        .double_value(&[]);
+    assert!(
+        z_mean <= sigmas,
+        "{}: sample mean is {z_mean:.2} standard errors from mean()",
+        d.name()
+    );
+    assert!(
+        z_var <= sigmas,
+        "{}: sample variance is {z_var:.2} standard errors from variance()",
+        d.name()
+    );
+}
+
+/// `KL(p ‖ q) ≥ 0` everywhere (up to `tol` below zero) and `KL(p ‖ p) ≈ 0` within `tol`.
+pub fn assert_kl_laws(kl_pq: &Tensor, kl_pp: &Tensor, tol: f64) {
+    let min = kl_pq.min().double_value(&[]);
+    assert!(min >= -tol, "KL(p‖q) is negative: {min}");
+    let self_kl = kl_pp.abs().max().double_value(&[]);
+    assert!(self_kl <= tol, "KL(p‖p) is {self_kl}, not 0");
+}
+
+/// The analytic KL agrees with a Monte Carlo estimate within `sigmas` standard errors (plus
+/// `abs_tol`, for estimates whose standard error is near zero).
+pub fn assert_kl_matches_monte_carlo(
+    analytic: &Tensor,
+    estimate: &Tensor,
+    stderr: &Tensor,
+    sigmas: f64,
+    abs_tol: f64,
+) {
+    let gap = (analytic.to_kind(Kind::Double) - estimate.to_kind(Kind::Double)).abs();
+    let allowed = stderr.to_kind(Kind::Double) * sigmas + abs_tol;
+    let worst = (&gap - &allowed).max().double_value(&[]);
+    assert!(
+        worst <= 0.0,
+        "analytic KL and Monte Carlo estimate differ by {worst} beyond {sigmas} standard errors"
+    );
+}
+
+/// `log_prob` of a `[n]` grid of values equals `expected` within `tol` (closed-form checks).
+pub fn assert_close(actual: &Tensor, expected: &Tensor, tol: f64, what: &str) {
+    assert_eq!(actual.size(), expected.size(), "{what}: shapes differ");
+    let err = max_abs_diff(actual, expected);
+    assert!(err <= tol, "{what}: differs by {err:e} > {tol:e}");
+}
