@@ -1,0 +1,199 @@
+//! Flow configurations: the architecture, the data space, the optimizer and schedule.
+
+use crate::layer::ElementTransform;
+use gm_core::train::{AdamConfig, Config, LrSchedule};
+use gm_core::{GmError, Result};
+use serde::{Deserialize, Serialize};
+
+/// Which flow to build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Architecture {
+    /// Coupling layers with alternating masks and reversals between them: NICE (additive),
+    /// RealNVP (affine) or a neural spline flow (spline).
+    Coupling {
+        layers: usize,
+        hidden: Vec<i64>,
+        transform: ElementTransform,
+        actnorm: bool,
+    },
+    /// Masked autoregressive layers on MADE with reversals between them: MAF, or IAF with
+    /// `inverse = true`; affine or spline transforms.
+    Autoregressive {
+        layers: usize,
+        hidden: Vec<i64>,
+        transform: ElementTransform,
+        inverse: bool,
+        actnorm: bool,
+    },
+    /// Glow's multi-scale image flow, after a logit pre-processing of the dequantised pixels.
+    MultiScale {
+        levels: usize,
+        steps: usize,
+        hidden_channels: i64,
+        logit_alpha: f64,
+    },
+}
+
+impl Default for Architecture {
+    fn default() -> Self {
+        Architecture::Coupling {
+            layers: 8,
+            hidden: vec![128, 128],
+            transform: ElementTransform::Affine { scale_bound: 3.0 },
+            actnorm: false,
+        }
+    }
+}
+
+/// What the data are, which decides what `log_prob` means.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataSpace {
+    /// Real-valued vectors: `log_prob` is an exact density.
+    Continuous,
+    /// Integer values `0..levels` (256 for 8-bit pixels, 2 for binarised ones). Training adds
+    /// uniform noise and divides by `levels`; `log_prob` is the dequantisation lower bound on the
+    /// discrete log-mass, `E_u[ln p((x + u) / levels)] - D ln levels`, one draw of `u`.
+    Discrete { levels: u32 },
+}
+
+impl Default for DataSpace {
+    fn default() -> Self {
+        DataSpace::Continuous
+    }
+}
+
+/// A flow model: architecture, data space, and how it is optimised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    pub architecture: Architecture,
+    pub data: DataSpace,
+    /// Number of classes for a conditional flow (one-hot context), 0 for none.
+    pub context_classes: i64,
+    pub optimizer: AdamConfig,
+    pub schedule: LrSchedule,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            architecture: Architecture::default(),
+            data: DataSpace::Continuous,
+            context_classes: 0,
+            optimizer: AdamConfig {
+                lr: 1e-3,
+                grad_clip_norm: Some(5.0),
+                ..Default::default()
+            },
+            schedule: LrSchedule::Constant,
+        }
+    }
+}
+
+impl Config for FlowConfig {
+    fn validate(&self) -> Result<()> {
+        self.optimizer.validate()?;
+        self.schedule.validate()?;
+        if self.context_classes < 0 {
+            return Err(GmError::config("context_classes", "must not be negative"));
+        }
+        if let DataSpace::Discrete { levels } = self.data {
+            if levels < 2 {
+                return Err(GmError::config(
+                    "data.levels",
+                    format!("need at least 2 levels, got {levels}"),
+                ));
+            }
+        }
+        match &self.architecture {
+            Architecture::Coupling {
+                layers,
+                hidden,
+                transform,
+                ..
+            }
+            | Architecture::Autoregressive {
+                layers,
+                hidden,
+                transform,
+                ..
+            } => {
+                if *layers == 0 {
+                    return Err(GmError::config("architecture.layers", "must be at least 1"));
+                }
+                if hidden.is_empty() || hidden.iter().any(|h| *h < 1) {
+                    return Err(GmError::config(
+                        "architecture.hidden",
+                        "need at least one hidden layer of positive width",
+                    ));
+                }
+                transform.validate()
+            }
+            Architecture::MultiScale {
+                levels,
+                steps,
+                hidden_channels,
+                logit_alpha,
+            } => {
+                if *levels == 0 || *steps == 0 || *hidden_channels < 1 {
+                    return Err(GmError::config(
+                        "architecture",
+                        "levels, steps and hidden_channels must be positive",
+                    ));
+                }
+                if self.context_classes > 0 {
+                    return Err(GmError::config(
+                        "context_classes",
+                        "the multi-scale flow is not conditional",
+                    ));
+                }
+                gm_core::train::config::check_range(
+                    "architecture.logit_alpha",
+                    *logit_alpha,
+                    0.0,
+                    0.49,
+                )
+            }
+        }
+    }
+}
+
+/// A TOML run file: a data set, a training budget and a model, as in `configs/*.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowRunConfig {
+    /// A toy set name (`two_moons`, ...), `mnist_grey` (8-bit) or `mnist_binary`.
+    pub dataset: String,
+    pub train: gm_core::train::TrainConfig,
+    pub model: FlowConfig,
+}
+
+impl Default for FlowRunConfig {
+    fn default() -> Self {
+        FlowRunConfig {
+            dataset: "two_moons".into(),
+            train: Default::default(),
+            model: FlowConfig::default(),
+        }
+    }
+}
+
+impl Config for FlowRunConfig {
+    fn validate(&self) -> Result<()> {
+        self.train.validate()?;
+        self.model.validate()?;
+        let toy = self
+            .dataset
+            .parse::<gm_core::data::toy::ToyDataset>()
+            .is_ok();
+        if !toy && self.dataset != "mnist_grey" && self.dataset != "mnist_binary" {
+            return Err(GmError::config(
+                "dataset",
+                format!("unknown data set {:?}", self.dataset),
+            ));
+        }
+        Ok(())
+    }
+}

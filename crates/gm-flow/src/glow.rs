@@ -1,0 +1,182 @@
+//! The multi-scale architecture (Dinh et al., 2017; Kingma & Dhariwal, 2018).
+//!
+//! Each level squeezes, runs `steps` flow steps (ActNorm → invertible 1×1 convolution → affine
+//! coupling on half the channels), then factors out half of the channels straight to the base
+//! distribution; the last level keeps all of them. The output is the concatenation of every
+//! factored-out part, flattened to `[batch, C·H·W]`, so a standard Normal base applies.
+
+use crate::image::{ImageCoupling, ImageMask, InvertibleConv1x1, Squeeze};
+use crate::layer::{impl_bijector_for_layer, reject_context, FlowLayer};
+use crate::vector::ActNorm;
+use gm_core::tch::{nn, Tensor};
+use gm_core::{GmError, Result};
+
+/// One level: squeeze, steps, and the channels it factors out (`None` on the last level).
+struct Level {
+    steps: Vec<Box<dyn FlowLayer>>,
+    /// Shape `[C, H, W]` after the squeeze.
+    shape: [i64; 3],
+    factor_out: Option<i64>,
+}
+
+/// See the module documentation.
+pub struct MultiScale {
+    levels: Vec<Level>,
+    input_shape: [i64; 3],
+}
+
+impl MultiScale {
+    /// `input_shape` is `[C, H, W]`; H and W must be divisible by `2^levels`.
+    pub fn new(
+        path: &nn::Path,
+        input_shape: [i64; 3],
+        levels: usize,
+        steps: usize,
+        hidden_channels: i64,
+    ) -> Result<Self> {
+        if levels == 0 || steps == 0 {
+            return Err(GmError::config(
+                "levels",
+                "the multi-scale flow needs at least one level and one step",
+            ));
+        }
+        let [mut c, mut h, mut w] = input_shape;
+        let mut out = Vec::with_capacity(levels);
+        for level in 0..levels {
+            if h % 2 != 0 || w % 2 != 0 {
+                return Err(GmError::config(
+                    "levels",
+                    format!("level {level} would squeeze a {h}×{w} image; H and W must be divisible by 2^levels"),
+                ));
+            }
+            c *= 4;
+            h /= 2;
+            w /= 2;
+            let lp = path / format!("level{level}");
+            let mut layers: Vec<Box<dyn FlowLayer>> = Vec::with_capacity(3 * steps);
+            for s in 0..steps {
+                let sp = &lp / format!("step{s}");
+                layers.push(Box::new(ActNorm::new(&(&sp / "actnorm"), c)?));
+                layers.push(Box::new(InvertibleConv1x1::new(&(&sp / "conv1x1"), c)?));
+                layers.push(Box::new(ImageCoupling::new(
+                    &(&sp / "coupling"),
+                    c,
+                    hidden_channels,
+                    ImageMask::Channel {
+                        second_half: s % 2 == 1,
+                    },
+                )?));
+            }
+            let last = level + 1 == levels;
+            let factor_out = (!last).then_some(c / 2);
+            out.push(Level {
+                steps: layers,
+                shape: [c, h, w],
+                factor_out,
+            });
+            if !last {
+                c -= c / 2;
+            }
+        }
+        Ok(MultiScale {
+            levels: out,
+            input_shape,
+        })
+    }
+
+    pub fn input_shape(&self) -> [i64; 3] {
+        self.input_shape
+    }
+
+    pub fn output_features(&self) -> i64 {
+        self.input_shape.iter().product()
+    }
+}
+
+impl FlowLayer for MultiScale {
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        reject_context("multi-scale flow", context)?;
+        let [c, h, w] = self.input_shape;
+        if x.dim() != 4 || x.size()[1..] != [c, h, w] {
+            return Err(GmError::shape(
+                "MultiScale",
+                format!("[batch, {c}, {h}, {w}]"),
+                &x.size(),
+            ));
+        }
+        let batch = x.size()[0];
+        let mut total = Tensor::f_zeros([batch], (x.kind(), x.device()))?;
+        let mut parts = Vec::with_capacity(self.levels.len());
+        let mut h = x.shallow_clone();
+        for level in &self.levels {
+            h = Squeeze.forward(&h, None)?.0;
+            for layer in &level.steps {
+                let (next, ld) = layer.forward(&h, None)?;
+                h = next;
+                total = total.f_add(&ld)?;
+            }
+            if let Some(out) = level.factor_out {
+                let keep = level.shape[0] - out;
+                parts.push(h.f_narrow(1, keep, out)?.f_reshape([batch, -1])?);
+                h = h.f_narrow(1, 0, keep)?;
+            }
+        }
+        parts.push(h.f_reshape([batch, -1])?);
+        Ok((Tensor::f_cat(&parts, 1)?, total))
+    }
+
+    fn inverse(&self, z: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        reject_context("multi-scale flow", context)?;
+        let d = self.output_features();
+        if z.dim() != 2 || z.size()[1] != d {
+            return Err(GmError::shape(
+                "MultiScale inverse",
+                format!("[batch, {d}]"),
+                &z.size(),
+            ));
+        }
+        let batch = z.size()[0];
+        // Split the flat latent back into the factored-out parts, in order.
+        let mut sizes = Vec::new();
+        for level in &self.levels {
+            let [c, hh, ww] = level.shape;
+            let kept_c = match level.factor_out {
+                Some(out) => {
+                    sizes.push((out, hh, ww));
+                    c - out
+                }
+                None => c,
+            };
+            if level.factor_out.is_none() {
+                sizes.push((kept_c, hh, ww));
+            }
+        }
+        let mut offset = 0;
+        let mut pieces = Vec::with_capacity(sizes.len());
+        for &(c, hh, ww) in &sizes {
+            let n = c * hh * ww;
+            pieces.push(z.f_narrow(1, offset, n)?.f_reshape([batch, c, hh, ww])?);
+            offset += n;
+        }
+        let mut total = Tensor::f_zeros([batch], (z.kind(), z.device()))?;
+        let mut h = pieces.pop().expect("at least one level");
+        for level in self.levels.iter().rev() {
+            if level.factor_out.is_some() {
+                let out = pieces.pop().expect("one piece per factored-out level");
+                h = Tensor::f_cat(&[&h, &out], 1)?;
+            }
+            for layer in level.steps.iter().rev() {
+                let (prev, ld) = layer.inverse(&h, None)?;
+                h = prev;
+                total = total.f_add(&ld)?;
+            }
+            h = Squeeze.inverse(&h, None)?.0;
+        }
+        Ok((h, total))
+    }
+
+    fn name(&self) -> &'static str {
+        "multi_scale"
+    }
+}
+impl_bijector_for_layer!(MultiScale);

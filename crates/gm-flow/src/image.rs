@@ -1,0 +1,318 @@
+//! Layers for images `[batch, C, H, W]`: squeeze, invertible 1×1 convolution (LU form), affine
+//! coupling with checkerboard or channel masks, and the logit pre-processing of dequantised pixels.
+
+use crate::layer::{impl_bijector_for_layer, reject_context, FlowLayer};
+use gm_core::tch::{nn, Kind, Tensor};
+use gm_core::{GmError, Result};
+
+fn check_image(name: &str, x: &Tensor, channels: i64) -> Result<()> {
+    if x.dim() != 4 || x.size()[1] != channels {
+        return Err(GmError::shape(
+            name,
+            format!("[batch, {channels}, H, W]"),
+            &x.size(),
+        ));
+    }
+    Ok(())
+}
+
+fn zeros_for(x: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::f_zeros([x.size()[0]], (x.kind(), x.device()))?)
+}
+
+/// Trades space for channels: `[B, C, H, W] → [B, 4C, H/2, W/2]` (each 2×2 patch becomes four
+/// channels). A permutation of the entries, so its log-determinant is 0.
+pub struct Squeeze;
+
+impl FlowLayer for Squeeze {
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        reject_context("squeeze", context)?;
+        let s = x.size();
+        if x.dim() != 4 || s[2] % 2 != 0 || s[3] % 2 != 0 {
+            return Err(GmError::shape(
+                "Squeeze",
+                "[batch, C, H, W] with even H and W",
+                &s,
+            ));
+        }
+        Ok((x.f_pixel_unshuffle(2)?, zeros_for(x)?))
+    }
+    fn inverse(&self, y: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        reject_context("squeeze", context)?;
+        let s = y.size();
+        if y.dim() != 4 || s[1] % 4 != 0 {
+            return Err(GmError::shape("Squeeze inverse", "[batch, 4C, H, W]", &s));
+        }
+        Ok((y.f_pixel_shuffle(2)?, zeros_for(y)?))
+    }
+    fn name(&self) -> &'static str {
+        "squeeze"
+    }
+}
+impl_bijector_for_layer!(Squeeze);
+
+/// Glow's invertible 1×1 convolution, `W = P L (U + diag(sign · exp(log_s)))`: `P` a fixed
+/// permutation, `L` unit lower-triangular, `U` strictly upper-triangular. The log-determinant is
+/// `H · W · Σ log_s`, with no O(C³) determinant.
+pub struct InvertibleConv1x1 {
+    permutation: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    log_s: Tensor,
+    sign_s: Tensor,
+    lower_mask: Tensor,
+    eye: Tensor,
+    channels: i64,
+}
+
+impl InvertibleConv1x1 {
+    /// Starts from a random rotation (LU-decomposed), seeded by libtorch's generator.
+    pub fn new(path: &nn::Path, channels: i64) -> Result<Self> {
+        if channels < 1 {
+            return Err(GmError::config(
+                "channels",
+                "a 1×1 convolution needs at least one channel",
+            ));
+        }
+        let kind = path.kind();
+        let device = path.device();
+        let (q, _) = Tensor::f_linalg_qr(
+            &Tensor::f_randn([channels, channels], (Kind::Double, device))?,
+            "reduced",
+        )?;
+        let (p, l, u) = Tensor::f_linalg_lu(&q, true)?;
+        let s = u.f_diagonal(0, 0, 1)?;
+        let lower_mask = Tensor::f_ones([channels, channels], (kind, device))?.f_tril(-1)?;
+        let eye = Tensor::f_eye(channels, (kind, device))?;
+        Ok(InvertibleConv1x1 {
+            permutation: p.f_to_kind(kind)?,
+            lower: path.var_copy("lower", &l.f_to_kind(kind)?),
+            upper: path.var_copy("upper", &u.f_triu(1)?.f_to_kind(kind)?),
+            log_s: path.var_copy("log_s", &s.f_abs()?.f_log()?.f_to_kind(kind)?),
+            sign_s: s.f_sign()?.f_to_kind(kind)?,
+            lower_mask,
+            eye,
+            channels,
+        })
+    }
+
+    /// The `[C, C]` weight.
+    pub fn weight(&self) -> Result<Tensor> {
+        let l = self.lower.f_mul(&self.lower_mask)?.f_add(&self.eye)?;
+        let u = self.upper.f_mul(&self.lower_mask.f_tr()?)?.f_add(
+            &self
+                .sign_s
+                .f_mul(&self.log_s.f_exp()?)?
+                .f_diag_embed(0, 0, 1)?,
+        )?;
+        Ok(self.permutation.f_matmul(&l)?.f_matmul(&u)?)
+    }
+
+    fn log_det(&self, x: &Tensor, sign: f64) -> Result<Tensor> {
+        let hw = (x.size()[2] * x.size()[3]) as f64;
+        let ld = self.log_s.f_sum(None::<Kind>)?.f_mul_scalar(hw * sign)?;
+        Ok(ld.f_expand([x.size()[0]], false)?.f_contiguous()?)
+    }
+}
+
+impl FlowLayer for InvertibleConv1x1 {
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        reject_context("conv1x1", context)?;
+        check_image("InvertibleConv1x1", x, self.channels)?;
+        let w = self
+            .weight()?
+            .f_reshape([self.channels, self.channels, 1, 1])?;
+        Ok((
+            x.f_conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?,
+            self.log_det(x, 1.0)?,
+        ))
+    }
+    fn inverse(&self, y: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        reject_context("conv1x1", context)?;
+        check_image("InvertibleConv1x1 inverse", y, self.channels)?;
+        let w_inv = Tensor::f_linalg_inv(&self.weight()?)?.f_reshape([
+            self.channels,
+            self.channels,
+            1,
+            1,
+        ])?;
+        Ok((
+            y.f_conv2d(&w_inv, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?,
+            self.log_det(y, -1.0)?,
+        ))
+    }
+    fn name(&self) -> &'static str {
+        "conv1x1"
+    }
+}
+impl_bijector_for_layer!(InvertibleConv1x1);
+
+/// Which entries an image coupling layer passes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageMask {
+    /// Pixels with `(i + j + parity)` even pass through (RealNVP's checkerboard).
+    Checkerboard { parity: i64 },
+    /// The first half of the channels (or the second, with `second_half`) pass through.
+    Channel { second_half: bool },
+}
+
+/// Affine coupling for images with a small convolutional conditioner. The scale is
+/// `sigmoid(raw + 2)`, as in Glow: bounded, and close to 1 at the start.
+pub struct ImageCoupling {
+    conv_in: nn::Conv2D,
+    conv_mid: nn::Conv2D,
+    conv_out: nn::Conv2D,
+    mask: ImageMask,
+    channels: i64,
+}
+
+impl ImageCoupling {
+    pub fn new(path: &nn::Path, channels: i64, hidden: i64, mask: ImageMask) -> Result<Self> {
+        if let ImageMask::Channel { .. } = mask {
+            if channels < 2 || channels % 2 != 0 {
+                return Err(GmError::config(
+                    "channels",
+                    format!("a channel mask needs an even number of channels, got {channels}"),
+                ));
+            }
+        }
+        if hidden < 1 {
+            return Err(GmError::config("hidden_channels", "must be at least 1"));
+        }
+        let pad = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv_in = nn::conv2d(path / "conv_in", channels, hidden, 3, pad);
+        let conv_mid = nn::conv2d(path / "conv_mid", hidden, hidden, 1, Default::default());
+        // A zero last layer makes the new coupling layer the identity up to a constant scale.
+        let zero = nn::ConvConfig {
+            padding: 1,
+            ws_init: nn::Init::Const(0.0),
+            bs_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
+        let conv_out = nn::conv2d(path / "conv_out", hidden, 2 * channels, 3, zero);
+        Ok(ImageCoupling {
+            conv_in,
+            conv_mid,
+            conv_out,
+            mask,
+            channels,
+        })
+    }
+
+    /// A boolean mask broadcastable to `x`, true where entries pass through.
+    fn keep_mask(&self, x: &Tensor) -> Result<Tensor> {
+        let (c, h, w) = (x.size()[1], x.size()[2], x.size()[3]);
+        let device = x.device();
+        match self.mask {
+            ImageMask::Checkerboard { parity } => {
+                let i = Tensor::f_arange(h, (Kind::Int64, device))?.f_reshape([h, 1])?;
+                let j = Tensor::f_arange(w, (Kind::Int64, device))?.f_reshape([1, w])?;
+                Ok(i.f_add(&j)?
+                    .f_add_scalar(parity)?
+                    .f_remainder(2)?
+                    .f_eq(0)?
+                    .f_reshape([1, 1, h, w])?)
+            }
+            ImageMask::Channel { second_half } => {
+                let idx = Tensor::f_arange(c, (Kind::Int64, device))?;
+                let first = idx.f_lt(c / 2)?;
+                let keep = if second_half {
+                    first.f_logical_not()?
+                } else {
+                    first
+                };
+                Ok(keep.f_reshape([1, c, 1, 1])?)
+            }
+        }
+    }
+
+    fn run(&self, x: &Tensor, context: Option<&Tensor>, inverse: bool) -> Result<(Tensor, Tensor)> {
+        reject_context("image coupling", context)?;
+        check_image("ImageCoupling", x, self.channels)?;
+        let keep = self.keep_mask(x)?;
+        let kept = x.f_where_scalarother(&keep, 0.0)?;
+        use gm_core::tch::nn::Module;
+        let h = self.conv_in.forward(&kept).relu();
+        let h = self.conv_mid.forward(&h).relu();
+        let out = self.conv_out.forward(&h);
+        let shift = out.f_narrow(1, 0, self.channels)?;
+        let raw = out.f_narrow(1, self.channels, self.channels)?;
+        // ln sigmoid(raw + 2) = -softplus(-(raw + 2)).
+        let log_scale = raw.f_add_scalar(2.0)?.f_neg()?.f_softplus()?.f_neg()?;
+        let moved = if inverse {
+            x.f_sub(&shift)?.f_mul(&log_scale.f_neg()?.f_exp()?)?
+        } else {
+            x.f_mul(&log_scale.f_exp()?)?.f_add(&shift)?
+        };
+        let y = x.f_where_self(&keep.f_expand_as(x)?, &moved)?;
+        let ld = log_scale.f_where_scalarother(&keep.f_logical_not()?.f_expand_as(x)?, 0.0)?;
+        let ld = ld.f_sum_dim_intlist([1, 2, 3].as_slice(), false, None::<Kind>)?;
+        Ok((y, if inverse { ld.f_neg()? } else { ld }))
+    }
+}
+
+impl FlowLayer for ImageCoupling {
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        self.run(x, context, false)
+    }
+    fn inverse(&self, y: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        self.run(y, context, true)
+    }
+    fn name(&self) -> &'static str {
+        "image_coupling"
+    }
+}
+impl_bijector_for_layer!(ImageCoupling);
+
+/// `y = logit(α + (1 - 2α) x)` for dequantised pixels `x ∈ [0, 1)`: maps the bounded data to the
+/// real line, where the Gaussian base lives (Dinh et al., 2017). `α` keeps away from 0 and 1.
+pub struct LogitPreprocess {
+    alpha: f64,
+}
+
+impl LogitPreprocess {
+    pub fn new(alpha: f64) -> Result<Self> {
+        gm_core::train::config::check_range("logit_alpha", alpha, 0.0, 0.49)?;
+        Ok(LogitPreprocess { alpha })
+    }
+
+    fn per_example(t: &Tensor) -> Result<Tensor> {
+        gm_core::bijectors::sum_per_example(t)
+    }
+}
+
+impl FlowLayer for LogitPreprocess {
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        reject_context("logit", context)?;
+        let a = self.alpha;
+        let t = x.f_mul_scalar(1.0 - 2.0 * a)?.f_add_scalar(a)?;
+        let (log_t, log_1mt) = (t.f_log()?, t.f_neg()?.f_log1p()?);
+        let y = log_t.f_sub(&log_1mt)?;
+        // dy/dx = (1 - 2α) / (t (1 - t)).
+        let ld = log_t
+            .f_add(&log_1mt)?
+            .f_neg()?
+            .f_add_scalar((1.0 - 2.0 * a).ln())?;
+        Ok((y, Self::per_example(&ld)?))
+    }
+    fn inverse(&self, y: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        reject_context("logit", context)?;
+        let a = self.alpha;
+        let t = y.f_sigmoid()?;
+        let x = t.f_sub_scalar(a)?.f_div_scalar(1.0 - 2.0 * a)?;
+        let ld = y
+            .f_neg()?
+            .f_softplus()?
+            .f_add(&y.f_softplus()?)?
+            .f_neg()?
+            .f_sub_scalar((1.0 - 2.0 * a).ln())?;
+        Ok((x, Self::per_example(&ld)?))
+    }
+    fn name(&self) -> &'static str {
+        "logit"
+    }
+}
+impl_bijector_for_layer!(LogitPreprocess);
