@@ -197,3 +197,30 @@ impl Config for FlowRunConfig {
         Ok(())
     }
 }
+
+/// The TOML run files shipped in `configs/`, by file stem (e.g. `"nsf_toy"`).
+pub const SHIPPED_CONFIGS: [(&str, &str); 5] = [
+    ("realnvp_toy", include_str!("../configs/realnvp_toy.toml")),
+    ("maf_toy", include_str!("../configs/maf_toy.toml")),
+    ("nsf_toy", include_str!("../configs/nsf_toy.toml")),
+    (
+        "glow_mnist_grey",
+        include_str!("../configs/glow_mnist_grey.toml"),
+    ),
+    (
+        "glow_mnist_binary",
+        include_str!("../configs/glow_mnist_binary.toml"),
+    ),
+];
+
+/// Parses a shipped run config by name.
+pub fn shipped_config(name: &str) -> Result<FlowRunConfig> {
+    let text = SHIPPED_CONFIGS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            GmError::config("config", format!("no shipped flow config named {name:?}"))
+        })?;
+    FlowRunConfig::from_toml_str(text)
+}

@@ -38,6 +38,8 @@ pub mod layer;
 pub mod spline;
 pub mod vector;
 
-pub use config::{Architecture, DataSpace, FlowConfig, FlowRunConfig};
+pub use config::{
+    shipped_config, Architecture, DataSpace, FlowConfig, FlowRunConfig, SHIPPED_CONFIGS,
+};
 pub use flow::{build_flow, Flow, FlowModel};
 pub use layer::{ElementTransform, FlowLayer};

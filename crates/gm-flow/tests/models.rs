@@ -298,3 +298,29 @@ fn conditional_flow() {
         "the right label explains the samples better: {p1} vs {p0}"
     );
 }
+
+/// Every shipped TOML config parses and validates, and builds a model for its data set's shape.
+#[test]
+fn shipped_configs_load() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let run = FlowRunConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let shape: Vec<i64> = if run.dataset.starts_with("mnist") {
+            vec![1, 28, 28]
+        } else {
+            vec![2]
+        };
+        FlowModel::new(&run.model, &shape, Device::Cpu).unwrap();
+        n += 1;
+    }
+    assert_eq!(
+        n,
+        SHIPPED_CONFIGS.len(),
+        "every file in configs/ is listed in SHIPPED_CONFIGS"
+    );
+    for (name, _) in SHIPPED_CONFIGS {
+        shipped_config(name).unwrap();
+    }
+}

@@ -8,9 +8,116 @@ pub mod mnist;
 pub mod toy;
 pub mod transforms;
 
-use crate::device::derive_seed;
+use crate::device::{derive_seed, seed_torch};
+use crate::{GmError, Result};
 use rand::seq::SliceRandom;
 use rand_chacha::rand_core::SeedableRng;
+use tch::{Device, Tensor};
+
+/// What the values of a data set are, which decides what a likelihood means on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ValueKind {
+    /// Real-valued: likelihoods are densities.
+    Continuous,
+    /// Integers `0..levels` stored as floats: likelihoods are masses (or bounds on them).
+    Discrete { levels: u32 },
+}
+
+/// One split: examples `[n, event...]` and optional labels `[n]`.
+#[derive(Debug)]
+pub struct Split {
+    pub x: Tensor,
+    pub labels: Option<Tensor>,
+}
+
+/// A named data set with its train/test splits, as every family and gm-bench load it.
+#[derive(Debug)]
+pub struct NamedData {
+    pub name: String,
+    pub train: Split,
+    pub test: Split,
+    pub event_shape: Vec<i64>,
+    pub values: ValueKind,
+    /// The toy set, when it is one (its exact density is then known).
+    pub toy: Option<toy::ToyDataset>,
+}
+
+/// The names [`load_named`] accepts.
+pub const DATASET_NAMES: [&str; 6] = [
+    "checkerboard",
+    "eight_gaussians",
+    "two_moons",
+    "two_spirals",
+    "mnist_binary",
+    "mnist_grey",
+];
+
+/// Loads a data set by name:
+/// - a toy set: `toy_train` and `toy_test` fresh draws, seeded from `seed` (train and test
+///   use different streams);
+/// - `mnist_binary`: the shared 9,000/1,000 split, binarised by the fixed threshold (values 0/1);
+/// - `mnist_grey`: the same digits as 8-bit values 0..255.
+///
+/// MNIST examples have shape `[1, 28, 28]`; models that want vectors flatten them.
+pub fn load_named(
+    name: &str,
+    device: Device,
+    toy_train: i64,
+    toy_test: i64,
+    seed: u64,
+) -> Result<NamedData> {
+    if let Ok(set) = name.parse::<toy::ToyDataset>() {
+        seed_torch(derive_seed(seed, 0x7041_0001));
+        let train = set.sample(toy_train, device)?;
+        seed_torch(derive_seed(seed, 0x7041_0002));
+        let test = set.sample(toy_test, device)?;
+        return Ok(NamedData {
+            name: name.to_string(),
+            train: Split {
+                x: train,
+                labels: None,
+            },
+            test: Split {
+                x: test,
+                labels: None,
+            },
+            event_shape: vec![2],
+            values: ValueKind::Continuous,
+            toy: Some(set),
+        });
+    }
+    let (binary, levels) = match name {
+        "mnist_binary" => (true, 2),
+        "mnist_grey" => (false, 256),
+        other => {
+            return Err(GmError::config(
+                "dataset",
+                format!("unknown data set {other:?}; expected one of {DATASET_NAMES:?}"),
+            ))
+        }
+    };
+    let mnist = mnist::Mnist::load_default()?;
+    let split = |s: &mnist::MnistSplit| -> Result<Split> {
+        let x = if binary {
+            s.binarized(device)?
+        } else {
+            s.images_u8(device)?.f_to_kind(tch::Kind::Float)?
+        };
+        Ok(Split {
+            x: x.f_reshape([-1, 1, 28, 28])?,
+            labels: Some(s.labels_i64(device)?),
+        })
+    };
+    Ok(NamedData {
+        name: name.to_string(),
+        train: split(&mnist.train)?,
+        test: split(&mnist.test)?,
+        event_shape: vec![1, 28, 28],
+        values: ValueKind::Discrete { levels },
+        toy: None,
+    })
+}
 
 /// Shuffled mini-batches by epoch, as a pure function of `(seed, step)`: the order of epoch
 /// `e` is a permutation seeded by `derive_seed(seed, e)`, and a partial last batch is dropped.

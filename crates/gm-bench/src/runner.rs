@@ -1,0 +1,214 @@
+//! Runs one suite entry: train (resuming from its checkpoint), evaluate, draw samples.
+//!
+//! Each entry lives in `runs/<id>-<hash>/` under the output folder, where `<hash>` is the
+//! SHA-256 of its full configuration: a rerun of an unchanged entry resumes from its checkpoint
+//! (or reuses its finished result), a changed one starts afresh. A failing entry is recorded
+//! with its error and the suite goes on.
+
+use crate::metrics::{test_nll, Nll};
+use crate::suite::Entry;
+use gm_core::data::NamedData;
+use gm_core::tch::{Device, Kind};
+use gm_core::train::Trainer;
+use gm_core::{GmError, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What one entry produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub id: String,
+    pub family: String,
+    pub model: String,
+    pub dataset: String,
+    pub config_hash: String,
+    /// `ok` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    pub nll_nats: Option<f64>,
+    pub bits_per_dim: Option<f64>,
+    /// `exact` or `upper_bound` on the NLL.
+    pub nll_kind: Option<String>,
+    /// For toy sets: the data's entropy (Monte Carlo over the exact density) and its standard error.
+    pub entropy_nats: Option<f64>,
+    pub entropy_stderr: Option<f64>,
+    /// Test NLL minus entropy: 0 for a perfect model.
+    pub gap_nats: Option<f64>,
+    pub parameters: i64,
+    pub steps: u64,
+    pub train_seconds: f64,
+    pub train_examples_per_second: f64,
+    pub samples_per_second: f64,
+    /// `(step, training loss)` at each log point.
+    pub curve: Vec<(u64, f64)>,
+    /// The samples picture, relative to the output folder.
+    pub samples_png: Option<String>,
+}
+
+pub fn config_hash(entry: &Entry) -> String {
+    let digest = Sha256::digest(format!("{}\n{}", entry.id, entry.config_text).as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+fn run_dir(out: &Path, entry: &Entry, hash: &str) -> PathBuf {
+    out.join("runs")
+        .join(format!("{}-{hash}", entry.id.replace('/', "_")))
+}
+
+/// Runs `entry` on `data`, never failing: errors and panics become a `failed` result.
+pub fn run_entry(entry: &Entry, data: &NamedData, out: &Path, device: Device) -> RunResult {
+    let hash = config_hash(entry);
+    let dir = run_dir(out, entry, &hash);
+    let cached = dir.join("result.json");
+    if let Some(result) = std::fs::read(&cached)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<RunResult>(&b).ok())
+    {
+        if result.status == "ok" {
+            return result;
+        }
+    }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train_and_evaluate(entry, data, &dir, out, device)
+    }));
+    let mut result = match outcome {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => failed(entry, &hash, e.to_string()),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            failed(
+                entry,
+                &hash,
+                format!("panicked: {}", msg.unwrap_or_default()),
+            )
+        }
+    };
+    result.config_hash = hash;
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(
+            &cached,
+            serde_json::to_vec_pretty(&result).unwrap_or_default(),
+        );
+    }
+    result
+}
+
+fn failed(entry: &Entry, hash: &str, error: String) -> RunResult {
+    RunResult {
+        id: entry.id.clone(),
+        family: entry.family.clone(),
+        model: entry.model.clone(),
+        dataset: entry.dataset.clone(),
+        config_hash: hash.to_string(),
+        status: "failed".into(),
+        error: Some(error),
+        nll_nats: None,
+        bits_per_dim: None,
+        nll_kind: None,
+        entropy_nats: None,
+        entropy_stderr: None,
+        gap_nats: None,
+        parameters: 0,
+        steps: 0,
+        train_seconds: 0.0,
+        train_examples_per_second: 0.0,
+        samples_per_second: 0.0,
+        curve: vec![],
+        samples_png: None,
+    }
+}
+
+fn train_and_evaluate(
+    entry: &Entry,
+    data: &NamedData,
+    dir: &Path,
+    out: &Path,
+    device: Device,
+) -> Result<RunResult> {
+    std::fs::create_dir_all(dir).map_err(|e| GmError::io(dir, e))?;
+    std::fs::write(dir.join("config.toml"), &entry.config_text).map_err(|e| GmError::io(dir, e))?;
+    gm_core::device::seed_everything(entry.train.seed);
+    let mut model = (entry.build)(data, device)?;
+    let history = Trainer::new(entry.train.clone())?
+        .with_checkpoint(dir.join("checkpoint.safetensors"))
+        .fit(
+            model.as_mut(),
+            &data.train.x,
+            data.train.labels.as_ref(),
+            |_, _| {},
+        )?;
+    let curve: Vec<(u64, f64)> = history
+        .points
+        .iter()
+        .filter_map(|(step, losses)| losses.first().map(|(_, v)| (*step, *v)))
+        .collect();
+
+    gm_core::device::seed_torch(gm_core::device::derive_seed(entry.train.seed, 0xE7A1));
+    let nll: Option<Nll> = gm_core::tch::no_grad(|| test_nll(model.as_ref(), &data.test.x, 500))?;
+    let (entropy, stderr) = match data.toy {
+        Some(set) => {
+            gm_core::device::seed_torch(0xE17);
+            let (h, se) = set.entropy(100_000, device)?;
+            (Some(h), Some(se))
+        }
+        None => (None, None),
+    };
+    let gap = match (&nll, entropy) {
+        (Some(n), Some(h)) => Some(n.nats - h),
+        _ => None,
+    };
+
+    let n_samples = if data.toy.is_some() { 2000 } else { 64 };
+    let started = Instant::now();
+    let samples = gm_core::tch::no_grad(|| model.sample(n_samples))?;
+    let samples_per_second = n_samples as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let images = out.join("images");
+    std::fs::create_dir_all(&images).map_err(|e| GmError::io(&images, e))?;
+    let png = format!("images/{}.png", entry.id.replace('/', "_"));
+    match (data.toy, data.values) {
+        (Some(set), _) => {
+            let (lo, hi) = set.bounds();
+            crate::images::scatter(&samples, lo, hi, &out.join(&png))?;
+        }
+        (None, gm_core::data::ValueKind::Discrete { levels }) => {
+            crate::images::image_grid(
+                &samples.f_to_kind(Kind::Float)?,
+                (levels - 1) as f64,
+                8,
+                &out.join(&png),
+            )?;
+        }
+        (None, gm_core::data::ValueKind::Continuous) => {
+            crate::images::image_grid(&samples.f_to_kind(Kind::Float)?, 1.0, 8, &out.join(&png))?;
+        }
+    }
+    let steps = history.steps_done;
+    Ok(RunResult {
+        id: entry.id.clone(),
+        family: entry.family.clone(),
+        model: entry.model.clone(),
+        dataset: entry.dataset.clone(),
+        config_hash: String::new(),
+        status: "ok".into(),
+        error: None,
+        nll_nats: nll.as_ref().map(|n| n.nats),
+        bits_per_dim: nll.as_ref().map(|n| n.bits_per_dim),
+        nll_kind: nll.as_ref().map(|n| n.kind.to_string()),
+        entropy_nats: entropy,
+        entropy_stderr: stderr,
+        gap_nats: gap,
+        parameters: model.num_parameters(),
+        steps,
+        train_seconds: history.train_seconds,
+        train_examples_per_second: (steps as f64 * entry.train.batch_size as f64)
+            / history.train_seconds.max(1e-9),
+        samples_per_second,
+        curve,
+        samples_png: Some(png),
+    })
+}
