@@ -47,7 +47,7 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(s, "# gm benchmark report\n");
     let _ = writeln!(
         s,
-        "Profile `{}` on {} ({} threads), {:.0} s in all. Every number below was measured in this run.\n",
+        "Profile `{}` on {} ({} threads), {:.0} s in all. Every number below was measured by `cargo xtask bench-all` with this profile; a run whose configuration did not change since an earlier invocation is reused from that one (see `runs/`).\n",
         report.profile, report.device, report.threads, report.total_seconds
     );
     let _ = writeln!(

@@ -47,21 +47,16 @@ impl Default for Architecture {
 }
 
 /// What the data are, which decides what `log_prob` means.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DataSpace {
     /// Real-valued vectors: `log_prob` is an exact density.
+    #[default]
     Continuous,
     /// Integer values `0..levels` (256 for 8-bit pixels, 2 for binarised ones). Training adds
     /// uniform noise and divides by `levels`; `log_prob` is the dequantisation lower bound on the
     /// discrete log-mass, `E_u[ln p((x + u) / levels)] - D ln levels`, one draw of `u`.
     Discrete { levels: u32 },
-}
-
-impl Default for DataSpace {
-    fn default() -> Self {
-        DataSpace::Continuous
-    }
 }
 
 /// A flow model: architecture, data space, and how it is optimised.

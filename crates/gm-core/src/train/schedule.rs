@@ -5,9 +5,10 @@ use crate::{GmError, Result};
 use serde::{Deserialize, Serialize};
 
 /// A learning-rate multiplier as a function of the step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LrSchedule {
+    #[default]
     Constant,
     /// Linear warm-up from 0 over `warmup_steps`, then cosine decay to `min_ratio` at `total_steps`.
     WarmupCosine {
@@ -15,12 +16,6 @@ pub enum LrSchedule {
         total_steps: u64,
         min_ratio: f64,
     },
-}
-
-impl Default for LrSchedule {
-    fn default() -> Self {
-        LrSchedule::Constant
-    }
 }
 
 impl Config for LrSchedule {

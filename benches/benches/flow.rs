@@ -1,6 +1,6 @@
 //! Criterion benches: one training step and sampling, for a 2D flow and the image flow.
 //!
-//! Run with `eval "$(cargo xtask env)" && cargo bench -p gm-flow`.
+//! Run with `eval "$(cargo xtask env)" && cargo bench -p gm-benches --bench flow`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use gm_core::model::{Batch, GenerativeModel};
