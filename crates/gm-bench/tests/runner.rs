@@ -77,6 +77,7 @@ fn a_real_entry_trains_and_is_reused() {
             .unwrap(),
     );
     e.train.steps = 3;
+    e.train.batch_size = 64;
     e.train.log_every = 1;
     e.config_text.push_str("\n# shortened for the test\n");
     let first = run_entry(&e, &data, &out, Device::Cpu);
