@@ -9,6 +9,7 @@
 //! - [`metrics`]: negative log-likelihoods, the gap to a toy set's true entropy, throughput.
 //! - [`report`]: the three report files.
 
+pub mod adapt;
 pub mod images;
 pub mod metrics;
 pub mod report;

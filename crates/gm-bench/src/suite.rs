@@ -111,6 +111,35 @@ pub fn suite(profile: Profile) -> Result<Vec<Entry>> {
         run.validate()?;
         entries.push(flow_entry(model, dataset, run)?);
     }
+    for (model, text) in [
+        ("mlp", include_str!("../../gm-vae/configs/mnist_mlp.toml")),
+        ("conv", include_str!("../../gm-vae/configs/mnist_conv.toml")),
+    ] {
+        let mut run = gm_vae::VaeExperiment::from_toml_str(text)?;
+        let steps = steps_for(profile, 1500, 6000, 30_000);
+        run.train.steps = steps;
+        run.train.log_every = (steps / 20).max(1);
+        run.train.checkpoint_every = (steps / 5).max(1);
+        run.validate()?;
+        let config_text = run.to_toml_string()?;
+        let model_config = run.model.clone();
+        entries.push(Entry {
+            id: format!("vae/{model}/mnist_binary"),
+            family: "vae".into(),
+            model: model.into(),
+            dataset: "mnist_binary".into(),
+            train: run.train.clone(),
+            config_text,
+            build: Box::new(
+                move |_data: &NamedData, device: Device| -> Result<Box<dyn GenerativeModel>> {
+                    Ok(Box::new(crate::adapt::FlatUnlabelled(gm_vae::Vae::new(
+                        &model_config,
+                        device,
+                    )?)))
+                },
+            ),
+        });
+    }
     Ok(entries)
 }
 
