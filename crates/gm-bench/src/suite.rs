@@ -3,7 +3,7 @@
 use gm_core::data::NamedData;
 use gm_core::model::GenerativeModel;
 use gm_core::tch::Device;
-use gm_core::train::{Config, LrSchedule, TrainConfig};
+use gm_core::train::{Config, TrainConfig};
 use gm_core::{GmError, Result};
 use std::str::FromStr;
 
@@ -59,20 +59,6 @@ fn steps_for(profile: Profile, quick: u64, default: u64, full: u64) -> u64 {
     }
 }
 
-/// Shortens a run to `steps`, keeping a cosine schedule's end at the new end.
-fn with_steps(mut schedule: LrSchedule, steps: u64) -> LrSchedule {
-    if let LrSchedule::WarmupCosine {
-        total_steps,
-        warmup_steps,
-        ..
-    } = &mut schedule
-    {
-        *total_steps = steps;
-        *warmup_steps = (*warmup_steps).min(steps / 10).max(1);
-    }
-    schedule
-}
-
 /// The suite for a profile: every family that exists, on every data set that suits it.
 pub fn suite(profile: Profile) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
@@ -93,7 +79,7 @@ pub fn suite(profile: Profile) -> Result<Vec<Entry>> {
             run.dataset = dataset.to_string();
             run.train.steps = steps;
             run.train.log_every = (steps / 20).max(1);
-            run.model.schedule = with_steps(run.model.schedule, steps);
+            run.model.schedule = run.model.schedule.with_total_steps(steps);
             run.validate()?;
             entries.push(flow_entry(model, dataset, run)?);
         }
@@ -107,7 +93,7 @@ pub fn suite(profile: Profile) -> Result<Vec<Entry>> {
         run.train.steps = steps;
         run.train.log_every = (steps / 20).max(1);
         run.train.checkpoint_every = (steps / 5).max(1);
-        run.model.schedule = with_steps(run.model.schedule, steps);
+        run.model.schedule = run.model.schedule.with_total_steps(steps);
         run.validate()?;
         entries.push(flow_entry(model, dataset, run)?);
     }

@@ -14,7 +14,7 @@ use gm_core::bounds::bits_per_dim;
 use gm_core::data::load_named;
 use gm_core::model::GenerativeModel;
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::train::{Config, LrSchedule, Trainer};
+use gm_core::train::{Config, Trainer};
 use gm_flow::{DataSpace, FlowModel, FlowRunConfig};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -53,15 +53,7 @@ fn main() -> gm_core::Result<()> {
         let mut run = FlowRunConfig::load(&path)?;
         if let Some(steps) = args.steps {
             run.train.steps = steps;
-            if let LrSchedule::WarmupCosine {
-                total_steps,
-                warmup_steps,
-                ..
-            } = &mut run.model.schedule
-            {
-                *total_steps = steps;
-                *warmup_steps = (*warmup_steps).min(steps);
-            }
+            run.model.schedule = run.model.schedule.with_total_steps(steps);
         }
         run.validate()?;
         let data = load_named(&run.dataset, device, 0, 0, run.train.seed)?;

@@ -12,7 +12,7 @@ use gm_core::data::load_named;
 use gm_core::data::toy::ToyDataset;
 use gm_core::model::GenerativeModel;
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::train::{Config, LrSchedule, Trainer};
+use gm_core::train::{Config, Trainer};
 use gm_flow::{FlowModel, FlowRunConfig};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -65,15 +65,7 @@ fn main() -> gm_core::Result<()> {
             run.dataset = dataset.clone();
             if let Some(steps) = args.steps {
                 run.train.steps = steps;
-                if let LrSchedule::WarmupCosine {
-                    total_steps,
-                    warmup_steps,
-                    ..
-                } = &mut run.model.schedule
-                {
-                    *total_steps = steps;
-                    *warmup_steps = (*warmup_steps).min(steps);
-                }
+                run.model.schedule = run.model.schedule.with_total_steps(steps);
             }
             run.validate()?;
             let data = load_named(

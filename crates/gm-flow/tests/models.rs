@@ -108,8 +108,8 @@ fn untrained_flow_is_the_base_density() {
         let lp = model.log_likelihood(&x).unwrap().unwrap();
         assert_close(&lp, &base, 1e-5, name);
     }
-    // The image flow on 8-bit data at initialisation: ActNorm whitens the first batch, so the
-    // bound is near that of a Gaussian fitted per channel, far below the 8 bits/dim of uniform noise.
+    // The image flow on uniform 8-bit noise at initialisation: ActNorm whitens the first batch,
+    // so the flow starts near the uniform model's 8 bits/dim rather than far from it.
     let config = FlowConfig {
         architecture: Architecture::MultiScale {
             levels: 2,

@@ -60,6 +60,23 @@ impl LrSchedule {
         }
     }
 
+    /// The same schedule for a run of `steps` steps: a cosine decay ends at the new end, and the
+    /// warm-up is kept to at most a tenth of the run. Used when a budget shortens a config.
+    pub fn with_total_steps(&self, steps: u64) -> LrSchedule {
+        match *self {
+            LrSchedule::Constant => LrSchedule::Constant,
+            LrSchedule::WarmupCosine {
+                warmup_steps,
+                min_ratio,
+                ..
+            } => LrSchedule::WarmupCosine {
+                warmup_steps: warmup_steps.min(steps / 10).max(1),
+                total_steps: steps.max(1),
+                min_ratio,
+            },
+        }
+    }
+
     /// `base_lr · factor(step)`.
     pub fn lr(&self, base_lr: f64, step: u64) -> f64 {
         base_lr * self.factor(step)
@@ -91,6 +108,16 @@ mod tests {
             prev = f;
         }
         assert_eq!(LrSchedule::Constant.lr(0.5, 123), 0.5);
+        let short = s.with_total_steps(50);
+        assert_eq!(
+            short,
+            LrSchedule::WarmupCosine {
+                warmup_steps: 5,
+                total_steps: 50,
+                min_ratio: 0.1
+            }
+        );
+        assert!(short.validate().is_ok());
     }
 
     #[test]
