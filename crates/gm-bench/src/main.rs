@@ -53,7 +53,7 @@ fn run(cli: Cli) -> gm_core::Result<ExitCode> {
             for e in suite(profile.parse()?)? {
                 println!(
                     "{}  ({} steps, batch {})",
-                    e.id, e.train.steps, e.train.batch_size
+                    e.id, e.run.train.steps, e.run.train.batch_size
                 );
             }
             Ok(ExitCode::SUCCESS)

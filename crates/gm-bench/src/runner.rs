@@ -132,9 +132,9 @@ fn train_and_evaluate(
 ) -> Result<RunResult> {
     std::fs::create_dir_all(dir).map_err(|e| GmError::io(dir, e))?;
     std::fs::write(dir.join("config.toml"), &entry.config_text).map_err(|e| GmError::io(dir, e))?;
-    gm_core::device::seed_everything(entry.train.seed);
-    let mut model = (entry.build)(data, device)?;
-    let history = Trainer::new(entry.train.clone())?
+    gm_core::device::seed_everything(entry.run.train.seed);
+    let mut model = entry.run.model.build(&data.info(), device)?;
+    let history = Trainer::new(entry.run.train.clone())?
         .with_checkpoint(dir.join("checkpoint.safetensors"))
         .fit(
             model.as_mut(),
@@ -148,7 +148,7 @@ fn train_and_evaluate(
         .filter_map(|(step, losses)| losses.first().map(|(_, v)| (*step, *v)))
         .collect();
 
-    gm_core::device::seed_torch(gm_core::device::derive_seed(entry.train.seed, 0xE7A1));
+    gm_core::device::seed_torch(gm_core::device::derive_seed(entry.run.train.seed, 0xE7A1));
     let nll: Option<Nll> = gm_core::tch::no_grad(|| test_nll(model.as_ref(), &data.test.x, 500))?;
     let (entropy, stderr) = match data.toy {
         Some(set) => {
@@ -205,7 +205,7 @@ fn train_and_evaluate(
         parameters: model.num_parameters(),
         steps,
         train_seconds: history.train_seconds,
-        train_examples_per_second: (steps as f64 * entry.train.batch_size as f64)
+        train_examples_per_second: (steps as f64 * entry.run.train.batch_size as f64)
             / history.train_seconds.max(1e-9),
         samples_per_second,
         curve,

@@ -1,11 +1,22 @@
-//! The benchmark suite: every family on every suitable data set, with budgets per profile.
+//! The benchmark suite, read from TOML (`suite.toml` beside this crate's manifest, built in):
+//! which shipped run file trains on which data sets, with a step budget per profile. Nothing
+//! here knows a family: models are built through gm-core's registry and specs.
 
-use gm_core::data::NamedData;
-use gm_core::model::GenerativeModel;
-use gm_core::tch::Device;
-use gm_core::train::{Config, TrainConfig};
+use gm_core::spec::{Registry, RunConfig};
 use gm_core::{GmError, Result};
+use serde::Deserialize;
 use std::str::FromStr;
+
+/// The suite shipped with gm-bench.
+pub const BUILT_IN_SUITE: &str = include_str!("../suite.toml");
+
+/// Every family gm-bench can run, with its shipped run files.
+pub fn registry() -> Registry {
+    let mut registry = Registry::new();
+    gm_flow::register(&mut registry);
+    gm_vae::register(&mut registry);
+    registry
+}
 
 /// How much compute a run may use. Budgets are for 2 CPU cores unless `Full`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -34,119 +45,103 @@ impl FromStr for Profile {
     }
 }
 
-/// Builds a fresh model for a loaded data set.
-pub type Builder = Box<dyn Fn(&NamedData, Device) -> Result<Box<dyn GenerativeModel>>>;
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuiteFile {
+    entry: Vec<SuiteEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuiteEntry {
+    /// The model's short name in ids and tables (`nsf`, `glow`, `mlp`).
+    model: String,
+    /// A shipped run file (`flow/nsf_toy`) or a path to one.
+    config: String,
+    /// Data sets to train on; empty: the run file's own.
+    #[serde(default)]
+    datasets: Vec<String>,
+    steps: ProfileSteps,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileSteps {
+    quick: u64,
+    default: u64,
+    full: u64,
+}
+
+impl ProfileSteps {
+    fn get(&self, profile: Profile) -> u64 {
+        match profile {
+            Profile::Quick => self.quick,
+            Profile::Default => self.default,
+            Profile::Full => self.full,
+        }
+    }
+}
 
 /// One (model, data set) pair to train and evaluate.
+#[derive(Debug, Clone)]
 pub struct Entry {
     /// `family/model/dataset`, unique in the suite.
     pub id: String,
     pub family: String,
     pub model: String,
     pub dataset: String,
-    pub train: TrainConfig,
-    /// Everything that determines the run, hashed to name its folder (so a changed config
-    /// starts afresh and an unchanged one resumes).
+    /// The run with the profile's budget applied.
+    pub run: RunConfig,
+    /// Everything that determines the run (the canonical TOML of `run`), hashed to name its
+    /// folder: a changed config starts afresh and an unchanged one resumes.
     pub config_text: String,
-    pub build: Builder,
 }
 
-fn steps_for(profile: Profile, quick: u64, default: u64, full: u64) -> u64 {
-    match profile {
-        Profile::Quick => quick,
-        Profile::Default => default,
-        Profile::Full => full,
-    }
-}
-
-/// The suite for a profile: every family that exists, on every data set that suits it.
+/// The built-in suite for a profile.
 pub fn suite(profile: Profile) -> Result<Vec<Entry>> {
-    let mut entries = Vec::new();
-    let toy_sets = [
-        "checkerboard",
-        "eight_gaussians",
-        "two_moons",
-        "two_spirals",
-    ];
-    for (model, config_name) in [
-        ("realnvp", "realnvp_toy"),
-        ("maf", "maf_toy"),
-        ("nsf", "nsf_toy"),
-    ] {
-        for dataset in toy_sets {
-            let mut run = gm_flow::shipped_config(config_name)?;
-            let steps = steps_for(profile, 400, 3000, 10_000);
-            run.dataset = dataset.to_string();
-            run.train.steps = steps;
-            run.train.log_every = (steps / 20).max(1);
-            run.model.schedule = run.model.schedule.with_total_steps(steps);
+    suite_from(BUILT_IN_SUITE, "gm-bench/suite.toml", profile, &registry())
+}
+
+/// A suite from TOML text for a profile, its run files resolved through `registry`.
+pub fn suite_from(
+    text: &str,
+    origin: &str,
+    profile: Profile,
+    registry: &Registry,
+) -> Result<Vec<Entry>> {
+    let file: SuiteFile = toml::from_str(text).map_err(|e| GmError::ConfigParse {
+        path: origin.into(),
+        message: e.to_string(),
+    })?;
+    let mut entries: Vec<Entry> = Vec::new();
+    for item in &file.entry {
+        let base = registry.load_run(&item.config)?;
+        let steps = item.steps.get(profile);
+        let datasets = if item.datasets.is_empty() {
+            vec![base.dataset.clone()]
+        } else {
+            item.datasets.clone()
+        };
+        for dataset in datasets {
+            let mut run = base.with_steps(steps)?;
+            run.dataset = dataset.clone();
             run.validate()?;
-            entries.push(flow_entry(model, dataset, run)?);
+            let id = format!("{}/{}/{}", run.family(), item.model, dataset);
+            if entries.iter().any(|e| e.id == id) {
+                return Err(GmError::config(
+                    "entry",
+                    format!("{origin}: the id {id} appears twice"),
+                ));
+            }
+            entries.push(Entry {
+                id,
+                family: run.family().to_string(),
+                model: item.model.clone(),
+                dataset,
+                config_text: run.to_toml_string()?,
+                run,
+            });
         }
     }
-    for (model, config_name, dataset) in [
-        ("glow", "glow_mnist_binary", "mnist_binary"),
-        ("glow", "glow_mnist_grey", "mnist_grey"),
-    ] {
-        let mut run = gm_flow::shipped_config(config_name)?;
-        let steps = steps_for(profile, 150, 1500, 20_000);
-        run.train.steps = steps;
-        run.train.log_every = (steps / 20).max(1);
-        run.train.checkpoint_every = (steps / 5).max(1);
-        run.model.schedule = run.model.schedule.with_total_steps(steps);
-        run.validate()?;
-        entries.push(flow_entry(model, dataset, run)?);
-    }
-    for (model, text) in [
-        ("mlp", include_str!("../../gm-vae/configs/mnist_mlp.toml")),
-        ("conv", include_str!("../../gm-vae/configs/mnist_conv.toml")),
-    ] {
-        let mut run = gm_vae::VaeExperiment::from_toml_str(text)?;
-        let steps = steps_for(profile, 1500, 6000, 30_000);
-        run.train.steps = steps;
-        run.train.log_every = (steps / 20).max(1);
-        run.train.checkpoint_every = (steps / 5).max(1);
-        run.validate()?;
-        let config_text = run.to_toml_string()?;
-        let model_config = run.model.clone();
-        entries.push(Entry {
-            id: format!("vae/{model}/mnist_binary"),
-            family: "vae".into(),
-            model: model.into(),
-            dataset: "mnist_binary".into(),
-            train: run.train.clone(),
-            config_text,
-            build: Box::new(
-                move |_data: &NamedData, device: Device| -> Result<Box<dyn GenerativeModel>> {
-                    Ok(Box::new(crate::adapt::FlatUnlabelled(gm_vae::Vae::new(
-                        &model_config,
-                        device,
-                    )?)))
-                },
-            ),
-        });
-    }
     Ok(entries)
-}
-
-fn flow_entry(model: &str, dataset: &str, run: gm_flow::FlowRunConfig) -> Result<Entry> {
-    let config_text = run.to_toml_string()?;
-    let model_config = run.model.clone();
-    Ok(Entry {
-        id: format!("flow/{model}/{dataset}"),
-        family: "flow".into(),
-        model: model.into(),
-        dataset: dataset.into(),
-        train: run.train.clone(),
-        config_text,
-        build: Box::new(
-            move |data: &NamedData, device: Device| -> Result<Box<dyn GenerativeModel>> {
-                Ok(Box::new(gm_flow::FlowModel::new(
-                    &model_config,
-                    &data.event_shape,
-                    device,
-                )?))
-            },
-        ),
-    })
 }

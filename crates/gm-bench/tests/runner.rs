@@ -4,25 +4,60 @@ use gm_bench::report::{self, Report};
 use gm_bench::runner::{config_hash, run_entry};
 use gm_bench::suite::{suite, Entry, Profile};
 use gm_core::data::load_named;
+use gm_core::model::GenerativeModel;
+use gm_core::spec::{Budget, DataInfo, ModelSpec, RunConfig};
 use gm_core::tch::Device;
-use gm_core::train::TrainConfig;
+use gm_core::train::{LrSchedule, TrainConfig};
 use gm_core::GmError;
 
-fn entry(id: &str, build: gm_bench::suite::Builder) -> Entry {
+/// A spec whose build fails or panics, to check that the runner survives both.
+#[derive(Debug, Clone)]
+struct BrokenSpec {
+    panics: bool,
+}
+
+impl ModelSpec for BrokenSpec {
+    fn family(&self) -> &'static str {
+        "test"
+    }
+    fn validate(&self) -> gm_core::Result<()> {
+        Ok(())
+    }
+    fn scale_to_budget(&mut self, _: &Budget) {}
+    fn build(&self, _: &DataInfo, _: Device) -> gm_core::Result<Box<dyn GenerativeModel>> {
+        if self.panics {
+            panic!("boom");
+        }
+        Err(GmError::Unsupported("no such model".into()))
+    }
+    fn to_toml(&self) -> gm_core::Result<gm_core::toml::Table> {
+        let mut t = gm_core::toml::Table::new();
+        t.insert("panics".into(), self.panics.into());
+        Ok(t)
+    }
+    fn clone_spec(&self) -> Box<dyn ModelSpec> {
+        Box::new(self.clone())
+    }
+}
+
+fn entry(id: &str, panics: bool) -> Entry {
     Entry {
         id: id.into(),
         family: "test".into(),
         model: "m".into(),
         dataset: "two_moons".into(),
-        train: TrainConfig {
-            steps: 5,
-            batch_size: 16,
-            seed: 0,
-            log_every: 1,
-            checkpoint_every: 0,
+        run: RunConfig {
+            dataset: "two_moons".into(),
+            train: TrainConfig {
+                steps: 5,
+                batch_size: 16,
+                seed: 0,
+                log_every: 1,
+                checkpoint_every: 0,
+            },
+            model: Box::new(BrokenSpec { panics }),
         },
-        config_text: "x = 1".into(),
-        build,
+        config_text: format!("panics = {panics}"),
     }
 }
 
@@ -36,11 +71,8 @@ fn out_dir(name: &str) -> std::path::PathBuf {
 fn failures_are_recorded_not_fatal() {
     let data = load_named("two_moons", Device::Cpu, 64, 64, 0).unwrap();
     let out = out_dir("fail");
-    let erroring = entry(
-        "test/error/two_moons",
-        Box::new(|_, _| Err(GmError::Unsupported("no such model".into()))),
-    );
-    let panicking = entry("test/panic/two_moons", Box::new(|_, _| panic!("boom")));
+    let erroring = entry("test/error/two_moons", false);
+    let panicking = entry("test/panic/two_moons", true);
     let a = run_entry(&erroring, &data, &out, Device::Cpu);
     let b = run_entry(&panicking, &data, &out, Device::Cpu);
     assert_eq!(a.status, "failed");
@@ -76,9 +108,9 @@ fn a_real_entry_trains_and_is_reused() {
             .position(|e| e.id == "flow/realnvp/two_moons")
             .unwrap(),
     );
-    e.train.steps = 3;
-    e.train.batch_size = 64;
-    e.train.log_every = 1;
+    e.run.train.steps = 3;
+    e.run.train.batch_size = 64;
+    e.run.train.log_every = 1;
     e.config_text.push_str("\n# shortened for the test\n");
     let first = run_entry(&e, &data, &out, Device::Cpu);
     assert_eq!(first.status, "ok", "{:?}", first.error);
@@ -107,4 +139,79 @@ fn every_profile_builds_a_suite() {
         assert_eq!(ids.len(), entries.len(), "entry ids are unique");
     }
     assert!("fast".parse::<Profile>().is_err());
+}
+
+/// The budget reaches every step-measured length through the spec: the quick profile's VAE
+/// decays its learning rate to the minimum on its last step and shortens its KL warm-up in
+/// proportion.
+#[test]
+fn budgets_are_applied_by_the_specs() {
+    for profile in [Profile::Quick, Profile::Default, Profile::Full] {
+        for e in suite(profile).unwrap() {
+            let steps = e.run.train.steps;
+            let schedule = match e.family.as_str() {
+                "vae" => {
+                    let c: gm_vae::VaeConfig = e.run.model_config().unwrap();
+                    if let gm_vae::ObjectiveConfig::Elbo {
+                        kl_warmup_steps, ..
+                    } = c.objective
+                    {
+                        assert!(
+                            kl_warmup_steps < steps,
+                            "{}: KL warm-up {kl_warmup_steps} of {steps} steps",
+                            e.id
+                        );
+                    }
+                    c.lr_schedule
+                }
+                "flow" => e.run.model_config::<gm_flow::FlowConfig>().unwrap().schedule,
+                other => panic!("unexpected family {other}"),
+            };
+            if let LrSchedule::WarmupCosine {
+                total_steps,
+                min_ratio,
+                warmup_steps,
+            } = schedule
+            {
+                assert_eq!(total_steps, steps, "{}", e.id);
+                assert!(warmup_steps < steps / 5, "{}: warm-up {warmup_steps}", e.id);
+                assert!(
+                    (schedule.factor(steps - 1) - min_ratio).abs() < 1e-12,
+                    "{}: the last step runs at {} of the peak rate, not the minimum {min_ratio}",
+                    e.id,
+                    schedule.factor(steps - 1)
+                );
+            }
+        }
+    }
+    // The quick-profile MLP VAE: 1,500 of the 6,000 steps its file was written for.
+    let quick = suite(Profile::Quick).unwrap();
+    let vae = quick.iter().find(|e| e.id == "vae/mlp/mnist_binary").unwrap();
+    let c: gm_vae::VaeConfig = vae.run.model_config().unwrap();
+    assert_eq!(
+        c.objective,
+        gm_vae::ObjectiveConfig::Elbo {
+            beta: 1.0,
+            kl_warmup_steps: 250,
+            samples: 1
+        }
+    );
+}
+
+/// A suite file that names an unknown config or repeats an id is refused.
+#[test]
+fn bad_suites_are_refused() {
+    let registry = gm_bench::suite::registry();
+    let unknown = "[[entry]]\nmodel = \"x\"\nconfig = \"flow/nope\"\nsteps = { quick = 1, default = 1, full = 1 }";
+    let err = gm_bench::suite::suite_from(unknown, "t", Profile::Quick, &registry)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("flow/nope"), "{err}");
+    let twice = "[[entry]]\nmodel = \"g\"\nconfig = \"flow/glow_mnist_grey\"\nsteps = { quick = 10, default = 1, full = 1 }\n[[entry]]\nmodel = \"g\"\nconfig = \"flow/glow_mnist_grey\"\nsteps = { quick = 10, default = 1, full = 1 }";
+    let err = gm_bench::suite::suite_from(twice, "t", Profile::Quick, &registry)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("twice"), "{err}");
+    let typo = "[[entry]]\nmodel = \"g\"\nconfg = \"flow/glow_mnist_grey\"\nsteps = { quick = 10, default = 1, full = 1 }";
+    assert!(gm_bench::suite::suite_from(typo, "t", Profile::Quick, &registry).is_err());
 }

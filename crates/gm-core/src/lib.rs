@@ -15,9 +15,11 @@
 //! - Library functions return [`Result`] for anything a caller can get wrong.
 
 pub use tch;
+pub use toml;
 
 pub mod bijectors;
 pub mod bounds;
+pub mod code_prior;
 pub mod data;
 pub mod device;
 pub mod distributions;
@@ -25,6 +27,7 @@ pub mod error;
 pub mod kl;
 pub mod model;
 pub mod nn;
+pub mod spec;
 pub mod testing;
 pub mod train;
 
@@ -41,7 +44,10 @@ pub mod prelude {
     };
     pub use crate::error::{GmError, Result};
     pub use crate::kl::{kl_divergence, kl_monte_carlo, KlDivergence};
-    pub use crate::model::{Batch, GenerativeModel, LikelihoodKind, StepOutput};
+    pub use crate::model::{
+        Batch, GenerativeModel, LikelihoodKind, SampleOptions, StepOutput, WeightChoice,
+    };
+    pub use crate::spec::{Budget, DataInfo, ModelSpec, Registry, RunConfig};
     pub use crate::train::config::Config;
     pub use tch::{Device, Kind, Tensor};
 }

@@ -1,15 +1,29 @@
 //! The one interface every model family implements, so gm-bench can drive them all alike.
 //!
+//! # The input contract
+//!
+//! - Every model accepts data `[batch] ++ event_shape`, where `event_shape` is the
+//!   [`DataInfo::event_shape`](crate::spec::DataInfo) it was built for (`[2]` for a 2D toy set,
+//!   `[1, 28, 28]` for MNIST). A model that works on vectors flattens internally.
+//! - Labels travel beside the data ([`Batch::labels`], [`SampleOptions::labels`]): unconditional
+//!   models ignore them; conditional ones require them for training and use them for sampling
+//!   (drawing them uniformly when none are given).
+//! - Values are checked at the boundary ([`check_data`]): a NaN, an infinity, a value outside a
+//!   discrete data space or an empty batch is an error that says what was found, and the
+//!   model's state is left unchanged.
+//! - Sampling goes through one method, [`GenerativeModel::sample_with`] with [`SampleOptions`].
+//!
 //! A model owns its networks *and* its optimizers: a GAN has two, a VAE one, and each decides
 //! how many updates one [`GenerativeModel::train_step`] makes. Its whole training state
 //! (weights, optimizer moments, EMA copies) is exposed as named tensors by
 //! [`GenerativeModel::state`], which is what checkpoints store.
 
+use crate::data::ValueKind;
 use crate::train::checkpoint::{load_tensors, save_tensors, StateDict};
 use crate::{GmError, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use tch::{nn, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 /// What a model's `log_likelihood` means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +99,220 @@ impl StepOutput {
     }
 }
 
+/// Which weights a model samples and evaluates with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightChoice {
+    /// The exponential moving average of the weights, where the model keeps one; the raw
+    /// weights otherwise.
+    #[default]
+    Ema,
+    /// The weights as the optimizer left them.
+    Raw,
+}
+
+/// How to draw samples: one set of options for every family. Each family reads the fields it
+/// has a use for and documents which; the rest are ignored.
+#[derive(Debug)]
+pub struct SampleOptions {
+    /// Class labels `[n]` for a conditional model (drawn uniformly when `None`); ignored by
+    /// unconditional models.
+    pub labels: Option<Tensor>,
+    /// A real-valued context `[n, features]` for models conditioned on vectors.
+    pub context: Option<Tensor>,
+    /// Scales the noise of the base or latent distribution (flows, VAEs) or divides the logits
+    /// (autoregressive models); 1 samples the model itself.
+    pub temperature: f64,
+    /// The number of steps of an iterative sampler (diffusion, ODE solvers); `None` for the
+    /// model's default.
+    pub steps: Option<usize>,
+    /// The solver of an iterative sampler, by name (e.g. `ddim`, `heun`); `None` for the
+    /// model's default.
+    pub solver: Option<String>,
+    /// EMA or raw weights.
+    pub weights: WeightChoice,
+    /// Seeds libtorch's generator before sampling, for reproducible draws.
+    pub seed: Option<u64>,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        SampleOptions {
+            labels: None,
+            context: None,
+            temperature: 1.0,
+            steps: None,
+            solver: None,
+            weights: WeightChoice::Ema,
+            seed: None,
+        }
+    }
+}
+
+impl SampleOptions {
+    pub fn new() -> Self {
+        SampleOptions::default()
+    }
+
+    pub fn labels(mut self, labels: Tensor) -> Self {
+        self.labels = Some(labels);
+        self
+    }
+
+    pub fn context(mut self, context: Tensor) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    pub fn temperature(mut self, temperature: f64) -> Self {
+        self.temperature = temperature;
+        self
+    }
+
+    pub fn steps(mut self, steps: usize) -> Self {
+        self.steps = Some(steps);
+        self
+    }
+
+    pub fn solver(mut self, solver: impl Into<String>) -> Self {
+        self.solver = Some(solver.into());
+        self
+    }
+
+    pub fn weights(mut self, weights: WeightChoice) -> Self {
+        self.weights = weights;
+        self
+    }
+
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks `n` and the temperature, and seeds libtorch if a seed was given. Every
+    /// `sample_with` calls this first.
+    pub fn begin(&self, n: i64) -> Result<()> {
+        if n < 1 {
+            return Err(GmError::config(
+                "n",
+                format!("must sample at least 1, got {n}"),
+            ));
+        }
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(GmError::config(
+                "temperature",
+                format!("must be finite and non-negative, got {}", self.temperature),
+            ));
+        }
+        if self.steps == Some(0) {
+            return Err(GmError::config("steps", "must be at least 1"));
+        }
+        if let Some(seed) = self.seed {
+            crate::device::seed_torch(seed);
+        }
+        Ok(())
+    }
+
+    /// The labels to sample `n` examples of a model with `classes` classes: the given ones
+    /// (checked to be `[n]` integers in `0..classes`) or uniform draws.
+    pub fn labels_for(&self, n: i64, classes: i64, device: Device) -> Result<Tensor> {
+        match &self.labels {
+            Some(labels) => {
+                check_labels(labels, n, classes, "SampleOptions.labels")?;
+                Ok(labels.f_to_kind(Kind::Int64)?.f_to_device(device)?)
+            }
+            None => Ok(Tensor::f_randint(classes, [n], (Kind::Int64, device))?),
+        }
+    }
+}
+
+/// Checks that `labels` are `[n]` integers in `0..classes`.
+pub fn check_labels(labels: &Tensor, n: i64, classes: i64, what: &str) -> Result<()> {
+    if labels.size() != [n] {
+        return Err(GmError::shape(what, format!("[{n}]"), &labels.size()));
+    }
+    if labels.is_floating_point() || labels.kind() == Kind::Bool || labels.is_complex() {
+        return Err(GmError::Domain(format!(
+            "{what}: labels must be integers, got a {:?} tensor",
+            labels.kind()
+        )));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let labels = labels.f_to_kind(Kind::Int64)?;
+    let lo = labels.f_min()?.f_int64_value(&[])?;
+    let hi = labels.f_max()?.f_int64_value(&[])?;
+    if lo < 0 || hi >= classes {
+        return Err(GmError::Domain(format!(
+            "{what}: labels must lie in [0, {classes}), found values in [{lo}, {hi}]"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks data at a model's boundary against the input contract: `[batch] ++ event_shape` with
+/// `batch ≥ 1`, a real or integer dtype, every value finite, and for discrete data every value
+/// an integer in `0..levels`. Returns the data as `Float` (or `Double` if given `Double`).
+/// `what` names the caller in the error.
+pub fn check_data(x: &Tensor, event_shape: &[i64], values: ValueKind, what: &str) -> Result<Tensor> {
+    let size = x.size();
+    if size.len() != event_shape.len() + 1 || size[1..] != *event_shape {
+        let expected: Vec<String> = event_shape.iter().map(|d| d.to_string()).collect();
+        return Err(GmError::shape(
+            what,
+            format!("[batch, {}]", expected.join(", ")),
+            &size,
+        ));
+    }
+    if size[0] == 0 {
+        return Err(GmError::shape(what, "a non-empty batch", &size));
+    }
+    let x = match x.kind() {
+        Kind::Float | Kind::Double => x.shallow_clone(),
+        Kind::Half | Kind::BFloat16 | Kind::Uint8 | Kind::Int8 | Kind::Int16 | Kind::Int
+        | Kind::Int64 => x.f_to_kind(Kind::Float)?,
+        other => {
+            return Err(GmError::Domain(format!(
+                "{what}: data must be real or integer, got a {other:?} tensor"
+            )))
+        }
+    };
+    // One reduction and one read: [non-finite count, out-of-range or fractional count].
+    let finite = x.f_isfinite()?;
+    let non_finite = finite.f_logical_not()?.f_sum(Kind::Int64)?;
+    let bad_values = match values {
+        ValueKind::Continuous => non_finite.f_zeros_like()?,
+        ValueKind::Discrete { levels } => {
+            let outside = x
+                .f_lt(0.0)?
+                .f_logical_or(&x.f_gt((levels - 1) as f64)?)?
+                .f_logical_or(&x.f_ne_tensor(&x.f_floor()?)?)?
+                .f_logical_and(&finite)?;
+            outside.f_sum(Kind::Int64)?
+        }
+    };
+    let counts = Vec::<i64>::try_from(&Tensor::f_stack(&[non_finite, bad_values], 0)?)?;
+    if counts[0] > 0 {
+        return Err(GmError::Domain(format!(
+            "{what}: found {} NaN or infinite value(s); data must be finite",
+            counts[0]
+        )));
+    }
+    if counts[1] > 0 {
+        let levels = match values {
+            ValueKind::Discrete { levels } => levels,
+            ValueKind::Continuous => 0,
+        };
+        return Err(GmError::Domain(format!(
+            "{what}: found {} value(s) outside the discrete data space: expected integers in [0, {}]",
+            counts[1],
+            levels - 1
+        )));
+    }
+    Ok(x)
+}
+
 /// The model interface of every family.
 pub trait GenerativeModel {
     /// The family, e.g. "flow", "vae", "gan".
@@ -93,8 +321,15 @@ pub trait GenerativeModel {
     /// One training step on a batch: forward, backward and the family's optimizer update(s).
     fn train_step(&mut self, batch: &Batch) -> Result<StepOutput>;
 
-    /// `n` samples, `[n, ...]`, in the data space (labels are drawn by the model if it is conditional).
-    fn sample(&self, n: i64) -> Result<Tensor>;
+    /// `n` samples `[n] ++ event_shape` in the data space, drawn as `options` say (see
+    /// [`SampleOptions`]; call [`SampleOptions::begin`] first).
+    fn sample_with(&self, n: i64, options: &SampleOptions) -> Result<Tensor>;
+
+    /// `n` samples with the default options (EMA weights where kept, temperature 1, labels
+    /// drawn uniformly for a conditional model).
+    fn sample(&self, n: i64) -> Result<Tensor> {
+        self.sample_with(n, &SampleOptions::default())
+    }
 
     /// What [`GenerativeModel::log_likelihood`] returns.
     fn likelihood_kind(&self) -> LikelihoodKind;
@@ -102,6 +337,19 @@ pub trait GenerativeModel {
     /// Per-example log-likelihood in nats, `[batch]`: exact or a lower bound as the kind says;
     /// `None` for a family without one.
     fn log_likelihood(&self, x: &Tensor) -> Result<Option<Tensor>>;
+
+    /// The log-likelihood of `x` given its labels, for conditional models (`ln p(x | y)`).
+    /// Unconditional models ignore the labels, which is what this default does.
+    fn log_likelihood_given(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Option<Tensor>> {
+        let _ = labels;
+        self.log_likelihood(x)
+    }
+
+    /// The number of label classes a conditional model is conditioned on; 0 for an
+    /// unconditional model (which ignores labels).
+    fn label_classes(&self) -> i64 {
+        0
+    }
 
     /// A latent code `[batch, ...]` for families that have an encoder.
     fn encode(&self, _x: &Tensor) -> Result<Option<Tensor>> {

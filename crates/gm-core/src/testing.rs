@@ -3,6 +3,13 @@
 //! Each `assert_*` function panics with a message that says which law failed, by how much,
 //! and at which tolerance, so a failing proptest case shrinks to a readable counter-example.
 
+pub mod conformance;
+
+pub use conformance::{
+    assert_refuses_data, assert_states_identical, check_conformance, state_snapshot,
+    ConformanceCase,
+};
+
 use crate::bijectors::{autograd_jacobian, autograd_log_abs_det, Bijector};
 use crate::distributions::Distribution;
 use tch::{Kind, Tensor};

@@ -3,7 +3,8 @@
 
 use gm_core::distributions::{Distribution, Independent, Normal};
 use gm_core::model::{
-    load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind, StepOutput,
+    load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind, SampleOptions,
+    StepOutput,
 };
 use gm_core::train::checkpoint::{load_tensors, save_tensors, StateDict};
 use gm_core::train::*;
@@ -34,7 +35,12 @@ impl GaussianModel {
             },
         )
         .unwrap();
-        let ema = Ema::new(&vs.trainable_variables(), 0.9).unwrap();
+        let ema = EmaConfig {
+            decay: 0.9,
+            start_step: 0,
+        }
+        .init(&vs)
+        .unwrap();
         GaussianModel {
             vs,
             loc,
@@ -61,10 +67,11 @@ impl GenerativeModel for GaussianModel {
         let noisy = batch.x.f_add(&(batch.x.randn_like() * 0.01))?;
         let loss = self.dist().log_prob(&noisy)?.mean(Kind::Float).neg();
         self.opt.backward_step(&loss, 0.05)?;
-        self.ema.update(&self.vs.trainable_variables())?;
+        self.ema.update(self.opt.steps() as u64)?;
         Ok(StepOutput::new().with("nll", &loss))
     }
-    fn sample(&self, n: i64) -> Result<Tensor> {
+    fn sample_with(&self, n: i64, options: &SampleOptions) -> Result<Tensor> {
+        options.begin(n)?;
         self.dist().sample(&[n])
     }
     fn likelihood_kind(&self) -> LikelihoodKind {
@@ -305,17 +312,68 @@ fn clipping_scales_to_max_norm() {
 }
 
 #[test]
-fn ema_follows_its_formula() {
-    let mut p = Tensor::from_slice(&[0.0f64, 10.0]);
-    let mut ema = Ema::new(&[p.shallow_clone()], 0.5).unwrap();
-    let _ = p.fill_(2.0);
-    ema.update(&[p.shallow_clone()]).unwrap();
-    let s = Vec::<f64>::try_from(&ema.shadow()[0]).unwrap();
-    assert_eq!(s, vec![1.0, 6.0]);
-    let mut params = vec![p.shallow_clone()];
-    ema.swap_into(&mut params).unwrap();
-    assert_eq!(Vec::<f64>::try_from(&params[0]).unwrap(), vec![1.0, 6.0]);
-    assert!(Ema::new(&[p], 1.5).is_err());
+fn ema_follows_its_formula_by_name() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut p = vs
+        .root()
+        .var_copy("weight", &Tensor::from_slice(&[0.0f32, 10.0]));
+    let mut q = vs.root().var_copy("bias", &Tensor::from_slice(&[4.0f32]));
+    let config = EmaConfig {
+        decay: 0.5,
+        start_step: 1,
+    };
+    let mut ema = config.init(&vs).unwrap();
+    assert_eq!(ema.names(), ["bias", "weight"]);
+    tch::no_grad(|| {
+        let _ = p.fill_(2.0);
+        let _ = q.fill_(0.0);
+    });
+    // Step 1 is not after start_step = 1: the average follows the weights.
+    ema.update(1).unwrap();
+    assert_eq!(
+        Vec::<f32>::try_from(ema.averaged("weight").unwrap()).unwrap(),
+        vec![2.0, 2.0]
+    );
+    tch::no_grad(|| {
+        let _ = p.fill_(4.0);
+        let _ = q.fill_(2.0);
+    });
+    ema.update(2).unwrap();
+    // 0.5 · 2 + 0.5 · 4 = 3; 0.5 · 0 + 0.5 · 2 = 1.
+    assert_eq!(
+        Vec::<f32>::try_from(ema.averaged("weight").unwrap()).unwrap(),
+        vec![3.0, 3.0]
+    );
+    // Swapped in through &self for the closure only, also when it fails.
+    let seen = ema
+        .with_averaged(|| Ok(Vec::<f32>::try_from(&p).unwrap()))
+        .unwrap();
+    assert_eq!(seen, vec![3.0, 3.0]);
+    assert_eq!(Vec::<f32>::try_from(&p).unwrap(), vec![4.0, 4.0]);
+    let failed: Result<()> = ema.with_averaged(|| Err(GmError::Unsupported("x".into())));
+    assert!(failed.is_err());
+    assert_eq!(Vec::<f32>::try_from(&p).unwrap(), vec![4.0, 4.0]);
+    // Saved and loaded by name.
+    let state = ema.state("ema.");
+    let names: Vec<&str> = state.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["ema.bias", "ema.weight"]);
+    let mut fresh = config.init(&vs).unwrap();
+    fresh
+        .load_state("ema.", &mut StateDict::from_tensors(state))
+        .unwrap();
+    assert_eq!(
+        Vec::<f32>::try_from(fresh.averaged("bias").unwrap()).unwrap(),
+        vec![1.0]
+    );
+    // The start step scales with the budget; decays of 1 or more are refused.
+    let budget = gm_core::spec::Budget::new(100, 1000).unwrap();
+    assert_eq!(config.scaled(&budget).start_step, 10);
+    assert!(EmaConfig {
+        decay: 1.0,
+        start_step: 0
+    }
+    .init(&vs)
+    .is_err());
 }
 
 #[test]

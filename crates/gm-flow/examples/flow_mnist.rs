@@ -12,10 +12,10 @@
 use clap::Parser;
 use gm_core::bounds::bits_per_dim;
 use gm_core::data::load_named;
-use gm_core::model::GenerativeModel;
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::train::{Config, Trainer};
-use gm_flow::{DataSpace, FlowModel, FlowRunConfig};
+use gm_core::train::Trainer;
+use gm_core::data::ValueKind;
+use gm_core::spec::Registry;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -35,6 +35,8 @@ struct Args {
 fn main() -> gm_core::Result<()> {
     let args = Args::parse();
     let device = gm_core::device::default_device()?;
+    let mut registry = Registry::new();
+    gm_flow::register(&mut registry);
     let configs = if args.configs.is_empty() {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
         vec![
@@ -50,20 +52,18 @@ fn main() -> gm_core::Result<()> {
             .and_then(|s| s.to_str())
             .unwrap_or("glow")
             .to_string();
-        let mut run = FlowRunConfig::load(&path)?;
+        let mut run = registry.load_run(&path.to_string_lossy())?;
         if let Some(steps) = args.steps {
-            run.train.steps = steps;
-            run.model.schedule = run.model.schedule.with_total_steps(steps);
+            run = run.with_steps(steps)?;
         }
-        run.validate()?;
         let data = load_named(&run.dataset, device, 0, 0, run.train.seed)?;
         gm_core::device::seed_everything(run.train.seed);
-        let mut model = FlowModel::new(&run.model, &data.event_shape, device)?;
+        let mut model = run.model.build(&data.info(), device)?;
         let dir = args.out.join(&name);
         let started = Instant::now();
         let history = Trainer::new(run.train.clone())?
             .with_checkpoint(dir.join("checkpoint.safetensors"))
-            .fit(&mut model, &data.train.x, None, |step, losses| {
+            .fit(model.as_mut(), &data.train.x, None, |step, losses| {
                 eprintln!("  {name} step {step}: {losses:?}")
             })?;
         let wall = started.elapsed().as_secs_f64();
@@ -82,9 +82,9 @@ fn main() -> gm_core::Result<()> {
         }
         let nll = -total / (n * args.eval_draws) as f64;
         let dims = 784;
-        let levels = match run.model.data {
-            DataSpace::Discrete { levels } => levels,
-            DataSpace::Continuous => 0,
+        let levels = match data.values {
+            ValueKind::Discrete { levels } => levels,
+            ValueKind::Continuous => 0,
         };
         println!(
             "{name}: test NLL bound {nll:.2} nats = {:.4} bits/dim (levels {levels}), {} steps, {:.0} s training this process, {} parameters",

@@ -11,9 +11,9 @@ use clap::Parser;
 use gm_core::data::load_named;
 use gm_core::data::toy::ToyDataset;
 use gm_core::model::GenerativeModel;
+use gm_core::spec::Registry;
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::train::{Config, Trainer};
-use gm_flow::{FlowModel, FlowRunConfig};
+use gm_core::train::Trainer;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -25,7 +25,7 @@ struct Args {
     /// Toy sets to train on.
     #[arg(long, num_args = 1.., default_values_t = ["checkerboard".to_string(), "eight_gaussians".to_string(), "two_moons".to_string(), "two_spirals".to_string()])]
     datasets: Vec<String>,
-    /// Override the number of training steps (the cosine schedule follows).
+    /// Override the number of training steps (the spec rescales its schedule).
     #[arg(long)]
     steps: Option<u64>,
     /// Training examples drawn once per data set.
@@ -40,6 +40,8 @@ struct Args {
 fn main() -> gm_core::Result<()> {
     let args = Args::parse();
     let device = gm_core::device::default_device()?;
+    let mut registry = Registry::new();
+    gm_flow::register(&mut registry);
     let configs = if args.configs.is_empty() {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
         ["realnvp_toy.toml", "maf_toy.toml", "nsf_toy.toml"]
@@ -61,11 +63,10 @@ fn main() -> gm_core::Result<()> {
             .trim_end_matches("_toy")
             .to_string();
         for dataset in &args.datasets {
-            let mut run = FlowRunConfig::load(path)?;
+            let mut run = registry.load_run(&path.to_string_lossy())?;
             run.dataset = dataset.clone();
             if let Some(steps) = args.steps {
-                run.train.steps = steps;
-                run.model.schedule = run.model.schedule.with_total_steps(steps);
+                run = run.with_steps(steps)?;
             }
             run.validate()?;
             let data = load_named(
@@ -76,10 +77,10 @@ fn main() -> gm_core::Result<()> {
                 run.train.seed,
             )?;
             gm_core::device::seed_everything(run.train.seed);
-            let mut model = FlowModel::new(&run.model, &data.event_shape, device)?;
+            let mut model = run.model.build(&data.info(), device)?;
             let started = Instant::now();
             let history = Trainer::new(run.train.clone())?.fit(
-                &mut model,
+                model.as_mut(),
                 &data.train.x,
                 None,
                 |step, losses| {
@@ -97,7 +98,7 @@ fn main() -> gm_core::Result<()> {
             let (entropy, se) = set.entropy(200_000, device)?;
             let gap = test_nll - entropy;
             println!("| {name} | {dataset} | {test_nll:.4} | {entropy:.4} ± {se:.4} | {gap:.4} | {} | {train_seconds:.0} |", history.steps_done);
-            write_heatmap(&model, set, &args.out.join(format!("{name}_{dataset}.png")))?;
+            write_heatmap(model.as_ref(), set, &args.out.join(format!("{name}_{dataset}.png")))?;
             rows.push(serde_json::json!({
                 "model": name, "dataset": dataset, "test_nll_nats": test_nll, "entropy_nats": entropy,
                 "entropy_stderr": se, "gap_nats": gap, "steps": history.steps_done, "train_seconds": train_seconds,
@@ -114,7 +115,7 @@ fn main() -> gm_core::Result<()> {
 
 /// The model density on the data set's box, as a grey-scale image (brighter is denser).
 fn write_heatmap(
-    model: &FlowModel,
+    model: &dyn GenerativeModel,
     set: ToyDataset,
     path: &std::path::Path,
 ) -> gm_core::Result<()> {
@@ -124,7 +125,7 @@ fn write_heatmap(
     let grid = Tensor::meshgrid_indexing(&[&axis, &axis], "xy");
     // Rows run top to bottom, so flip y.
     let pts = Tensor::stack(&[grid[0].reshape([-1]), grid[1].flip([0]).reshape([-1])], 1)
-        .to_device(model.var_store().device());
+        .to_device(gm_core::device::default_device()?);
     let p = model
         .log_likelihood(&pts)?
         .expect("exact")

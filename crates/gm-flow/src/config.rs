@@ -1,7 +1,8 @@
 //! Flow configurations: the architecture, the data space, the optimizer and schedule.
 
 use crate::layer::ElementTransform;
-use gm_core::train::{AdamConfig, Config, LrSchedule};
+use gm_core::train::config::in_section;
+use gm_core::train::{AdamConfig, Config, EmaConfig, LrSchedule};
 use gm_core::{GmError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +70,9 @@ pub struct FlowConfig {
     pub context_classes: i64,
     pub optimizer: AdamConfig,
     pub schedule: LrSchedule,
+    /// An exponential moving average of the weights, used for sampling and evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaConfig>,
 }
 
 impl Default for FlowConfig {
@@ -83,14 +87,18 @@ impl Default for FlowConfig {
                 ..Default::default()
             },
             schedule: LrSchedule::Constant,
+            ema: None,
         }
     }
 }
 
 impl Config for FlowConfig {
     fn validate(&self) -> Result<()> {
-        self.optimizer.validate()?;
-        self.schedule.validate()?;
+        in_section("optimizer", self.optimizer.validate())?;
+        in_section("schedule", self.schedule.validate())?;
+        if let Some(ema) = &self.ema {
+            in_section("ema", ema.validate())?;
+        }
         if self.context_classes < 0 {
             return Err(GmError::config("context_classes", "must not be negative"));
         }
@@ -155,45 +163,8 @@ impl Config for FlowConfig {
     }
 }
 
-/// A TOML run file: a data set, a training budget and a model, as in `configs/*.toml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FlowRunConfig {
-    /// A toy set name (`two_moons`, ...), `mnist_grey` (8-bit) or `mnist_binary`.
-    pub dataset: String,
-    pub train: gm_core::train::TrainConfig,
-    pub model: FlowConfig,
-}
-
-impl Default for FlowRunConfig {
-    fn default() -> Self {
-        FlowRunConfig {
-            dataset: "two_moons".into(),
-            train: Default::default(),
-            model: FlowConfig::default(),
-        }
-    }
-}
-
-impl Config for FlowRunConfig {
-    fn validate(&self) -> Result<()> {
-        self.train.validate()?;
-        self.model.validate()?;
-        let toy = self
-            .dataset
-            .parse::<gm_core::data::toy::ToyDataset>()
-            .is_ok();
-        if !toy && self.dataset != "mnist_grey" && self.dataset != "mnist_binary" {
-            return Err(GmError::config(
-                "dataset",
-                format!("unknown data set {:?}", self.dataset),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// The TOML run files shipped in `configs/`, by file stem (e.g. `"nsf_toy"`).
+/// The TOML run files shipped in `configs/`, by file stem (e.g. `"nsf_toy"`); registered as
+/// `flow/<stem>` by [`crate::register`].
 pub const SHIPPED_CONFIGS: [(&str, &str); 5] = [
     ("realnvp_toy", include_str!("../configs/realnvp_toy.toml")),
     ("maf_toy", include_str!("../configs/maf_toy.toml")),
@@ -207,15 +178,3 @@ pub const SHIPPED_CONFIGS: [(&str, &str); 5] = [
         include_str!("../configs/glow_mnist_binary.toml"),
     ),
 ];
-
-/// Parses a shipped run config by name.
-pub fn shipped_config(name: &str) -> Result<FlowRunConfig> {
-    let text = SHIPPED_CONFIGS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| {
-            GmError::config("config", format!("no shipped flow config named {name:?}"))
-        })?;
-    FlowRunConfig::from_toml_str(text)
-}

@@ -8,12 +8,15 @@ use crate::vector::{
     alternating_mask, ActNorm, AutoregressiveKind, Coupling, MaskedAutoregressive, Permutation,
 };
 use gm_core::distributions::{Distribution, StandardNormal};
+use gm_core::data::ValueKind;
 use gm_core::model::{
-    load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind, StepOutput,
+    check_data, check_labels, load_var_store, var_store_state, Batch, GenerativeModel,
+    LikelihoodKind, SampleOptions, StepOutput, WeightChoice,
 };
 use gm_core::nn::{MlpConfig, Ordering};
 use gm_core::tch::{nn, Device, Kind, Tensor};
-use gm_core::train::{Adam, Config, StateDict};
+use gm_core::train::config::with_section;
+use gm_core::train::{Adam, Config, Ema, StateDict};
 use gm_core::{GmError, Result};
 
 /// Layers `f = f_L ∘ … ∘ f_1` (data → noise) over a standard Normal on `[latent]`:
@@ -120,7 +123,7 @@ impl Flow {
 
 /// Builds the layers of `config` for examples of shape `event_shape`.
 pub fn build_flow(config: &FlowConfig, path: &nn::Path, event_shape: &[i64]) -> Result<Flow> {
-    config.validate()?;
+    Config::validate(config)?;
     let device = path.device();
     let context = config.context_classes;
     let mut layers: Vec<Box<dyn FlowLayer>> = Vec::new();
@@ -223,11 +226,13 @@ fn vector_features(event_shape: &[i64]) -> Result<i64> {
     }
 }
 
-/// A trainable flow: the flow, its variables and optimizer, and the data-space convention.
+/// A trainable flow: the flow, its variables, optimizer and optional weight average, and the
+/// data-space convention.
 pub struct FlowModel {
     vs: nn::VarStore,
     flow: Flow,
     optimizer: Adam,
+    ema: Option<Ema>,
     config: FlowConfig,
     dims: i64,
 }
@@ -235,13 +240,21 @@ pub struct FlowModel {
 impl FlowModel {
     /// A new model for examples of shape `event_shape` (e.g. `[2]` or `[1, 28, 28]`).
     pub fn new(config: &FlowConfig, event_shape: &[i64], device: Device) -> Result<Self> {
+        Config::validate(config)?;
         let vs = nn::VarStore::new(device);
         let flow = build_flow(config, &vs.root(), event_shape)?;
         let optimizer = Adam::new(vs.trainable_variables(), config.optimizer.clone())?;
+        let ema = config
+            .ema
+            .as_ref()
+            .map(|e| e.init(&vs))
+            .transpose()
+            .map_err(|e| with_section("ema", e))?;
         Ok(FlowModel {
             vs,
             flow,
             optimizer,
+            ema,
             config: config.clone(),
             dims: event_shape.iter().product(),
         })
@@ -259,51 +272,47 @@ impl FlowModel {
         &self.vs
     }
 
-    /// Reshapes a batch to `[batch, event...]` (accepting flat `[batch, D]` image batches).
-    fn shaped(&self, x: &Tensor) -> Result<Tensor> {
-        let event = self.flow.event_shape();
-        let shape: Vec<i64> = std::iter::once(-1).chain(event.iter().copied()).collect();
-        let per_example: i64 = x.size().iter().skip(1).product();
-        if x.dim() < 2 || per_example != self.dims {
-            return Err(GmError::shape(
-                "FlowModel input",
-                format!("[batch, {event:?}] or [batch, {}]", self.dims),
-                &x.size(),
-            ));
+    fn value_kind(&self) -> ValueKind {
+        match self.config.data {
+            DataSpace::Continuous => ValueKind::Continuous,
+            DataSpace::Discrete { levels } => ValueKind::Discrete { levels },
         }
-        Ok(x.f_to_kind(Kind::Float)?.f_reshape(shape.as_slice())?)
     }
 
-    /// The one-hot context for labels, or `None` for an unconditional flow.
+    /// Checks a batch against the input contract and returns it as `Float`.
+    fn checked(&self, x: &Tensor, what: &str) -> Result<Tensor> {
+        let x = check_data(x, self.flow.event_shape(), self.value_kind(), what)?;
+        Ok(x.f_to_kind(Kind::Float)?)
+    }
+
+    /// The one-hot context for labels, or `None` for an unconditional flow (which ignores
+    /// labels).
     fn context(&self, labels: Option<&Tensor>, batch: i64) -> Result<Option<Tensor>> {
         let k = self.config.context_classes;
         if k == 0 {
             return Ok(None);
         }
-        let labels =
-            labels.ok_or_else(|| GmError::Unsupported("a conditional flow needs labels".into()))?;
-        if labels.size() != [batch] {
-            return Err(GmError::shape(
-                "labels",
-                format!("[{batch}]"),
-                &labels.size(),
-            ));
-        }
+        let labels = labels.ok_or_else(|| {
+            GmError::Unsupported(format!(
+                "this flow is conditional on {k} classes: give labels [batch]"
+            ))
+        })?;
+        check_labels(labels, batch, k, "FlowModel labels")?;
         Ok(Some(
             labels
                 .f_to_kind(Kind::Int64)?
+                .f_to_device(self.vs.device())?
                 .f_one_hot(k)?
                 .f_to_kind(Kind::Float)?,
         ))
     }
 
-    /// Log-likelihood per example in nats: exact for continuous data; for discrete data the
-    /// dequantisation lower bound (see [`DataSpace::Discrete`]).
-    pub fn log_prob(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        let x = self.shaped(x)?;
+    /// Log-likelihood per example in nats of checked data: exact for continuous data; for
+    /// discrete data the dequantisation lower bound (see [`DataSpace::Discrete`]).
+    fn log_prob_checked(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         let context = self.context(labels, x.size()[0])?;
         match self.config.data {
-            DataSpace::Continuous => self.flow.log_prob(&x, context.as_ref()),
+            DataSpace::Continuous => self.flow.log_prob(x, context.as_ref()),
             DataSpace::Discrete { levels } => {
                 let y = x.f_add(&x.f_rand_like()?)?.f_div_scalar(levels as f64)?;
                 let lp = self.flow.log_prob(&y, context.as_ref())?;
@@ -314,17 +323,46 @@ impl FlowModel {
         }
     }
 
-    /// Draws `n` examples; discrete models return integer levels (as floats).
-    pub fn sample_with(&self, n: i64, labels: Option<&Tensor>, temperature: f64) -> Result<Tensor> {
-        let context = self.context(labels, n)?;
-        let y = self.flow.sample(n, context.as_ref(), temperature)?;
-        match self.config.data {
-            DataSpace::Continuous => Ok(y),
-            DataSpace::Discrete { levels } => {
-                let l = levels as f64;
-                Ok(y.f_mul_scalar(l)?.f_floor()?.f_clamp(0.0, l - 1.0)?)
-            }
+    /// Log-likelihood per example in nats with the raw weights, differentiable (see
+    /// [`FlowModel::log_prob_checked`]); `labels` for a conditional flow.
+    pub fn log_prob(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let x = self.checked(x, "FlowModel.log_prob x")?;
+        self.log_prob_checked(&x, labels)
+    }
+
+    /// Runs `f` with the averaged weights when `weights` asks for them and the model keeps an
+    /// average, with the raw weights otherwise.
+    fn with_weights<R>(&self, weights: WeightChoice, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        match (&self.ema, weights) {
+            (Some(ema), WeightChoice::Ema) => ema.with_averaged(f),
+            _ => f(),
         }
+    }
+
+    /// `ln p(x | y)`, or for a conditional flow without labels the mixture over labels with a
+    /// uniform label prior, `ln (1/C) Σ_y p(x | y)`; with the averaged weights if kept.
+    fn evaluate(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let x = self.checked(x, "FlowModel.log_likelihood x")?;
+        gm_core::tch::no_grad(|| {
+            self.with_weights(WeightChoice::Ema, || {
+                let k = self.config.context_classes;
+                match (k, labels) {
+                    (0, _) | (_, Some(_)) => self.log_prob_checked(&x, labels),
+                    (k, None) => {
+                        let batch = x.size()[0];
+                        let per_label = (0..k)
+                            .map(|y| {
+                                let l = Tensor::f_full([batch], y, (Kind::Int64, x.device()))?;
+                                self.log_prob_checked(&x, Some(&l))
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        Ok(Tensor::f_stack(&per_label, 0)?
+                            .f_logsumexp(&[0i64][..], false)?
+                            .f_sub_scalar((k as f64).ln())?)
+                    }
+                }
+            })
+        })
     }
 }
 
@@ -334,7 +372,8 @@ impl GenerativeModel for FlowModel {
     }
 
     fn train_step(&mut self, batch: &Batch) -> Result<StepOutput> {
-        let lp = self.log_prob(&batch.x, batch.labels.as_ref())?;
+        let x = self.checked(&batch.x, "FlowModel.train_step x")?;
+        let lp = self.log_prob_checked(&x, batch.labels.as_ref())?;
         let nll = lp.f_mean(None::<Kind>)?.f_neg()?;
         // Per-dimension loss keeps gradient sizes comparable across data sizes.
         let loss = nll.f_div_scalar(self.dims as f64)?;
@@ -343,15 +382,31 @@ impl GenerativeModel for FlowModel {
             .schedule
             .lr(self.config.optimizer.lr, self.optimizer.steps() as u64);
         self.optimizer.backward_step(&loss, lr)?;
+        if let Some(ema) = &mut self.ema {
+            ema.update(self.optimizer.steps() as u64)?;
+        }
         Ok(StepOutput::new().with("nll", &nll))
     }
 
-    fn sample(&self, n: i64) -> Result<Tensor> {
+    /// Reads `labels` (conditional flows), `temperature` (scales the base noise), `weights`
+    /// and `seed`. Discrete models return integer levels (as floats).
+    fn sample_with(&self, n: i64, options: &SampleOptions) -> Result<Tensor> {
+        options.begin(n)?;
         let labels = match self.config.context_classes {
             0 => None,
-            k => Some(Tensor::f_randint(k, [n], (Kind::Int64, self.vs.device()))?),
+            k => Some(options.labels_for(n, k, self.vs.device())?),
         };
-        self.sample_with(n, labels.as_ref(), 1.0)
+        let context = self.context(labels.as_ref(), n)?;
+        let y = self.with_weights(options.weights, || {
+            self.flow.sample(n, context.as_ref(), options.temperature)
+        })?;
+        match self.config.data {
+            DataSpace::Continuous => Ok(y),
+            DataSpace::Discrete { levels } => {
+                let l = levels as f64;
+                Ok(y.f_mul_scalar(l)?.f_floor()?.f_clamp(0.0, l - 1.0)?)
+            }
+        }
     }
 
     fn likelihood_kind(&self) -> LikelihoodKind {
@@ -362,19 +417,22 @@ impl GenerativeModel for FlowModel {
     }
 
     fn log_likelihood(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        if self.config.context_classes > 0 {
-            return Err(GmError::Unsupported(
-                "a conditional flow's likelihood needs labels: use FlowModel::log_prob".into(),
-            ));
-        }
-        gm_core::tch::no_grad(|| self.log_prob(x, None)).map(Some)
+        self.evaluate(x, None).map(Some)
+    }
+
+    fn log_likelihood_given(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Option<Tensor>> {
+        self.evaluate(x, labels).map(Some)
+    }
+
+    fn label_classes(&self) -> i64 {
+        self.config.context_classes
     }
 
     fn encode(&self, x: &Tensor) -> Result<Option<Tensor>> {
         if self.config.context_classes > 0 {
             return Ok(None);
         }
-        let x = self.shaped(x)?;
+        let x = self.checked(x, "FlowModel.encode x")?;
         gm_core::tch::no_grad(|| Ok(Some(self.flow.transform_to_noise(&x, None)?.0)))
     }
 
@@ -385,11 +443,18 @@ impl GenerativeModel for FlowModel {
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut s = var_store_state(&self.vs, "flow.");
         s.extend(self.optimizer.state("adam."));
+        if let Some(ema) = &self.ema {
+            s.extend(ema.state("ema."));
+        }
         s
     }
 
     fn load_state(&mut self, state: &mut StateDict) -> Result<()> {
         load_var_store(&self.vs, "flow.", state)?;
-        self.optimizer.load_state("adam.", state)
+        self.optimizer.load_state("adam.", state)?;
+        if let Some(ema) = &mut self.ema {
+            ema.load_state("ema.", state)?;
+        }
+        Ok(())
     }
 }

@@ -84,12 +84,15 @@ impl InvertibleConv1x1 {
         let s = u.f_diagonal(0, 0, 1)?;
         let lower_mask = Tensor::f_ones([channels, channels], (kind, device))?.f_tril(-1)?;
         let eye = Tensor::f_eye(channels, (kind, device))?;
+        // The permutation and the signs of U's diagonal are drawn at random and never trained,
+        // but they define the layer: they live in the var store (not trainable) so that a
+        // checkpoint restores them into a model built with another seed.
         Ok(InvertibleConv1x1 {
-            permutation: p.f_to_kind(kind)?,
+            permutation: path.add("permutation", p.f_to_kind(kind)?, false),
             lower: path.var_copy("lower", &l.f_to_kind(kind)?),
             upper: path.var_copy("upper", &u.f_triu(1)?.f_to_kind(kind)?),
             log_s: path.var_copy("log_s", &s.f_abs()?.f_log()?.f_to_kind(kind)?),
-            sign_s: s.f_sign()?.f_to_kind(kind)?,
+            sign_s: path.add("sign_s", s.f_sign()?.f_to_kind(kind)?, false),
             lower_mask,
             eye,
             channels,

@@ -13,7 +13,10 @@
 //!   `inverse` and `sample`.
 //! - [`FlowModel`]: a trainable flow built from a TOML [`FlowConfig`], implementing gm-core's
 //!   [`GenerativeModel`](gm_core::model::GenerativeModel) with likelihood kind `Exact`
-//!   (continuous data) or `LowerBound` (dequantised discrete data).
+//!   (continuous data) or `LowerBound` (dequantised discrete data), with an optional weight
+//!   average for sampling and evaluation.
+//! - [`register`]: the `flow` family and its shipped run files (`configs/`) for gm-core's
+//!   registry; [`FlowConfig`] is the family's model spec.
 //!
 //! Direction: a layer's `forward` goes from data to noise.
 //!
@@ -26,7 +29,7 @@
 //! let x = Tensor::randn([256, 2], (Kind::Float, Device::Cpu));
 //! model.train_step(&Batch::new(x.shallow_clone()))?;
 //! let log_p = model.log_likelihood(&x)?.expect("flows have exact likelihoods");
-//! let samples = model.sample(16)?;
+//! let samples = model.sample(16)?; // [16, 2]
 //! # Ok(()) }
 //! ```
 
@@ -35,11 +38,11 @@ pub mod flow;
 pub mod glow;
 pub mod image;
 pub mod layer;
+pub mod spec;
 pub mod spline;
 pub mod vector;
 
-pub use config::{
-    shipped_config, Architecture, DataSpace, FlowConfig, FlowRunConfig, SHIPPED_CONFIGS,
-};
+pub use config::{Architecture, DataSpace, FlowConfig, SHIPPED_CONFIGS};
+pub use spec::register;
 pub use flow::{build_flow, Flow, FlowModel};
 pub use layer::{ElementTransform, FlowLayer};

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use gm_core::data::toy::ToyDataset;
 use gm_core::distributions::{Distribution, StandardNormal};
-use gm_core::model::{Batch, GenerativeModel, LikelihoodKind};
+use gm_core::model::{Batch, GenerativeModel, LikelihoodKind, SampleOptions};
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::testing::{assert_close, assert_density_integrates_2d};
 use gm_core::train::Config;
@@ -121,7 +121,7 @@ fn untrained_flow_is_the_base_density() {
         ..Default::default()
     };
     let model = FlowModel::new(&config, &[1, 8, 8], Device::Cpu).unwrap();
-    let pixels = Tensor::randint(256, [16, 64], (Kind::Float, Device::Cpu));
+    let pixels = Tensor::randint(256, [16, 1, 8, 8], (Kind::Float, Device::Cpu));
     let nll = -model
         .log_likelihood(&pixels)
         .unwrap()
@@ -273,46 +273,47 @@ fn conditional_flow() {
         model.train_step(&Batch::with_labels(x, labels)).unwrap();
     }
     let ones = Tensor::ones([200], (Kind::Int64, Device::Cpu));
-    let s = model.sample_with(200, Some(&ones), 1.0).unwrap();
+    let s = model
+        .sample_with(200, &SampleOptions::new().labels(ones.shallow_clone()))
+        .unwrap();
     let mean_x = s.select(1, 0).mean(Kind::Float).double_value(&[]);
     assert!(
         (mean_x - 2.0).abs() < 0.5,
         "class-1 samples centre at x = {mean_x}"
     );
-    assert!(
-        model.log_likelihood(&s).is_err(),
-        "a conditional likelihood needs labels"
-    );
-    let p1 = model
-        .log_prob(&s, Some(&ones))
-        .unwrap()
-        .mean(Kind::Float)
-        .double_value(&[]);
-    let p0 = model
-        .log_prob(&s, Some(&ones.zeros_like()))
-        .unwrap()
-        .mean(Kind::Float)
-        .double_value(&[]);
+    let p1_each = model.log_prob(&s, Some(&ones)).unwrap();
+    let p0_each = model.log_prob(&s, Some(&ones.zeros_like())).unwrap();
+    let p1 = p1_each.mean(Kind::Float).double_value(&[]);
+    let p0 = p0_each.mean(Kind::Float).double_value(&[]);
+    // Without labels, a conditional flow scores the mixture over labels with a uniform prior.
+    let marginal = model.log_likelihood(&s).unwrap().unwrap();
+    let expected = Tensor::stack(&[p0_each, p1_each], 0).logsumexp([0], false) - 2f64.ln();
+    assert_close(&marginal, &expected, 1e-5, "label-marginal log-likelihood");
+    // Given labels, the conditional density.
+    let given = model.log_likelihood_given(&s, Some(&ones)).unwrap().unwrap();
+    assert_close(&given, &model.log_prob(&s, Some(&ones)).unwrap(), 1e-6, "ln p(x | y)");
     assert!(
         p1 > p0 + 5.0,
         "the right label explains the samples better: {p1} vs {p0}"
     );
 }
 
-/// Every shipped TOML config parses and validates, and builds a model for its data set's shape.
+/// Every shipped TOML config parses and validates through the registry, and builds a model for
+/// its data set's shape.
 #[test]
 fn shipped_configs_load() {
+    let mut registry = gm_core::spec::Registry::new();
+    register(&mut registry);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        let run = FlowRunConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let shape: Vec<i64> = if run.dataset.starts_with("mnist") {
-            vec![1, 28, 28]
-        } else {
-            vec![2]
-        };
-        FlowModel::new(&run.model, &shape, Device::Cpu).unwrap();
+        let run = registry
+            .load_run(path.to_str().unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(run.family(), "flow");
+        let info = info_for(&run.dataset);
+        run.model.build(&info, Device::Cpu).unwrap();
         n += 1;
     }
     assert_eq!(
@@ -321,6 +322,6 @@ fn shipped_configs_load() {
         "every file in configs/ is listed in SHIPPED_CONFIGS"
     );
     for (name, _) in SHIPPED_CONFIGS {
-        shipped_config(name).unwrap();
+        registry.load_run(&format!("flow/{name}")).unwrap();
     }
 }

@@ -4,17 +4,20 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use gm_core::model::{Batch, GenerativeModel};
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::train::Config;
-use gm_vae::{Vae, VaeExperiment};
-use std::path::Path;
+use gm_core::spec::Registry;
+use gm_vae::{Vae, VaeConfig};
 
 fn model(config_name: &str) -> Vae {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("configs")
-        .join(config_name);
-    let experiment = VaeExperiment::load(&path).expect("ready config");
+    let mut registry = Registry::new();
+    gm_vae::register(&mut registry);
+    let name = format!("vae/{}", config_name.trim_end_matches(".toml"));
+    let run = registry.load_run(&name).expect("ready config");
+    let mut config: VaeConfig = run.model_config().expect("a VAE config");
+    if config.data_shape.len() == 1 {
+        config.data_shape = vec![784];
+    }
     gm_core::tch::manual_seed(0);
-    Vae::new(&experiment.model, Device::Cpu).expect("model")
+    Vae::new(&config, Device::Cpu).expect("model")
 }
 
 fn binary_batch(n: i64) -> Tensor {

@@ -12,9 +12,11 @@
 use clap::Parser;
 use gm_core::bounds::bits_per_dim;
 use gm_core::model::GenerativeModel;
+use gm_core::data::load_named;
+use gm_core::spec::Registry;
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::train::{Config, Trainer};
-use gm_vae::{Vae, VaeExperiment};
+use gm_core::train::Trainer;
+use gm_vae::{Vae, VaeConfig};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -27,7 +29,7 @@ struct Args {
     /// A config file instead of the ready one for --arch.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Training steps (overrides the config; the cosine schedule is stretched to match).
+    /// Training steps (overrides the config; the spec rescales its schedule and KL warm-up).
     #[arg(long)]
     steps: Option<u64>,
     /// Importance samples per test digit.
@@ -59,43 +61,48 @@ fn main() -> gm_core::Result<()> {
             .join("configs")
             .join(name)
     });
-    let mut experiment = VaeExperiment::load(&config_path)?;
+    let mut registry = Registry::new();
+    gm_vae::register(&mut registry);
+    let mut run = registry.load_run(&config_path.to_string_lossy())?;
     if let Some(steps) = args.steps {
-        experiment.train.steps = steps;
-        if let gm_core::train::LrSchedule::WarmupCosine { total_steps, .. } =
-            &mut experiment.model.lr_schedule
-        {
-            *total_steps = steps.max(1);
-        }
+        run = run.with_steps(steps)?;
     }
     if let Some(seed) = args.seed {
-        experiment.train.seed = seed;
+        run.train.seed = seed;
     }
-    experiment.validate()?;
+    run.validate()?;
+    let model_config: VaeConfig = run.model_config()?;
     if let Some(threads) = args.threads {
         gm_core::tch::set_num_threads(threads.max(1));
     }
     let device = gm_core::device::default_device()?;
-    gm_core::device::seed_everything(experiment.train.seed);
     println!("config {}", config_path.display());
     println!(
         "device {device:?}, {} torch threads",
         gm_core::tch::get_num_threads()
     );
 
-    let data = experiment.data.load(device)?;
-    let mut vae = Vae::new(&experiment.model, device)?;
+    let data = load_named(&run.dataset, device, 20_000, 5_000, run.train.seed)?;
+    let flat = |x: &Tensor| x.reshape([x.size()[0], -1]);
+    let (train, test_all) = (flat(&data.train.x), flat(&data.test.x));
+    let mut config = model_config.clone();
+    config.data_shape = vec![train.size()[1]];
+    if let [c, h, w] = model_config.data_shape[..] {
+        config.data_shape = vec![c, h, w];
+    }
+    gm_core::device::seed_everything(run.train.seed);
+    let mut vae = Vae::new(&config, device)?;
     println!(
-        "{} parameters; {} training and {} test digits",
+        "{} parameters; {} training and {} test examples",
         vae.num_parameters(),
-        data.train.size()[0],
-        data.test.size()[0]
+        train.size()[0],
+        test_all.size()[0]
     );
 
     let started = Instant::now();
-    let history = Trainer::new(experiment.train.clone())?.fit(
+    let history = Trainer::new(run.train.clone())?.fit(
         &mut vae,
-        &data.train,
+        &train,
         None,
         |step, values| {
             let text: Vec<String> = values.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
@@ -108,8 +115,8 @@ fn main() -> gm_core::Result<()> {
         history.steps_done
     );
 
-    let n_test = args.eval_examples.clamp(1, data.test.size()[0]);
-    let test = data.test.narrow(0, 0, n_test);
+    let n_test = args.eval_examples.clamp(1, test_all.size()[0]);
+    let test = test_all.narrow(0, 0, n_test);
     let started = Instant::now();
     let (nll, stderr) = evaluate(&mut vae, &test, args.eval_k)?;
     let eval_seconds = started.elapsed().as_secs_f64();
@@ -118,22 +125,29 @@ fn main() -> gm_core::Result<()> {
         "test NLL (IWAE, K = {}) on {n_test} digits: {nll:.2} ± {stderr:.2} nats  (K = 1 ELBO: {elbo_nll:.2} nats); evaluation took {eval_seconds:.1} s",
         args.eval_k
     );
-    if experiment.model.likelihood.levels().is_some() {
-        println!("test NLL in bits/dim: {:.4}", bits_per_dim(nll, 784));
+    if config.likelihood.levels().is_some() {
+        println!(
+            "test NLL in bits/dim: {:.4}",
+            bits_per_dim(nll, test.size()[1] as usize)
+        );
     }
-    let train_subset = data.train.narrow(0, 0, n_test.min(1000));
+    let train_subset = train.narrow(0, 0, n_test.min(1000));
     let (train_nll, _) = evaluate(&mut vae, &train_subset, 100)?;
     println!(
         "train NLL (IWAE, K = 100) on {} training digits: {train_nll:.2} nats",
         train_subset.size()[0]
     );
 
+    if test.size()[1] != 784 {
+        println!("not MNIST-shaped data: no image grids written");
+        return Ok(());
+    }
     write_images(
         &vae,
         &test,
         &args.out,
         &args.arch,
-        experiment.model.likelihood.levels(),
+        config.likelihood.levels(),
     )?;
     println!(
         "wrote {0}/{1}_reconstructions.png, {0}/{1}_samples.png, {0}/{1}_interpolation.png",
@@ -203,19 +217,23 @@ fn write_images(
 ) -> gm_core::Result<()> {
     // Integer data are shown as fractions of the top level.
     let scale = levels.map(|l| (l - 1) as f64).unwrap_or(1.0);
-    let originals = test.narrow(0, 0, 16).reshape([16, 784]);
-    let reconstructions = vae.reconstruct(&originals)?.reshape([16, 784]);
+    let shown = test.size()[0].min(16);
+    let originals = test.narrow(0, 0, shown).reshape([shown, 784]);
+    let reconstructions = vae.reconstruct(&originals)?.reshape([shown, 784]);
     let pairs = Tensor::cat(&[originals, reconstructions], 0) / scale;
-    save_grid(&pairs, 16, &out.join(format!("{arch}_reconstructions.png")))?;
+    save_grid(&pairs, shown, &out.join(format!("{arch}_reconstructions.png")))?;
 
     let samples = vae.net().sample_means_with(64, None)?.reshape([64, 784]) / scale;
     save_grid(&samples, 8, &out.join(format!("{arch}_samples.png")))?;
 
     let mut rows = Vec::new();
-    for pair in 0..6 {
+    for pair in 0..(test.size()[0] / 2).min(6) {
         let a = test.get(2 * pair);
         let b = test.get(2 * pair + 1);
         rows.push(vae.interpolate(&a, &b, 10)?.reshape([10, 784]));
+    }
+    if rows.is_empty() {
+        return Ok(());
     }
     let grid = Tensor::cat(&rows, 0) / scale;
     save_grid(&grid, 10, &out.join(format!("{arch}_interpolation.png")))

@@ -2,35 +2,16 @@
 //! checked by [`Config::validate`], and an error names the offending key with its section
 //! (`objective.samples`, `encoder.channels`, ...).
 
-use crate::data::DataConfig;
 use crate::likelihood::LikelihoodConfig;
 use crate::network::NetworkConfig;
-use crate::vq::QuantizerConfig;
 use gm_core::nn::{Activation, MlpConfig};
-use gm_core::train::config::check_range;
-use gm_core::train::{AdamConfig, Config, LrSchedule, TrainConfig};
+use gm_core::train::config::{check_range, in_section};
+use gm_core::train::{AdamConfig, Config, LrSchedule};
 use gm_core::{GmError, Result};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Prefixes the key of a config error with `section.`; other errors pass unchanged.
-pub(crate) fn with_section(section: &str, error: GmError) -> GmError {
-    match error {
-        GmError::Config { key, message } => GmError::Config {
-            key: format!("{section}.{key}"),
-            message,
-        },
-        other => other,
-    }
-}
-
-/// Runs a sub-config's validation and prefixes the key of its error with `section.`.
-pub(crate) fn in_section(section: &str, result: Result<()>) -> Result<()> {
-    result.map_err(|e| with_section(section, e))
-}
-
 /// Checks a data shape: one or more positive dimensions.
-pub(crate) fn check_data_shape(data_shape: &[i64]) -> Result<()> {
+pub fn check_data_shape(data_shape: &[i64]) -> Result<()> {
     if data_shape.is_empty() || data_shape.iter().any(|d| *d < 1) {
         return Err(GmError::config(
             "data_shape",
@@ -255,126 +236,3 @@ impl Config for VaeConfig {
         Ok(())
     }
 }
-
-/// A VQ-VAE: networks, likelihood, quantizer and optimizer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VqVaeConfig {
-    /// As for [`VaeConfig::data_shape`].
-    pub data_shape: Vec<i64>,
-    pub encoder: NetworkConfig,
-    pub decoder: NetworkConfig,
-    pub likelihood: LikelihoodConfig,
-    /// Number of code vectors per example for an MLP encoder; a convolutional encoder has one
-    /// per cell of its final feature map instead, and this value is ignored.
-    pub num_latents: i64,
-    pub quantizer: QuantizerConfig,
-    pub optimizer: AdamConfig,
-    pub lr_schedule: LrSchedule,
-}
-
-impl Default for VqVaeConfig {
-    fn default() -> Self {
-        VqVaeConfig {
-            data_shape: vec![1, 28, 28],
-            encoder: NetworkConfig::Conv(Default::default()),
-            decoder: NetworkConfig::Conv(Default::default()),
-            likelihood: LikelihoodConfig::Bernoulli,
-            num_latents: 16,
-            quantizer: QuantizerConfig::default(),
-            optimizer: AdamConfig::default(),
-            lr_schedule: LrSchedule::Constant,
-        }
-    }
-}
-
-impl Config for VqVaeConfig {
-    fn validate(&self) -> Result<()> {
-        check_data_shape(&self.data_shape)?;
-        in_section("encoder", self.encoder.validate())?;
-        in_section("decoder", self.decoder.validate())?;
-        self.encoder.check_fits("encoder", &self.data_shape)?;
-        self.decoder.check_fits("decoder", &self.data_shape)?;
-        in_section("likelihood", self.likelihood.validate())?;
-        in_section("quantizer", self.quantizer.validate())?;
-        in_section("optimizer", self.optimizer.validate())?;
-        in_section("lr_schedule", self.lr_schedule.validate())?;
-        if self.num_latents < 1 {
-            return Err(GmError::config(
-                "num_latents",
-                format!("must be at least 1, got {}", self.num_latents),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// A whole run as one TOML file: `[data]`, `[model]` and `[train]` (see `configs/`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Experiment<M> {
-    pub data: DataConfig,
-    pub model: M,
-    pub train: TrainConfig,
-}
-
-impl<M: Default> Default for Experiment<M> {
-    fn default() -> Self {
-        Experiment {
-            data: DataConfig::default(),
-            model: M::default(),
-            train: TrainConfig::default(),
-        }
-    }
-}
-
-/// What an [`Experiment`] needs to know of a model config to check it against its data.
-pub trait ModelConfig: Config {
-    fn data_shape(&self) -> &[i64];
-    fn likelihood(&self) -> &LikelihoodConfig;
-}
-
-impl ModelConfig for VaeConfig {
-    fn data_shape(&self) -> &[i64] {
-        &self.data_shape
-    }
-    fn likelihood(&self) -> &LikelihoodConfig {
-        &self.likelihood
-    }
-}
-
-impl ModelConfig for VqVaeConfig {
-    fn data_shape(&self) -> &[i64] {
-        &self.data_shape
-    }
-    fn likelihood(&self) -> &LikelihoodConfig {
-        &self.likelihood
-    }
-}
-
-impl<M: ModelConfig + Serialize + DeserializeOwned> Config for Experiment<M> {
-    fn validate(&self) -> Result<()> {
-        in_section("data", self.data.validate())?;
-        in_section("model", self.model.validate())?;
-        in_section("train", self.train.validate())?;
-        let elements: i64 = self.model.data_shape().iter().product();
-        if elements != self.data.elements() {
-            return Err(GmError::config(
-                "model.data_shape",
-                format!(
-                    "{:?} holds {elements} values but the {} data have {} per example",
-                    self.model.data_shape(),
-                    self.data.name(),
-                    self.data.elements()
-                ),
-            ));
-        }
-        self.data.check_likelihood(self.model.likelihood())
-    }
-}
-
-/// A VAE run.
-pub type VaeExperiment = Experiment<VaeConfig>;
-
-/// A VQ-VAE run.
-pub type VqVaeExperiment = Experiment<VqVaeConfig>;

@@ -16,12 +16,16 @@
 //!   sampling with `K` posterior draws (`eval_samples`, default 1000), processed in chunks so
 //!   memory stays bounded; it is the IWAE bound, a lower bound in expectation that tightens
 //!   with `K`. The tests check it against the closed-form likelihood of a linear-Gaussian model.
-//! - **VQ-VAE priors.** Sampling from a VQ-VAE needs a prior over its codes:
-//!   [`vq::CodePrior`] is the seam for gm-autoregressive. Until one is attached with
-//!   [`VqVae::set_prior`], `VqVae::sample` returns `GmError::Unsupported`.
+//! - **VQ-VAE priors.** Sampling from a VQ-VAE needs a prior over its codes: gm-core's
+//!   [`CodePrior`] is the seam for gm-autoregressive. Until one is attached with
+//!   [`VqVae::set_prior`], sampling returns `GmError::Unsupported`; an attached prior is saved
+//!   and loaded with the model.
+//! - **Specs.** [`VaeConfig`] (family `vae`) and [`VqVaeConfig`] (family `vq_vae`) are gm-core
+//!   model specs; [`register`] adds both families and the run files in `configs/` (binarized
+//!   MNIST with MLP and convolutional networks, 8-bit MNIST, the 2D toy sets, the VQ-VAE).
 //!
-//! Data are `[batch] ++ data_shape` or flattened `[batch, D]`. Ready configs for binarized
-//! MNIST (MLP and convolutional), 8-bit MNIST and the 2D toy sets are in `configs/`.
+//! Data are `[batch] ++ data_shape` (or flattened `[batch, D]`); a spec builds its model with the
+//! data set's own event shape.
 //!
 //! ```no_run
 //! use gm_core::model::{Batch, GenerativeModel};
@@ -36,7 +40,7 @@
 //! vae.train_step(&Batch::new(x.shallow_clone()))?;
 //! let posterior = vae.encode(&x)?; // q(z | x), a diagonal Gaussian
 //! let nll = vae.log_likelihood(&x)?.mean(Kind::Float).neg(); // IWAE estimate, K = 1000
-//! let samples = vae.sample(16)?; // [16, 784]
+//! let samples = vae.sample(16)?; // [16, 784], through GenerativeModel::sample
 //! # Ok(())
 //! # }
 //! ```
@@ -44,21 +48,19 @@
 pub use gm_core;
 
 pub mod config;
-pub mod data;
 pub mod decoder;
 pub mod encoder;
 pub mod likelihood;
 pub mod network;
+pub mod spec;
 pub mod vae;
 pub mod vq;
 
-pub use config::{
-    ContextConfig, Experiment, ObjectiveConfig, VaeConfig, VaeExperiment, VqVaeConfig,
-    VqVaeExperiment,
-};
-pub use data::{DataConfig, DataSplits};
+pub use config::{ContextConfig, ObjectiveConfig, VaeConfig};
+pub use gm_core::code_prior::{CodePrior, UniformCodePrior};
+pub use spec::{register, SHIPPED_CONFIGS};
 pub use encoder::DiagGaussian;
 pub use likelihood::{DiscretizedLogistic, GaussianVariance, Likelihood, LikelihoodConfig};
 pub use network::{ConvNetConfig, NetworkConfig};
 pub use vae::{ElboTerms, Vae, VaeNet};
-pub use vq::{CodePrior, CodebookUpdate, QuantizerConfig, UniformCodePrior, VqVae};
+pub use vq::{CodebookUpdate, QuantizerConfig, VqVae, VqVaeConfig};

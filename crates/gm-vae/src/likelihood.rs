@@ -125,6 +125,19 @@ impl LikelihoodConfig {
     }
 
     /// The number of integer levels of the data, for the integer likelihoods.
+    /// The data space this likelihood describes: binary values for a Bernoulli, integers
+    /// `0..levels` for the discrete ones, real values for a Gaussian.
+    pub fn value_kind(&self) -> gm_core::data::ValueKind {
+        use gm_core::data::ValueKind;
+        match self {
+            LikelihoodConfig::Bernoulli => ValueKind::Discrete { levels: 2 },
+            LikelihoodConfig::Gaussian { .. } => ValueKind::Continuous,
+            other => ValueKind::Discrete {
+                levels: other.levels().unwrap_or(2).clamp(2, u32::MAX as i64) as u32,
+            },
+        }
+    }
+
     pub fn levels(&self) -> Option<i64> {
         match self {
             LikelihoodConfig::DiscretizedLogistic { bins, .. } => Some(*bins),
@@ -236,40 +249,9 @@ impl LikelihoodHead {
 
     /// Checks that every value of `x` lies in the likelihood's support (one host synchronisation).
     pub fn check_support(&self, x: &Tensor) -> Result<()> {
-        let (ok, what) = match &self.config {
-            LikelihoodConfig::Bernoulli => {
-                let xf = x.f_to_kind(Kind::Float)?;
-                let bad = xf.f_lt(0.0)?.f_logical_or(&xf.f_gt(1.0)?)?;
-                (
-                    bad.f_any()?.f_int64_value(&[])? == 0,
-                    "values in [0, 1]".to_string(),
-                )
-            }
-            LikelihoodConfig::Gaussian { .. } => {
-                let finite = x.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
-                (finite, "finite values".to_string())
-            }
-            other => {
-                let levels = other.levels().expect("integer likelihood");
-                let xd = x.f_to_kind(Kind::Double)?;
-                let bad = xd
-                    .f_lt(0.0)?
-                    .f_logical_or(&xd.f_gt((levels - 1) as f64)?)?
-                    .f_logical_or(&xd.f_ne_tensor(&xd.f_round()?)?)?;
-                (
-                    bad.f_any()?.f_int64_value(&[])? == 0,
-                    format!("integer values in [0, {}]", levels - 1),
-                )
-            }
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(GmError::Domain(format!(
-                "data for a {} likelihood must hold {what}",
-                self.name()
-            )))
-        }
+        let event = x.size().get(1..).map(|s| s.to_vec()).unwrap_or_default();
+        let what = format!("data for a {} likelihood", self.name());
+        gm_core::model::check_data(x, &event, self.config.value_kind(), &what).map(|_| ())
     }
 
     fn name(&self) -> &'static str {

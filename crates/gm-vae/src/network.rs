@@ -103,7 +103,7 @@ impl NetworkConfig {
                 other => other,
             })?;
             halving_sizes(h, w, c.channels.len())
-                .map_err(|e| crate::config::with_section(section, e))?;
+                .map_err(|e| gm_core::train::config::with_section(section, e))?;
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! The VAE: networks and bounds ([`VaeNet`]), and the trainable model that owns its weights and
 //! optimizer ([`Vae`], a gm-core [`GenerativeModel`]).
 
-use crate::config::{with_section, ContextConfig, ObjectiveConfig, VaeConfig};
+use crate::config::{ContextConfig, ObjectiveConfig, VaeConfig};
+use gm_core::train::config::with_section;
 use crate::decoder::Decoder;
 use crate::encoder::{standard_normal_prior, DiagGaussian, GaussianEncoder};
 use crate::likelihood::Likelihood;
@@ -9,7 +10,8 @@ use gm_core::bounds::{elbo, iwae_bound};
 use gm_core::distributions::Distribution;
 use gm_core::kl::kl_divergence;
 use gm_core::model::{
-    load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind, StepOutput,
+    load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind, SampleOptions,
+    StepOutput,
 };
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::{Adam, Config, StateDict};
@@ -140,7 +142,10 @@ impl VaeNet {
         let elements: i64 = self.data_shape.iter().product();
         let matches_shape = size.len() == self.data_shape.len() + 1 && size[1..] == self.data_shape;
         let matches_flat = size.len() == 2 && size[1] == elements;
-        if !(matches_shape || matches_flat) || size[0] < 1 {
+        if size.first() == Some(&0) {
+            return Err(GmError::shape(what, "a non-empty batch", &size));
+        }
+        if !(matches_shape || matches_flat) {
             let expected = if self.data_shape.len() == 1 {
                 format!("[batch, {elements}]")
             } else {
@@ -153,7 +158,11 @@ impl VaeNet {
         }
         let mut shape = vec![size[0]];
         shape.extend_from_slice(&self.data_shape);
-        Ok(x.f_reshape(shape.as_slice())?)
+        let x = x.f_reshape(shape.as_slice())?;
+        // NaNs, infinities and values outside the likelihood's data space stop here, before
+        // they reach a network or an optimizer.
+        self.decoder.head().check_support(&x)?;
+        Ok(x)
     }
 
     /// One example `data_shape`, `[D]`, `[1] ++ data_shape` or `[1, D]` as `[1] ++ data_shape`.
@@ -365,7 +374,6 @@ impl VaeNet {
         }
         let x = self.data_batch(x, "VaeNet.log_likelihood x")?;
         let c = self.context_features(context, x.size()[0], "VaeNet.log_likelihood")?;
-        self.decoder.head().check_support(&x)?;
         gm_core::tch::no_grad(|| self.chunked_log_likelihood(&x, c.as_ref(), k))
     }
 
@@ -412,24 +420,38 @@ impl VaeNet {
         })
     }
 
-    /// `n` draws `x ~ p(x | z)`, `z ~ p(z)`, as `[n] ++ data_shape`.
-    pub fn sample_with(&self, n: i64, context: Option<&Tensor>) -> Result<Tensor> {
-        gm_core::tch::no_grad(|| self.decode_prior_draws(n, context)?.sample(&[]))
+    /// `n` draws `x ~ p(x | z)`, `z ~ p(z)` with the prior's noise scaled by `temperature`, as
+    /// `[n] ++ data_shape`.
+    pub fn sample_given(
+        &self,
+        n: i64,
+        context: Option<&Tensor>,
+        temperature: f64,
+    ) -> Result<Tensor> {
+        gm_core::tch::no_grad(|| {
+            self.decode_prior_draws(n, context, temperature)?
+                .sample(&[])
+        })
     }
 
     /// The means of `p(x | z)` for `n` prior draws `z` (smooth images for display).
     pub fn sample_means_with(&self, n: i64, context: Option<&Tensor>) -> Result<Tensor> {
-        gm_core::tch::no_grad(|| self.decode_prior_draws(n, context)?.mean())
+        gm_core::tch::no_grad(|| self.decode_prior_draws(n, context, 1.0)?.mean())
     }
 
-    fn decode_prior_draws(&self, n: i64, context: Option<&Tensor>) -> Result<Likelihood> {
+    fn decode_prior_draws(
+        &self,
+        n: i64,
+        context: Option<&Tensor>,
+        temperature: f64,
+    ) -> Result<Likelihood> {
         if n < 1 {
             return Err(GmError::config(
                 "n",
                 format!("must sample at least 1, got {n}"),
             ));
         }
-        let z = self.prior()?.sample(&[n])?;
+        let z = self.prior()?.sample(&[n])?.f_mul_scalar(temperature)?;
         self.decode_with(&z, context)
     }
 
@@ -518,18 +540,20 @@ impl VaeNet {
         }
     }
 
-    /// Uniformly drawn labels for a label-conditional VAE, `None` for an unconditional one.
-    fn draw_context(&self, n: i64) -> Result<Option<Tensor>> {
+    /// The context to sample with: given or uniformly drawn labels for a label-conditional
+    /// VAE, the given vector for a vector-conditional one, none for an unconditional one.
+    fn sampling_context(&self, n: i64, options: &SampleOptions) -> Result<Option<Tensor>> {
         match self.context {
             ContextConfig::None => Ok(None),
-            ContextConfig::Labels { classes } => Ok(Some(Tensor::f_randint(
-                classes,
-                [n],
-                (Kind::Int64, self.device),
-            )?)),
-            ContextConfig::Vector { .. } => Err(GmError::Unsupported(
-                "a VAE conditioned on a context vector cannot draw its own context; use sample_with".into(),
-            )),
+            ContextConfig::Labels { classes } => {
+                Ok(Some(options.labels_for(n, classes, self.device)?))
+            }
+            ContextConfig::Vector { .. } => match &options.context {
+                Some(c) => Ok(Some(c.shallow_clone())),
+                None => Err(GmError::Unsupported(
+                    "a VAE conditioned on a context vector cannot draw its own context; give SampleOptions::context".into(),
+                )),
+            },
         }
     }
 }
@@ -620,16 +644,6 @@ impl Vae {
         self.net.reconstruct_with(x, context)
     }
 
-    /// `n` draws from the model, `[n] ++ data_shape` (labels drawn uniformly if conditional).
-    pub fn sample(&self, n: i64) -> Result<Tensor> {
-        let c = self.net.draw_context(n)?;
-        self.net.sample_with(n, c.as_ref())
-    }
-
-    pub fn sample_with(&self, n: i64, context: Option<&Tensor>) -> Result<Tensor> {
-        self.net.sample_with(n, context)
-    }
-
     pub fn sample_means_with(&self, n: i64, context: Option<&Tensor>) -> Result<Tensor> {
         self.net.sample_means_with(n, context)
     }
@@ -647,10 +661,14 @@ impl Vae {
     /// The training loss of a prepared batch and the named values to report.
     fn loss(&self, batch: &Batch) -> Result<(Tensor, StepOutput)> {
         let x = self.net.data_batch(&batch.x, "Vae.train_step x")?;
-        self.net.decoder().head().check_support(&x)?;
+        // The input contract: an unconditional VAE ignores labels.
+        let labels = match self.config.context {
+            ContextConfig::None => None,
+            _ => batch.labels.as_ref(),
+        };
         let c = self
             .net
-            .context_features(batch.labels.as_ref(), x.size()[0], "Vae.train_step")?;
+            .context_features(labels, x.size()[0], "Vae.train_step")?;
         match self.config.objective {
             ObjectiveConfig::Elbo { samples, .. } => {
                 let beta = self.current_beta();
@@ -705,8 +723,30 @@ impl GenerativeModel for Vae {
         Ok(out)
     }
 
-    fn sample(&self, n: i64) -> Result<Tensor> {
-        Vae::sample(self, n)
+    /// Reads `labels` or `context` (conditional VAEs), `temperature` (scales the prior's
+    /// noise) and `seed`; a VAE keeps no weight average.
+    fn sample_with(&self, n: i64, options: &SampleOptions) -> Result<Tensor> {
+        options.begin(n)?;
+        let c = self.net.sampling_context(n, options)?;
+        self.net.sample_given(n, c.as_ref(), options.temperature)
+    }
+
+    fn label_classes(&self) -> i64 {
+        match self.config.context {
+            ContextConfig::Labels { classes } => classes,
+            _ => 0,
+        }
+    }
+
+    fn log_likelihood_given(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Option<Tensor>> {
+        match (self.config.context, labels) {
+            (ContextConfig::Labels { .. }, Some(l)) => Ok(Some(self.net.log_likelihood_k(
+                x,
+                Some(l),
+                self.net.eval_samples(),
+            )?)),
+            _ => GenerativeModel::log_likelihood(self, x),
+        }
     }
 
     fn likelihood_kind(&self) -> LikelihoodKind {

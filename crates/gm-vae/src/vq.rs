@@ -3,22 +3,27 @@
 //! exponential moving averages (or by gradient), and restarts of codes that fell out of use.
 //!
 //! A VQ-VAE trains without a prior over its codes (the uniform prior's KL is a constant), but
-//! sampling and likelihoods need one. [`CodePrior`] is that seam: gm-autoregressive's models of
-//! discrete grids (e.g. a PixelCNN fitted to [`VqVae::encode_codes`] of the training set)
-//! implement it, and [`VqVae::set_prior`] attaches one. Until a prior is attached,
-//! [`GenerativeModel::sample`] returns [`GmError::Unsupported`] and `log_likelihood` returns
-//! `None`. [`UniformCodePrior`] is the baseline prior of the paper.
+//! sampling and likelihoods need one. gm-core's [`CodePrior`] is that seam: gm-autoregressive's
+//! models of discrete grids (e.g. a PixelCNN fitted to [`VqVae::encode_codes`] of the training
+//! set) implement it, and [`VqVae::set_prior`] attaches one; its state is saved and loaded with
+//! the VQ-VAE's. Until a prior is attached, [`GenerativeModel::sample`] returns
+//! [`GmError::Unsupported`] and `log_likelihood` returns `None`.
+//! [`gm_core::code_prior::UniformCodePrior`] is the baseline prior of the paper.
 
-use crate::config::{with_section, VqVaeConfig};
+use crate::config::check_data_shape;
 use crate::likelihood::{Likelihood, LikelihoodHead};
 use crate::network::{GridDecoder, GridEncoder};
 use gm_core::distributions::Distribution;
 use gm_core::model::{
-    load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind, StepOutput,
+    load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind, SampleOptions,
+    StepOutput,
 };
 use gm_core::tch::{nn, Device, Kind, Tensor};
-use gm_core::train::config::{check_positive, check_range};
-use gm_core::train::{Adam, Config, StateDict};
+use gm_core::code_prior::CodePrior;
+use gm_core::train::config::{check_positive, check_range, in_section, with_section};
+use gm_core::train::{Adam, AdamConfig, Config, LrSchedule, StateDict};
+use crate::likelihood::LikelihoodConfig;
+use crate::network::NetworkConfig;
 use gm_core::{GmError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -355,79 +360,59 @@ impl VectorQuantizer {
     }
 }
 
-/// A prior over code grids: what a VQ-VAE needs to sample and to bound its likelihood.
-///
-/// gm-autoregressive implements this for its models of discrete grids; [`UniformCodePrior`]
-/// is the baseline.
-pub trait CodePrior {
-    /// The shape of one grid of codes, e.g. `[7, 7]`.
-    fn grid(&self) -> Vec<i64>;
-
-    /// The number of distinct codes `K`.
-    fn num_codes(&self) -> i64;
-
-    /// `n` grids `[n] ++ grid` of `Int64` codes in `[0, K)`.
-    fn sample(&self, n: i64) -> Result<Tensor>;
-
-    /// `ln p(codes)` for grids `[batch] ++ grid`, as `[batch]`.
-    fn log_prob(&self, codes: &Tensor) -> Result<Tensor>;
+/// A VQ-VAE: networks, likelihood, quantizer and optimizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VqVaeConfig {
+    /// As for [`VaeConfig::data_shape`].
+    pub data_shape: Vec<i64>,
+    pub encoder: NetworkConfig,
+    pub decoder: NetworkConfig,
+    pub likelihood: LikelihoodConfig,
+    /// Number of code vectors per example for an MLP encoder; a convolutional encoder has one
+    /// per cell of its final feature map instead, and this value is ignored.
+    pub num_latents: i64,
+    pub quantizer: QuantizerConfig,
+    pub optimizer: AdamConfig,
+    pub lr_schedule: LrSchedule,
 }
 
-/// Every code grid equally likely: `ln p = -|grid| ln K`.
-#[derive(Debug, Clone)]
-pub struct UniformCodePrior {
-    grid: Vec<i64>,
-    num_codes: i64,
-    device: Device,
-}
-
-impl UniformCodePrior {
-    pub fn new(grid: &[i64], num_codes: i64, device: Device) -> Self {
-        UniformCodePrior {
-            grid: grid.to_vec(),
-            num_codes,
-            device,
+impl Default for VqVaeConfig {
+    fn default() -> Self {
+        VqVaeConfig {
+            data_shape: vec![1, 28, 28],
+            encoder: NetworkConfig::Conv(Default::default()),
+            decoder: NetworkConfig::Conv(Default::default()),
+            likelihood: LikelihoodConfig::Bernoulli,
+            num_latents: 16,
+            quantizer: QuantizerConfig::default(),
+            optimizer: AdamConfig::default(),
+            lr_schedule: LrSchedule::Constant,
         }
     }
 }
 
-impl CodePrior for UniformCodePrior {
-    fn grid(&self) -> Vec<i64> {
-        self.grid.clone()
-    }
-
-    fn num_codes(&self) -> i64 {
-        self.num_codes
-    }
-
-    fn sample(&self, n: i64) -> Result<Tensor> {
-        let shape: Vec<i64> = std::iter::once(n)
-            .chain(self.grid.iter().copied())
-            .collect();
-        Ok(Tensor::f_randint(
-            self.num_codes,
-            shape.as_slice(),
-            (Kind::Int64, self.device),
-        )?)
-    }
-
-    fn log_prob(&self, codes: &Tensor) -> Result<Tensor> {
-        let size = codes.size();
-        if size.len() != self.grid.len() + 1 || size[1..] != self.grid {
-            return Err(GmError::shape(
-                "UniformCodePrior.log_prob",
-                format!("[batch, {:?}]", self.grid),
-                &size,
+impl Config for VqVaeConfig {
+    fn validate(&self) -> Result<()> {
+        check_data_shape(&self.data_shape)?;
+        in_section("encoder", self.encoder.validate())?;
+        in_section("decoder", self.decoder.validate())?;
+        self.encoder.check_fits("encoder", &self.data_shape)?;
+        self.decoder.check_fits("decoder", &self.data_shape)?;
+        in_section("likelihood", self.likelihood.validate())?;
+        in_section("quantizer", self.quantizer.validate())?;
+        in_section("optimizer", self.optimizer.validate())?;
+        in_section("lr_schedule", self.lr_schedule.validate())?;
+        if self.num_latents < 1 {
+            return Err(GmError::config(
+                "num_latents",
+                format!("must be at least 1, got {}", self.num_latents),
             ));
         }
-        let cells: i64 = self.grid.iter().product();
-        Ok(Tensor::f_full(
-            [size[0]],
-            -(cells as f64) * (self.num_codes as f64).ln(),
-            (Kind::Float, codes.device()),
-        )?)
+        Ok(())
     }
 }
+
 
 /// The forward pass of a VQ-VAE on a batch.
 #[derive(Debug)]
@@ -577,7 +562,10 @@ impl VqVae {
         let elements: i64 = shape.iter().product();
         let ok = (size.len() == shape.len() + 1 && size[1..] == shape[..])
             || (size.len() == 2 && size[1] == elements);
-        if !ok || size[0] < 1 {
+        if size.first() == Some(&0) {
+            return Err(GmError::shape(what, "a non-empty batch", &size));
+        }
+        if !ok {
             return Err(GmError::shape(
                 what,
                 format!("[batch, {elements}] or [batch] ++ {shape:?}"),
@@ -587,7 +575,9 @@ impl VqVae {
         let full: Vec<i64> = std::iter::once(size[0])
             .chain(shape.iter().copied())
             .collect();
-        Ok(x.f_reshape(full.as_slice())?)
+        let x = x.f_reshape(full.as_slice())?;
+        self.head.check_support(&x)?;
+        Ok(x)
     }
 
     /// The encoder's continuous vectors `[batch] ++ grid ++ [code_dim]`.
@@ -702,9 +692,10 @@ impl GenerativeModel for VqVae {
             .with("restarted_codes", &restarted.f_to_kind(Kind::Float)?))
     }
 
-    /// Draws from `p(x | codes)` with codes from the attached prior; without one, an
-    /// [`GmError::Unsupported`] error that says how to attach one.
-    fn sample(&self, n: i64) -> Result<Tensor> {
+    /// Draws from `p(x | codes)` with codes from the attached prior (reads `seed`); without one,
+    /// an [`GmError::Unsupported`] error that says how to attach one.
+    fn sample_with(&self, n: i64, options: &SampleOptions) -> Result<Tensor> {
+        options.begin(n)?;
         let prior = self.prior.as_ref().ok_or_else(no_prior)?;
         gm_core::tch::no_grad(|| self.decode_codes(&prior.sample(n)?)?.sample(&[]))
     }
@@ -738,13 +729,56 @@ impl GenerativeModel for VqVae {
         gm_core::nn::count_parameters(&self.vs.trainable_variables())
     }
 
+    /// Weights, optimizer state and, when one is attached, the code prior's state under
+    /// `prior.<name>.`.
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut state = var_store_state(&self.vs, "vq_vae.");
         state.extend(self.opt.state("adam."));
+        if let Some(prior) = &self.prior {
+            let prefix = format!("prior.{}.", prior.name());
+            state.extend(
+                prior
+                    .state()
+                    .into_iter()
+                    .map(|(n, t)| (format!("{prefix}{n}"), t)),
+            );
+        }
         state
     }
 
+    /// Loads the prior's state too: a checkpoint with a prior needs a prior of the same kind
+    /// attached before loading, and one without a prior does not load into a model with one.
     fn load_state(&mut self, state: &mut StateDict) -> Result<()> {
+        let saved_priors = state.names_with_prefix("prior.");
+        match &mut self.prior {
+            Some(prior) => {
+                let prefix = format!("prior.{}.", prior.name());
+                if saved_priors.iter().all(|n| !n.starts_with(&prefix)) {
+                    return Err(GmError::Checkpoint {
+                        path: "<state>".into(),
+                        message: format!(
+                            "this VQ-VAE has a {} code prior but the checkpoint holds {}",
+                            prior.name(),
+                            if saved_priors.is_empty() {
+                                "none".to_string()
+                            } else {
+                                format!("{saved_priors:?}")
+                            }
+                        ),
+                    });
+                }
+                prior.load_state(&prefix, state)?;
+            }
+            None if !saved_priors.is_empty() => {
+                return Err(GmError::Checkpoint {
+                    path: "<state>".into(),
+                    message: format!(
+                        "the checkpoint holds a code prior ({saved_priors:?}); attach a prior of the same kind with VqVae::set_prior before loading"
+                    ),
+                });
+            }
+            None => {}
+        }
         load_var_store(&self.vs, "vq_vae.", state)?;
         self.opt.load_state("adam.", state)
     }

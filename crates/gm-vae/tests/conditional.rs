@@ -5,7 +5,7 @@ mod common;
 
 use common::single_thread;
 use gm_core::distributions::Distribution;
-use gm_core::model::{Batch, GenerativeModel};
+use gm_core::model::{Batch, GenerativeModel, SampleOptions};
 use gm_core::nn::{Activation, MlpConfig};
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::GmError;
@@ -131,7 +131,12 @@ fn context_vectors_condition_the_model() {
     .unwrap();
     let lw = vae.net().log_weights_with(&x, Some(&context), 4).unwrap();
     assert_eq!(lw.size(), [4, 6]);
-    assert_eq!(vae.sample_with(6, Some(&context)).unwrap().size(), [6, 20]);
+    assert_eq!(
+        vae.sample_with(6, &SampleOptions::new().context(context.shallow_clone()))
+            .unwrap()
+            .size(),
+        [6, 20]
+    );
     assert!(matches!(vae.sample(2), Err(GmError::Unsupported(_))));
     assert!(matches!(
         vae.log_likelihood(&x),

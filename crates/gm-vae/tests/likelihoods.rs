@@ -295,7 +295,7 @@ fn data_outside_the_support_are_errors() {
             .check_support(&Tensor::from_slice(&[bad]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("integer values in [0, 255]"), "{err}");
+        assert!(err.contains("integers in [0, 255]"), "{err}");
     }
     assert!(logistic
         .check_support(&Tensor::from_slice(&[0u8, 17, 255]))

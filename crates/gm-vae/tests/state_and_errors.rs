@@ -3,15 +3,17 @@
 mod common;
 
 use common::{single_thread, tmp_dir};
+use gm_core::data::toy::ToyDataset;
+use gm_core::data::ValueKind;
 use gm_core::distributions::Distribution;
 use gm_core::model::{Batch, GenerativeModel};
+use gm_core::spec::{DataInfo, ModelSpec, Registry};
 use gm_core::nn::{Activation, MlpConfig};
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::train::{Config, TrainConfig, Trainer};
 use gm_core::GmError;
 use gm_vae::{
-    ConvNetConfig, DataConfig, LikelihoodConfig, NetworkConfig, Vae, VaeConfig, VaeExperiment,
-    VqVae, VqVaeConfig, VqVaeExperiment,
+    ConvNetConfig, LikelihoodConfig, NetworkConfig, Vae, VaeConfig, VqVae, VqVaeConfig,
 };
 use proptest::prelude::*;
 use std::path::Path;
@@ -329,38 +331,50 @@ fn bad_configs_name_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("quantizer.update.decay"), "{err}");
-    let err = VaeExperiment::from_toml_str(
-        "[data]\nkind = \"toy\"\ndataset = \"two_moons\"\n[model]\nlatent_dim = 2",
-    )
-    .unwrap_err()
-    .to_string();
+    // A spec checks its data set when it builds: values per example and the data space.
+    let toy = DataInfo::new(&[2], ValueKind::Continuous, 0);
+    let small = VaeConfig {
+        latent_dim: 2,
+        ..Default::default()
+    };
+    let err = ModelSpec::build(&small, &toy, Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("model.data_shape"), "{err}");
-    let err = VaeExperiment::from_toml_str(
-        "[data]\nkind = \"grey_mnist\"\n[model.likelihood]\nkind = \"bernoulli\"",
-    )
-    .unwrap_err()
-    .to_string();
+    let grey = DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 10);
+    let err = ModelSpec::build(&small, &grey, Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("model.likelihood"), "{err}");
     let round = VaeConfig::from_toml_str(&VaeConfig::default().to_toml_string().unwrap()).unwrap();
     assert_eq!(round, VaeConfig::default());
 }
 
-/// Synthetic data of the right kind for a data config: binary, 8-bit or toy points.
-fn data_for(config: &DataConfig, n: i64) -> Tensor {
-    match config {
-        DataConfig::BinarizedMnist => binary_data(n, 784, 11),
-        DataConfig::GreyMnist => {
-            (Tensor::rand([n, 784], (Kind::Float, Device::Cpu)) * 255.0).round()
+/// Synthetic data of the right kind for a data set: binary, 8-bit or toy points.
+fn data_for(info: &DataInfo, n: i64) -> Tensor {
+    let shape: Vec<i64> = std::iter::once(n)
+        .chain(info.event_shape.iter().copied())
+        .collect();
+    match info.values {
+        ValueKind::Discrete { levels: 2 } => binary_data(n, info.elements(), 11).reshape(shape),
+        ValueKind::Discrete { levels } => {
+            Tensor::randint(levels as i64, shape.as_slice(), (Kind::Float, Device::Cpu))
         }
-        DataConfig::Toy { dataset, .. } => dataset.sample(n, Device::Cpu).unwrap(),
+        ValueKind::Continuous => ToyDataset::TwoMoons.sample(n, Device::Cpu).unwrap(),
     }
 }
 
-/// Every ready config parses, validates against its data, builds, trains one step and scores
-/// a batch.
+fn info_for(dataset: &str) -> DataInfo {
+    match dataset {
+        "mnist_binary" => DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 2 }, 10),
+        "mnist_grey" => DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 10),
+        _ => DataInfo::new(&[2], ValueKind::Continuous, 0),
+    }
+}
+
+/// Every ready config parses through the registry, builds for its data set, trains one step
+/// and scores a batch.
 #[test]
 fn ready_configs_build_and_train() {
     single_thread();
+    let mut registry = Registry::new();
+    gm_vae::register(&mut registry);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut seen = 0;
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
@@ -372,34 +386,35 @@ fn ready_configs_build_and_train() {
     for path in entries {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         gm_core::tch::manual_seed(12);
-        if name.starts_with("vq_") {
-            let exp = VqVaeExperiment::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let mut model = VqVae::new(&exp.model, Device::Cpu).unwrap();
-            let x = data_for(&exp.data, 4);
-            model.train_step(&Batch::new(x.shallow_clone())).unwrap();
-            assert_eq!(model.reconstruct(&x).unwrap().size(), x.size(), "{name}");
+        let run = registry
+            .load_run(&path.to_string_lossy())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let info = info_for(&run.dataset);
+        let mut model = run.model.build(&info, Device::Cpu).unwrap();
+        let x = data_for(&info, 4);
+        model
+            .train_step(&Batch::with_labels(
+                x.shallow_clone(),
+                Tensor::zeros([4], (Kind::Int64, Device::Cpu)),
+            ))
+            .unwrap();
+        if run.family() == "vae" {
+            let config: VaeConfig = run.model_config().unwrap();
+            assert_eq!(config.eval_samples, 1000, "{name}: evaluation uses K = 1000");
+            if let LikelihoodConfig::Bernoulli = config.likelihood {
+                assert_eq!(run.dataset, "mnist_binary", "{name}");
+            }
+            if let NetworkConfig::Conv(ConvNetConfig { .. }) = config.encoder {
+                assert_eq!(config.data_shape, [1, 28, 28]);
+            }
         } else {
-            let exp = VaeExperiment::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(
-                exp.model.eval_samples, 1000,
-                "{name}: evaluation uses K = 1000"
-            );
-            let mut model = Vae::new(&exp.model, Device::Cpu).unwrap();
-            let x = data_for(&exp.data, 4);
-            model.train_step(&Batch::new(x.shallow_clone())).unwrap();
-            let ll = model.net().log_likelihood_k(&x, None, 3).unwrap();
-            assert!(ll.isfinite().all().int64_value(&[]) != 0, "{name}: {ll:?}");
-            if let LikelihoodConfig::Bernoulli = exp.model.likelihood {
-                assert!(matches!(exp.data, DataConfig::BinarizedMnist));
-            }
-            if let NetworkConfig::Conv(ConvNetConfig { .. }) = exp.model.encoder {
-                assert_eq!(exp.model.data_shape, [1, 28, 28]);
-            }
+            assert_eq!(run.family(), "vq_vae");
         }
         seen += 1;
     }
-    assert!(
-        seen >= 7,
-        "expected the MNIST, 8-bit, toy and VQ configs; found {seen}"
+    assert_eq!(
+        seen,
+        gm_vae::SHIPPED_CONFIGS.len(),
+        "every file in configs/ is listed in SHIPPED_CONFIGS"
     );
 }

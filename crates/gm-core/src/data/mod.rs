@@ -43,6 +43,20 @@ pub struct NamedData {
     pub toy: Option<toy::ToyDataset>,
 }
 
+impl NamedData {
+    /// What a model spec needs to build a model for these data.
+    pub fn info(&self) -> crate::spec::DataInfo {
+        let classes = match &self.train.labels {
+            Some(_) if self.toy.is_none() => MNIST_CLASSES,
+            _ => 0,
+        };
+        crate::spec::DataInfo::new(&self.event_shape, self.values, classes)
+    }
+}
+
+/// The number of digit classes.
+pub const MNIST_CLASSES: i64 = 10;
+
 /// The names [`load_named`] accepts.
 pub const DATASET_NAMES: [&str; 6] = [
     "checkerboard",

@@ -59,3 +59,20 @@ pub fn check_positive(key: &str, value: f64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Prefixes the key of a config error with `section.`; other errors pass unchanged. Nested
+/// configs validate with their own key names and their parent adds where they sit.
+pub fn with_section(section: &str, error: GmError) -> GmError {
+    match error {
+        GmError::Config { key, message } => GmError::Config {
+            key: format!("{section}.{key}"),
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Runs a sub-config's validation and prefixes the key of its error with `section.`.
+pub fn in_section(section: &str, result: Result<()>) -> Result<()> {
+    result.map_err(|e| with_section(section, e))
+}

@@ -1,74 +1,182 @@
-//! Exponential moving average of weights (Polyak averaging), used for evaluation and sampling.
+//! Exponential moving average of weights (Polyak averaging), bound to a var store by variable
+//! name, used for sampling and evaluation.
+//!
+//! The averages are kept beside the live variables and are swapped in only for the duration of
+//! a closure ([`Ema::with_averaged`]), which needs just `&self`: a model's `sample_with` can use
+//! them without being mutable. They are saved and loaded by variable name, so a checkpoint
+//! stays readable when variables are added or reordered elsewhere in the model.
 
 use super::checkpoint::StateDict;
-use crate::Result;
-use tch::Tensor;
+use super::config::{check_range, Config};
+use crate::spec::Budget;
+use crate::{GmError, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
 
-/// `shadow ← decay · shadow + (1 - decay) · param`, after each update.
+/// `shadow ← decay · shadow + (1 − decay) · param` after each optimizer step from `start_step`
+/// on; before it the shadow simply follows the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmaConfig {
+    pub decay: f64,
+    /// Optimizer steps before averaging starts (scaled with the run's step budget).
+    pub start_step: u64,
+}
+
+impl Default for EmaConfig {
+    fn default() -> Self {
+        EmaConfig {
+            decay: 0.999,
+            start_step: 0,
+        }
+    }
+}
+
+impl Config for EmaConfig {
+    fn validate(&self) -> Result<()> {
+        check_range("decay", self.decay, 0.0, 1.0)?;
+        if self.decay >= 1.0 {
+            return Err(GmError::config(
+                "decay",
+                "must be below 1 (a decay of 1 never moves the average)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl EmaConfig {
+    /// The same average for another step budget (the start step keeps its share of the run).
+    pub fn scaled(&self, budget: &Budget) -> EmaConfig {
+        EmaConfig {
+            decay: self.decay,
+            start_step: budget.scale(self.start_step),
+        }
+    }
+
+    /// Averages of every trainable variable of `vs`, starting from their current values.
+    pub fn init(&self, vs: &nn::VarStore) -> Result<Ema> {
+        Ema::new(vs, self)
+    }
+}
+
+/// See the module documentation.
 #[derive(Debug)]
 pub struct Ema {
-    decay: f64,
+    config: EmaConfig,
+    names: Vec<String>,
+    live: Vec<Tensor>,
     shadow: Vec<Tensor>,
 }
 
 impl Ema {
-    /// Starts from a copy of the current parameters.
-    pub fn new(params: &[Tensor], decay: f64) -> Result<Self> {
-        super::config::check_range("ema_decay", decay, 0.0, 1.0)?;
+    /// Averages of every trainable variable of `vs`, by name, starting from their current values.
+    pub fn new(vs: &nn::VarStore, config: &EmaConfig) -> Result<Self> {
+        config.validate()?;
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
         let shadow = tch::no_grad(|| {
-            params
-                .iter()
-                .map(|p| Ok::<_, tch::TchError>(p.f_detach()?.copy()))
+            vars.iter()
+                .map(|(_, t)| Ok::<_, tch::TchError>(t.f_detach()?.copy()))
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        Ok(Ema { decay, shadow })
-    }
-
-    pub fn decay(&self) -> f64 {
-        self.decay
-    }
-
-    pub fn update(&mut self, params: &[Tensor]) -> Result<()> {
-        tch::no_grad(|| -> Result<()> {
-            for (s, p) in self.shadow.iter_mut().zip(params) {
-                let _ = s.f_lerp_(p, 1.0 - self.decay)?;
-            }
-            Ok(())
+        let (names, live) = vars.into_iter().unzip();
+        Ok(Ema {
+            config: config.clone(),
+            names,
+            live,
+            shadow,
         })
     }
 
-    /// The averaged tensors, in parameter order.
-    pub fn shadow(&self) -> &[Tensor] {
-        &self.shadow
+    pub fn config(&self) -> &EmaConfig {
+        &self.config
     }
 
-    /// Swaps the averaged values into `params` (call again to swap back).
-    pub fn swap_into(&mut self, params: &mut [Tensor]) -> Result<()> {
-        tch::no_grad(|| -> Result<()> {
-            for (s, p) in self.shadow.iter_mut().zip(params.iter_mut()) {
-                let tmp = p.f_detach()?.copy();
-                p.f_copy_(s)?;
-                s.f_copy_(&tmp)?;
-            }
-            Ok(())
-        })
+    /// The averaged variables' names, sorted.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
-    pub fn state(&self, prefix: &str) -> Vec<(String, Tensor)> {
-        self.shadow
+    /// The average of variable `name`.
+    pub fn averaged(&self, name: &str) -> Option<&Tensor> {
+        self.names
             .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("{prefix}{i}"), s.shallow_clone()))
+            .position(|n| n == name)
+            .map(|i| &self.shadow[i])
+    }
+
+    /// Folds the current weights in, after the optimizer's `step`-th update (1-based).
+    pub fn update(&mut self, step: u64) -> Result<()> {
+        let follow = step <= self.config.start_step;
+        tch::no_grad(|| -> Result<()> {
+            for (s, p) in self.shadow.iter_mut().zip(&self.live) {
+                if follow {
+                    s.f_copy_(p)?;
+                } else {
+                    let _ = s.f_lerp_(p, 1.0 - self.config.decay)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` with the averaged weights in the var store, then puts the live weights back
+    /// (also when `f` fails or panics).
+    pub fn with_averaged<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let backup = tch::no_grad(|| -> Result<Vec<Tensor>> {
+            let mut backup = Vec::with_capacity(self.live.len());
+            for (p, s) in self.live.iter().zip(&self.shadow) {
+                backup.push(p.f_detach()?.copy());
+                p.shallow_clone().f_copy_(s)?;
+            }
+            Ok(backup)
+        })?;
+        let _restore = Restore {
+            live: &self.live,
+            backup,
+        };
+        f()
+    }
+
+    /// The averages as named tensors, `prefix` + variable name.
+    pub fn state(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        self.names
+            .iter()
+            .zip(&self.shadow)
+            .map(|(n, s)| (format!("{prefix}{n}"), s.shallow_clone()))
             .collect()
     }
 
+    /// Restores what [`Ema::state`] produced, by name, checking every shape.
     pub fn load_state(&mut self, prefix: &str, state: &mut StateDict) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
-            for (i, s) in self.shadow.iter_mut().enumerate() {
-                let src = state.take(&format!("{prefix}{i}"), &s.size())?;
+            for (n, s) in self.names.iter().zip(self.shadow.iter_mut()) {
+                let src = state.take(&format!("{prefix}{n}"), &s.size())?;
                 s.f_copy_(&src)?;
             }
             Ok(())
         })
+    }
+}
+
+/// Puts the live weights back when dropped.
+struct Restore<'a> {
+    live: &'a [Tensor],
+    backup: Vec<Tensor>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        tch::no_grad(|| {
+            for (p, b) in self.live.iter().zip(&self.backup) {
+                // Copying a tensor of the same shape and device cannot fail.
+                let _ = p.shallow_clone().f_copy_(b);
+            }
+        });
     }
 }

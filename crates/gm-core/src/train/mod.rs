@@ -11,7 +11,7 @@ pub mod trainer;
 
 pub use checkpoint::StateDict;
 pub use config::Config;
-pub use ema::Ema;
+pub use ema::{Ema, EmaConfig};
 pub use optim::{clip_grad_norm, Adam, AdamConfig};
 pub use schedule::LrSchedule;
 pub use trainer::{TrainConfig, TrainHistory, Trainer};

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 pub enum LrSchedule {
     #[default]
     Constant,
-    /// Linear warm-up from 0 over `warmup_steps`, then cosine decay to `min_ratio` at `total_steps`.
+    /// Linear warm-up from 0 over `warmup_steps`, then cosine decay that reaches `min_ratio` on
+    /// the last step of the run, step `total_steps - 1` (0-based), and stays there.
     WarmupCosine {
         warmup_steps: u64,
         total_steps: u64,
@@ -53,27 +54,33 @@ impl LrSchedule {
                 if step < warmup_steps {
                     return (step + 1) as f64 / warmup_steps as f64;
                 }
-                let span = (total_steps - warmup_steps).max(1) as f64;
+                // The decay spans steps warmup_steps ..= total_steps - 1, so the last update of a
+                // run of total_steps steps is made at exactly min_ratio.
+                let span = total_steps.saturating_sub(warmup_steps + 1).max(1) as f64;
                 let t = ((step - warmup_steps) as f64 / span).min(1.0);
                 min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
             }
         }
     }
 
-    /// The same schedule for a run of `steps` steps: a cosine decay ends at the new end, and the
-    /// warm-up is kept to at most a tenth of the run. Used when a budget shortens a config.
-    pub fn with_total_steps(&self, steps: u64) -> LrSchedule {
+    /// The same schedule for another step budget: every length in steps is scaled by the
+    /// budget's ratio, so the warm-up keeps its share of the run and the decay ends on the run's
+    /// last step.
+    pub fn scaled(&self, budget: &crate::spec::Budget) -> LrSchedule {
         match *self {
             LrSchedule::Constant => LrSchedule::Constant,
             LrSchedule::WarmupCosine {
                 warmup_steps,
+                total_steps,
                 min_ratio,
-                ..
-            } => LrSchedule::WarmupCosine {
-                warmup_steps: warmup_steps.min(steps / 10).max(1),
-                total_steps: steps.max(1),
-                min_ratio,
-            },
+            } => {
+                let total = budget.scale(total_steps).max(1);
+                LrSchedule::WarmupCosine {
+                    warmup_steps: budget.scale(warmup_steps).min(total),
+                    total_steps: total,
+                    min_ratio,
+                }
+            }
         }
     }
 
@@ -97,23 +104,28 @@ mod tests {
         assert!((s.factor(0) - 0.1).abs() < 1e-12);
         assert!((s.factor(9) - 1.0).abs() < 1e-12);
         assert!((s.factor(10) - 1.0).abs() < 1e-12);
-        // Half way through the decay the cosine term is exactly one half.
-        assert!((s.factor(60) - (0.1 + 0.9 * 0.5)).abs() < 1e-12);
+        // The decay spans steps 10..=109: half way (step 59.5) the cosine term is one half, and
+        // the last step of the run (109) is at the minimum.
+        let mid = 0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * 49.0 / 99.0).cos());
+        assert!((s.factor(59) - mid).abs() < 1e-12);
+        assert!((s.factor(109) - 0.1).abs() < 1e-12);
+        assert!(s.factor(108) > 0.1);
         assert!((s.factor(110) - 0.1).abs() < 1e-12);
         assert!((s.factor(10_000) - 0.1).abs() < 1e-12);
         let mut prev = f64::INFINITY;
-        for step in 10..=110 {
+        for step in 10..=111 {
             let f = s.factor(step);
             assert!(f <= prev + 1e-15, "cosine decay must not increase");
             prev = f;
         }
         assert_eq!(LrSchedule::Constant.lr(0.5, 123), 0.5);
-        let short = s.with_total_steps(50);
+        // A quarter of the budget: every length scales by a quarter.
+        let short = s.scaled(&crate::spec::Budget::new(400, 100).unwrap());
         assert_eq!(
             short,
             LrSchedule::WarmupCosine {
-                warmup_steps: 5,
-                total_steps: 50,
+                warmup_steps: 3,
+                total_steps: 28,
                 min_ratio: 0.1
             }
         );
