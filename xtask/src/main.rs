@@ -124,14 +124,44 @@ fn run_with_env(mut cmd: Command, torch: &libtorch::Libtorch) -> Result<ExitCode
     if std::env::var_os("GM_DATA_DIR").is_none() {
         cmd.env("GM_DATA_DIR", data::data_dir()?);
     }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("could not start cargo: {e}"))?;
+    let status = run_forwarding_interrupts(cmd)?;
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
         Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
         None => ExitCode::FAILURE,
     })
+}
+
+/// The process group of the running child, 0 when none.
+static CHILD_GROUP: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Runs `cmd` in a process group of its own and forwards an interrupt or termination signal sent
+/// to xtask to that whole group (cargo and what it started, e.g. `gm`), so that stopping xtask
+/// alone never leaves a benchmark running as an orphan. xtask then waits for the group to stop.
+fn run_forwarding_interrupts(mut cmd: Command) -> Result<std::process::ExitStatus, String> {
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            let group = CHILD_GROUP.load(std::sync::atomic::Ordering::SeqCst);
+            if group != 0 {
+                let _ = Command::new("kill")
+                    .args(["-INT", "--", &format!("-{group}")])
+                    .status();
+            }
+        });
+    });
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("could not start cargo: {e}"))?;
+    CHILD_GROUP.store(child.id(), std::sync::atomic::Ordering::SeqCst);
+    let status = child.wait().map_err(|e| format!("waiting for cargo: {e}"));
+    CHILD_GROUP.store(0, std::sync::atomic::Ordering::SeqCst);
+    status
 }
 
 /// Quotes a value for a POSIX shell `export` line.

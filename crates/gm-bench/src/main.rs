@@ -2,8 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use gm_bench::report::{self, Report};
-use gm_bench::runner::run_entry;
-use gm_bench::suite::{suite, Profile};
+use gm_bench::runner::{failed_result, run_entry, stored_result, RunResult};
+use gm_bench::suite::{registry, suite, suite_from, Entry, Profile};
 use gm_core::data::{load_named, NamedData};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -29,12 +29,31 @@ enum Command {
         /// Only run entries whose id contains this text (e.g. `flow/nsf`).
         #[arg(long)]
         only: Option<String>,
+        /// A suite file instead of the built-in `crates/gm-bench/suite.toml`.
+        #[arg(long)]
+        suite: Option<PathBuf>,
     },
     /// List the entries of a profile.
     List {
         #[arg(long, default_value = "quick")]
         profile: String,
+        #[arg(long)]
+        suite: Option<PathBuf>,
     },
+    /// List the registered families and their shipped run files.
+    ListConfigs,
+}
+
+/// The entries of `profile` from `suite_file`, or from the built-in suite.
+fn load_suite(profile: Profile, suite_file: Option<&PathBuf>) -> gm_core::Result<Vec<Entry>> {
+    match suite_file {
+        None => suite(profile),
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| gm_core::GmError::io(path, e))?;
+            suite_from(&text, &path.display().to_string(), profile, &registry())
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -49,8 +68,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> gm_core::Result<ExitCode> {
     match cli.command {
-        Command::List { profile } => {
-            for e in suite(profile.parse()?)? {
+        Command::ListConfigs => {
+            let registry = registry();
+            println!("families: {}", registry.families().join(", "));
+            for name in registry.shipped_names() {
+                println!("{name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { profile, suite } => {
+            for e in load_suite(profile.parse()?, suite.as_ref())? {
                 println!(
                     "{}  ({} steps, batch {})",
                     e.id, e.run.train.steps, e.run.train.batch_size
@@ -58,9 +85,12 @@ fn run(cli: Cli) -> gm_core::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::BenchAll { profile, out, only } => {
-            bench_all(profile.parse()?, &profile, out, only)
-        }
+        Command::BenchAll {
+            profile,
+            out,
+            only,
+            suite,
+        } => bench_all(profile.parse()?, &profile, out, only, suite),
     }
 }
 
@@ -69,26 +99,39 @@ fn bench_all(
     name: &str,
     out: PathBuf,
     only: Option<String>,
+    suite_file: Option<PathBuf>,
 ) -> gm_core::Result<ExitCode> {
     let device = gm_core::device::default_device()?;
-    let entries: Vec<_> = suite(profile)?
-        .into_iter()
+    let all = load_suite(profile, suite_file.as_ref())?;
+    let entries: Vec<&Entry> = all
+        .iter()
         .filter(|e| only.as_deref().is_none_or(|o| e.id.contains(o)))
         .collect();
+    if entries.is_empty() {
+        return Err(gm_core::GmError::config(
+            "only",
+            format!(
+                "no entry of profile {name} matches {:?}; `gm list --profile {name}` shows the ids",
+                only.unwrap_or_default()
+            ),
+        ));
+    }
+    let _lock = OutputLock::acquire(&out)?;
     eprintln!(
-        "gm bench-all: profile {name}, {} runs, device {device:?}, report in {}",
+        "gm bench-all: profile {name}, {} of {} runs, device {device:?}, report in {}",
         entries.len(),
+        all.len(),
         out.display()
     );
     let started = Instant::now();
     let bar = indicatif::ProgressBar::new(entries.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .expect("valid template")
+            .expect("a valid template")
             .progress_chars("=> "),
     );
     let mut data_cache: HashMap<String, NamedData> = HashMap::new();
-    let mut results = Vec::new();
+    let mut fresh: HashMap<String, RunResult> = HashMap::new();
     for entry in &entries {
         bar.set_message(entry.id.clone());
         if !data_cache.contains_key(&entry.dataset) {
@@ -97,55 +140,155 @@ fn bench_all(
                     data_cache.insert(entry.dataset.clone(), d);
                 }
                 Err(e) => {
-                    bar.suspend(|| eprintln!("{}: cannot load {}: {e}", entry.id, entry.dataset));
+                    let result =
+                        failed_result(entry, format!("cannot load data set {}: {e}", entry.dataset));
+                    bar.suspend(|| eprintln!("{}: FAILED: {}", entry.id, result.error.as_deref().unwrap_or("")));
+                    fresh.insert(entry.id.clone(), result);
                     bar.inc(1);
                     continue;
                 }
             }
         }
         let result = run_entry(entry, &data_cache[&entry.dataset], &out, device);
-        let line = match (&result.status[..], result.nll_nats, result.gap_nats) {
-            ("ok", Some(n), Some(g)) => format!(
-                "{}: NLL {n:.4} nats, gap to entropy {g:.4} ({:.0} s)",
-                entry.id, result.train_seconds
-            ),
-            ("ok", Some(n), None) => format!(
-                "{}: NLL {n:.2} nats, {:.4} bits/dim ({:.0} s)",
-                entry.id,
-                result.bits_per_dim.unwrap_or(0.0),
-                result.train_seconds
-            ),
-            ("ok", None, _) => format!("{}: done", entry.id),
-            _ => format!(
-                "{}: FAILED: {}",
-                entry.id,
-                result.error.as_deref().unwrap_or("")
-            ),
-        };
-        bar.suspend(|| eprintln!("{line}"));
-        results.push(result);
+        bar.suspend(|| eprintln!("{}", summary_line(entry, &result)));
+        fresh.insert(entry.id.clone(), result);
         bar.inc(1);
-        // Write the report after every run, so an interrupted benchmark still leaves one.
-        report::write(
-            &Report {
-                profile: name.to_string(),
-                device: format!("{device:?}"),
-                threads: gm_core::tch::get_num_threads(),
-                total_seconds: started.elapsed().as_secs_f64(),
-                results: results.clone(),
-            },
-            &out,
-        )?;
+        // Rewrite the report after every run, so an interrupted benchmark still leaves one.
+        write_report(&all, &fresh, name, device, started, &out)?;
     }
     bar.finish_and_clear();
+    let reported = write_report(&all, &fresh, name, device, started, &out)?;
     eprintln!(
-        "wrote {}/report.md, report.json and index.html",
-        out.display()
+        "wrote {}/report.md, report.json and index.html ({reported} of the profile's {} runs have results)",
+        out.display(),
+        all.len()
     );
-    let failures = results.iter().filter(|r| r.status != "ok").count();
-    Ok(if failures == 0 {
-        ExitCode::SUCCESS
+    let failed: Vec<&str> = entries
+        .iter()
+        .filter(|e| fresh.get(&e.id).is_none_or(|r| r.status != "ok"))
+        .map(|e| e.id.as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
     } else {
-        ExitCode::from(2)
-    })
+        eprintln!(
+            "gm bench-all: {} of {} runs failed: {}",
+            failed.len(),
+            entries.len(),
+            failed.join(", ")
+        );
+        Ok(ExitCode::from(2))
+    }
+}
+
+fn summary_line(entry: &Entry, result: &RunResult) -> String {
+    match (&result.status[..], result.nll_nats, result.gap_nats) {
+        ("ok", Some(n), Some(g)) => format!(
+            "{}: NLL {n:.4} nats, gap to entropy {g:.4} ({:.0} s)",
+            entry.id, result.train_seconds
+        ),
+        ("ok", Some(n), None) => format!(
+            "{}: NLL {n:.2} nats, {:.4} bits/dim ({:.0} s)",
+            entry.id,
+            result.bits_per_dim.unwrap_or(0.0),
+            result.train_seconds
+        ),
+        ("ok", None, _) => format!("{}: done", entry.id),
+        _ => format!(
+            "{}: FAILED: {}",
+            entry.id,
+            result.error.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+/// Writes the report from every result of the profile: this invocation's, and the stored
+/// results of entries it did not run (an `--only` run adds to the report instead of replacing
+/// it). Returns how many entries have a result.
+fn write_report(
+    all: &[Entry],
+    fresh: &HashMap<String, RunResult>,
+    profile: &str,
+    device: gm_core::tch::Device,
+    started: Instant,
+    out: &std::path::Path,
+) -> gm_core::Result<usize> {
+    let results: Vec<RunResult> = all
+        .iter()
+        .filter_map(|e| {
+            fresh
+                .get(&e.id)
+                .cloned()
+                .or_else(|| stored_result(e, out))
+        })
+        .collect();
+    let n = results.len();
+    report::write(
+        &Report {
+            profile: profile.to_string(),
+            device: format!("{device:?}"),
+            threads: gm_core::tch::get_num_threads(),
+            total_seconds: started.elapsed().as_secs_f64(),
+            results,
+        },
+        out,
+    )?;
+    Ok(n)
+}
+
+/// One `gm bench-all` at a time per output folder: a lock file holding the owner's process id,
+/// removed when the run ends. A lock left by a process that no longer runs is taken over.
+struct OutputLock {
+    path: PathBuf,
+}
+
+impl OutputLock {
+    fn acquire(out: &std::path::Path) -> gm_core::Result<Self> {
+        use std::io::Write as _;
+        std::fs::create_dir_all(out).map_err(|e| gm_core::GmError::io(out, e))?;
+        let path = out.join(".gm-bench.lock");
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut file) => {
+                    write!(file, "{}", std::process::id())
+                        .map_err(|e| gm_core::GmError::io(&path, e))?;
+                    return Ok(OutputLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    let alive = owner.trim().parse::<u32>().is_ok_and(|pid| {
+                        pid != std::process::id()
+                            && std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    });
+                    if alive {
+                        return Err(gm_core::GmError::io(
+                            &path,
+                            std::io::Error::other(format!(
+                                "another gm bench-all (process {}) is writing to {}; wait for it to finish or choose another --out",
+                                owner.trim(),
+                                out.display()
+                            )),
+                        ));
+                    }
+                    // A stale lock from a process that died: take it over.
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(gm_core::GmError::io(&path, e)),
+            }
+        }
+        Err(gm_core::GmError::io(
+            &path,
+            std::io::Error::other("could not take the output folder's lock"),
+        ))
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

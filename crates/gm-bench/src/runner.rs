@@ -57,35 +57,37 @@ fn run_dir(out: &Path, entry: &Entry, hash: &str) -> PathBuf {
         .join(format!("{}-{hash}", entry.id.replace('/', "_")))
 }
 
-/// Runs `entry` on `data`, never failing: errors and panics become a `failed` result.
+/// The finished result stored for `entry` under `out`, if a run of the same config succeeded.
+pub fn stored_result(entry: &Entry, out: &Path) -> Option<RunResult> {
+    let hash = config_hash(entry);
+    let cached = run_dir(out, entry, &hash).join("result.json");
+    std::fs::read(&cached)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<RunResult>(&b).ok())
+        .filter(|r| r.status == "ok" && r.config_hash == hash)
+}
+
+/// Runs `entry` on `data`, never failing: errors and panics become a `failed` result. A
+/// finished result of the same config is reused.
 pub fn run_entry(entry: &Entry, data: &NamedData, out: &Path, device: Device) -> RunResult {
     let hash = config_hash(entry);
     let dir = run_dir(out, entry, &hash);
     let cached = dir.join("result.json");
-    if let Some(result) = std::fs::read(&cached)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<RunResult>(&b).ok())
-    {
-        if result.status == "ok" {
-            return result;
-        }
+    if let Some(result) = stored_result(entry, out) {
+        return result;
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         train_and_evaluate(entry, data, &dir, out, device)
     }));
     let mut result = match outcome {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => failed(entry, &hash, e.to_string()),
+        Ok(Err(e)) => failed_result(entry, e.to_string()),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
-            failed(
-                entry,
-                &hash,
-                format!("panicked: {}", msg.unwrap_or_default()),
-            )
+            failed_result(entry, format!("panicked: {}", msg.unwrap_or_default()))
         }
     };
     result.config_hash = hash;
@@ -98,13 +100,14 @@ pub fn run_entry(entry: &Entry, data: &NamedData, out: &Path, device: Device) ->
     result
 }
 
-fn failed(entry: &Entry, hash: &str, error: String) -> RunResult {
+/// A `failed` result for `entry` with its error.
+pub fn failed_result(entry: &Entry, error: String) -> RunResult {
     RunResult {
         id: entry.id.clone(),
         family: entry.family.clone(),
         model: entry.model.clone(),
         dataset: entry.dataset.clone(),
-        config_hash: hash.to_string(),
+        config_hash: config_hash(entry),
         status: "failed".into(),
         error: Some(error),
         nll_nats: None,
@@ -150,6 +153,14 @@ fn train_and_evaluate(
 
     gm_core::device::seed_torch(gm_core::device::derive_seed(entry.run.train.seed, 0xE7A1));
     let nll: Option<Nll> = gm_core::tch::no_grad(|| test_nll(model.as_ref(), &data.test.x, 500))?;
+    // A non-finite metric is a failed run, never a cached success.
+    if let Some(n) = nll.as_ref().filter(|n| !n.nats.is_finite()) {
+        return Err(GmError::NonFinite {
+            what: "test NLL".into(),
+            step: history.steps_done,
+            value: n.nats,
+        });
+    }
     let (entropy, stderr) = match data.toy {
         Some(set) => {
             gm_core::device::seed_torch(0xE17);

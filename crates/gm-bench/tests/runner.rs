@@ -11,17 +11,20 @@ use gm_core::train::{LrSchedule, TrainConfig};
 use gm_core::GmError;
 
 /// A spec whose build fails or panics, to check that the runner survives both.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct BrokenSpec {
     panics: bool,
+}
+
+impl gm_core::train::Config for BrokenSpec {
+    fn validate(&self) -> gm_core::Result<()> {
+        Ok(())
+    }
 }
 
 impl ModelSpec for BrokenSpec {
     fn family(&self) -> &'static str {
         "test"
-    }
-    fn validate(&self) -> gm_core::Result<()> {
-        Ok(())
     }
     fn scale_to_budget(&mut self, _: &Budget) {}
     fn build(&self, _: &DataInfo, _: Device) -> gm_core::Result<Box<dyn GenerativeModel>> {
@@ -29,14 +32,6 @@ impl ModelSpec for BrokenSpec {
             panic!("boom");
         }
         Err(GmError::Unsupported("no such model".into()))
-    }
-    fn to_toml(&self) -> gm_core::Result<gm_core::toml::Table> {
-        let mut t = gm_core::toml::Table::new();
-        t.insert("panics".into(), self.panics.into());
-        Ok(t)
-    }
-    fn clone_spec(&self) -> Box<dyn ModelSpec> {
-        Box::new(self.clone())
     }
 }
 

@@ -39,22 +39,7 @@ pub fn check_codes(codes: &Tensor, grid: &[i64], num_codes: i64, what: &str) -> 
     if size.len() != grid.len() + 1 || size[1..] != *grid {
         return Err(GmError::shape(what, format!("[batch] ++ {grid:?}"), &size));
     }
-    if codes.is_floating_point() {
-        return Err(GmError::Domain(format!(
-            "{what}: codes must be integers, got a {:?} tensor",
-            codes.kind()
-        )));
-    }
-    if codes.numel() > 0 {
-        let lo = codes.f_min()?.f_int64_value(&[])?;
-        let hi = codes.f_max()?.f_int64_value(&[])?;
-        if lo < 0 || hi >= num_codes {
-            return Err(GmError::Domain(format!(
-                "{what}: codes must lie in [0, {num_codes}), found [{lo}, {hi}]"
-            )));
-        }
-    }
-    Ok(())
+    crate::model::check_integers(codes, num_codes, what, "codes")
 }
 
 /// Every code grid equally likely: `ln p = −|grid| ln K`. The baseline prior of VQ-VAE.

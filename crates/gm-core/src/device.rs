@@ -64,7 +64,15 @@ pub fn parse_device(name: &str) -> Result<Device> {
     let device =
         match name.as_str() {
             "cpu" => Device::Cpu,
-            "mps" => Device::Mps,
+            "mps" => {
+                if !tch::utils::has_mps() {
+                    return Err(GmError::config(
+                        "device",
+                        "mps requested but this libtorch has no Metal (MPS) backend; expected cpu, cuda or cuda:N",
+                    ));
+                }
+                Device::Mps
+            }
             "cuda" | "gpu" => Device::Cuda(0),
             other => match other.strip_prefix("cuda:") {
                 Some(index) => Device::Cuda(index.parse().map_err(|_| {

@@ -41,6 +41,15 @@ pub enum GmError {
     #[error("non-finite {what} at step {step}: {value}")]
     NonFinite { what: String, step: u64, value: f64 },
 
+    /// Training produced a NaN or an infinity; nothing non-finite was saved.
+    #[error("training diverged: {what} became NaN or infinite between steps {from_step} and {to_step}; last good checkpoint: {last_checkpoint}")]
+    Diverged {
+        what: String,
+        from_step: u64,
+        to_step: u64,
+        last_checkpoint: String,
+    },
+
     /// A value is outside the support of a distribution or a bijector's domain.
     #[error("{0}")]
     Domain(String),

@@ -231,21 +231,26 @@ pub fn check_labels(labels: &Tensor, n: i64, classes: i64, what: &str) -> Result
     if labels.size() != [n] {
         return Err(GmError::shape(what, format!("[{n}]"), &labels.size()));
     }
-    if labels.is_floating_point() || labels.kind() == Kind::Bool || labels.is_complex() {
+    check_integers(labels, classes, what, "labels")
+}
+
+/// Checks that `t` holds integers in `0..upper` (any shape); `noun` names them in the error.
+pub fn check_integers(t: &Tensor, upper: i64, what: &str, noun: &str) -> Result<()> {
+    if t.is_floating_point() || t.kind() == Kind::Bool || t.is_complex() {
         return Err(GmError::Domain(format!(
-            "{what}: labels must be integers, got a {:?} tensor",
-            labels.kind()
+            "{what}: {noun} must be integers, got a {:?} tensor",
+            t.kind()
         )));
     }
-    if n == 0 {
+    if t.numel() == 0 {
         return Ok(());
     }
-    let labels = labels.f_to_kind(Kind::Int64)?;
-    let lo = labels.f_min()?.f_int64_value(&[])?;
-    let hi = labels.f_max()?.f_int64_value(&[])?;
-    if lo < 0 || hi >= classes {
+    let t = t.f_to_kind(Kind::Int64)?;
+    let lo = t.f_min()?.f_int64_value(&[])?;
+    let hi = t.f_max()?.f_int64_value(&[])?;
+    if lo < 0 || hi >= upper {
         return Err(GmError::Domain(format!(
-            "{what}: labels must lie in [0, {classes}), found values in [{lo}, {hi}]"
+            "{what}: {noun} must lie in [0, {upper}), found values in [{lo}, {hi}]"
         )));
     }
     Ok(())
@@ -365,32 +370,95 @@ pub trait GenerativeModel {
     /// Restores what [`GenerativeModel::state`] produced.
     fn load_state(&mut self, state: &mut StateDict) -> Result<()>;
 
-    /// Saves the state atomically (temporary file, then rename).
-    fn save(&self, path: &Path) -> Result<()> {
-        save_tensors(
-            path,
-            &self.state(),
-            &serde_json::json!({ "family": self.family() }),
-        )
+    /// A fingerprint of the spec the model was built from ([`crate::spec::ModelSpec::fingerprint`]),
+    /// saved with its checkpoints so that weights never load into a model of another spec (a
+    /// MAF's into an IAF of the same shapes). `None` for models built without a spec.
+    fn spec_fingerprint(&self) -> Option<String> {
+        None
     }
 
-    /// Loads a file written by [`GenerativeModel::save`].
+    /// Saves the state atomically (temporary file, then rename), with the family and the spec's
+    /// fingerprint.
+    fn save(&self, path: &Path) -> Result<()> {
+        save_tensors(path, &self.state(), &checkpoint_meta(self))
+    }
+
+    /// Loads a file written by [`GenerativeModel::save`], all or nothing: the family and spec
+    /// fingerprint must match, and if any tensor is missing, misshapen or left over, the model's
+    /// state is restored to what it was before the call.
     fn load(&mut self, path: &Path) -> Result<()> {
         let (mut state, meta) = load_tensors(path)?;
-        if let Some(f) = meta.get("family").and_then(|f| f.as_str()) {
-            if f != self.family() {
-                return Err(GmError::Checkpoint {
-                    path: path.display().to_string(),
-                    message: format!(
-                        "written by a {f} model, loading into a {} model",
-                        self.family()
-                    ),
-                });
-            }
-        }
-        self.load_state(&mut state)?;
-        state.finish(path)
+        check_checkpoint_meta(self, &meta, path)?;
+        load_all_or_nothing(self, &mut state, path)
     }
+}
+
+/// The metadata every checkpoint of `model` carries: its family and spec fingerprint.
+pub fn checkpoint_meta(model: &(impl GenerativeModel + ?Sized)) -> serde_json::Value {
+    serde_json::json!({
+        "family": model.family(),
+        "spec": model.spec_fingerprint(),
+    })
+}
+
+/// Checks a checkpoint's family and spec fingerprint against `model`.
+pub fn check_checkpoint_meta(
+    model: &(impl GenerativeModel + ?Sized),
+    meta: &serde_json::Value,
+    path: &Path,
+) -> Result<()> {
+    let bad = |message: String| GmError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
+    match meta.get("family").and_then(|f| f.as_str()) {
+        Some(f) if f == model.family() => {}
+        Some(f) => {
+            return Err(bad(format!(
+                "written by a {f} model, loading into a {} model",
+                model.family()
+            )))
+        }
+        None => return Err(bad("the file names no model family".into())),
+    }
+    if let (Some(saved), Some(mine)) = (
+        meta.get("spec").and_then(|s| s.as_str()),
+        model.spec_fingerprint(),
+    ) {
+        if saved != mine {
+            return Err(bad(format!(
+                "written by a model of another configuration (spec fingerprint {saved}, this model's is {mine})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Restores `state` into `model`, and on any failure puts the model's previous state back.
+pub fn load_all_or_nothing(
+    model: &mut (impl GenerativeModel + ?Sized),
+    state: &mut StateDict,
+    path: &Path,
+) -> Result<()> {
+    let backup: Vec<(String, Tensor)> = model
+        .state()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect();
+    let loaded = model
+        .load_state(state)
+        .and_then(|()| std::mem::take(state).finish(path));
+    if let Err(e) = loaded {
+        // Restoring our own snapshot cannot miss a tensor; if it fails anyway, say so.
+        model
+            .load_state(&mut StateDict::from_tensors(backup))
+            .map_err(|restore| GmError::Checkpoint {
+                path: path.display().to_string(),
+                message: format!("{e}; restoring the previous state failed too: {restore}"),
+            })?;
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// The variables of a var store as named tensors, each name prefixed.

@@ -103,14 +103,39 @@ impl Budget {
     }
 }
 
-/// A family's model config: validated once, scaled to a step budget in one place, and able to
-/// build the model it describes.
-pub trait ModelSpec: std::fmt::Debug {
-    /// The family name the spec is registered under; the built model reports the same.
-    fn family(&self) -> &'static str;
-
+/// What every spec gets from being a serde [`Config`]: validation, its TOML form and cloning
+/// behind a box. Implemented for every `Config + Clone` spec; nobody writes it by hand.
+pub trait SpecConfig {
     /// Checks every value; the error names the key.
     fn validate(&self) -> Result<()>;
+
+    /// The spec as a TOML table (what `[model]` of a run file holds).
+    fn to_toml(&self) -> Result<toml::Table>;
+
+    /// A boxed copy.
+    fn clone_spec(&self) -> Box<dyn ModelSpec>;
+}
+
+impl<C: ModelSpec + Config + Clone + 'static> SpecConfig for C {
+    fn validate(&self) -> Result<()> {
+        Config::validate(self)
+    }
+
+    fn to_toml(&self) -> Result<toml::Table> {
+        config_to_table(self)
+    }
+
+    fn clone_spec(&self) -> Box<dyn ModelSpec> {
+        Box::new(self.clone())
+    }
+}
+
+/// A family's model config: validated once, scaled to a step budget in one place, and able to
+/// build the model it describes. Validation, the TOML form and cloning come from
+/// [`SpecConfig`], implemented for every serde [`Config`].
+pub trait ModelSpec: SpecConfig + std::fmt::Debug {
+    /// The family name the spec is registered under; the built model reports the same.
+    fn family(&self) -> &'static str;
 
     /// Rescales every length measured in optimizer steps (learning-rate schedules, warm-ups,
     /// EMA start, phases) to `budget`.
@@ -119,12 +144,6 @@ pub trait ModelSpec: std::fmt::Debug {
     /// Builds a fresh model for `data` on `device`, seeded by libtorch's generator. Refuses data
     /// the model cannot describe (e.g. a Bernoulli decoder and 8-bit pixels), naming the key.
     fn build(&self, data: &DataInfo, device: Device) -> Result<Box<dyn GenerativeModel>>;
-
-    /// The spec as a TOML table (what `[model]` of a run file holds).
-    fn to_toml(&self) -> Result<toml::Table>;
-
-    /// A boxed copy.
-    fn clone_spec(&self) -> Box<dyn ModelSpec>;
 
     /// A fingerprint of the spec: the SHA-256 of its canonical TOML, as hex. Checkpoints carry
     /// it so that weights never load into a model of another spec.
@@ -156,7 +175,7 @@ pub fn config_to_table<C: Serialize>(config: &C) -> Result<toml::Table> {
 /// key under `model.`.
 pub fn parse_spec<C>(table: toml::Table) -> Result<Box<dyn ModelSpec>>
 where
-    C: ModelSpec + Config + 'static,
+    C: ModelSpec + Config + Clone + 'static,
 {
     let config: C = toml::Value::Table(table)
         .try_into()
@@ -194,7 +213,7 @@ impl Registry {
     /// Registers config type `C` as family `name`.
     pub fn add_family<C>(&mut self, name: &'static str) -> &mut Self
     where
-        C: ModelSpec + Config + 'static,
+        C: ModelSpec + Config + Clone + 'static,
     {
         self.families.insert(name, parse_spec::<C>);
         self

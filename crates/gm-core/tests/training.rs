@@ -426,3 +426,119 @@ fn trainer_rejects_too_little_data() {
     .unwrap();
     assert!(t.fit(&mut m, &x, None, |_, _| {}).is_err());
 }
+
+/// A model whose weights turn NaN after its `at`-th update, as a diverging run's would.
+struct Diverging {
+    inner: GaussianModel,
+    at: i64,
+}
+
+impl GenerativeModel for Diverging {
+    fn family(&self) -> &'static str {
+        "gaussian"
+    }
+    fn train_step(&mut self, batch: &Batch) -> Result<StepOutput> {
+        let out = self.inner.train_step(batch)?;
+        if self.inner.opt.steps() == self.at {
+            tch::no_grad(|| {
+                let _ = self.inner.loc.shallow_clone().fill_(f64::NAN);
+            });
+        }
+        Ok(out)
+    }
+    fn sample_with(&self, n: i64, options: &SampleOptions) -> Result<Tensor> {
+        self.inner.sample_with(n, options)
+    }
+    fn likelihood_kind(&self) -> LikelihoodKind {
+        LikelihoodKind::Exact
+    }
+    fn log_likelihood(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        self.inner.log_likelihood(x)
+    }
+    fn num_parameters(&self) -> i64 {
+        self.inner.num_parameters()
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.inner.state()
+    }
+    fn load_state(&mut self, state: &mut StateDict) -> Result<()> {
+        self.inner.load_state(state)
+    }
+}
+
+/// A divergence between checks stops training with an error that names the steps and the last
+/// good checkpoint, and that checkpoint is never overwritten with non-finite weights.
+#[test]
+fn divergence_stops_training_and_keeps_the_last_good_checkpoint() {
+    tch::manual_seed(0);
+    let x = Tensor::randn([64, 3], (Kind::Float, Device::Cpu));
+    let dir = std::env::temp_dir().join(format!("gm-diverge-{}", std::process::id()));
+    let path = dir.join("ckpt.safetensors");
+    let _ = std::fs::remove_dir_all(&dir);
+    let trainer = Trainer::new(TrainConfig {
+        steps: 20,
+        batch_size: 16,
+        seed: 1,
+        log_every: 5,
+        checkpoint_every: 4,
+    })
+    .unwrap()
+    .with_checkpoint(&path);
+    let mut model = Diverging {
+        inner: GaussianModel::new(3),
+        at: 6,
+    };
+    let err = trainer.fit(&mut model, &x, None, |_, _| {}).unwrap_err();
+    match &err {
+        GmError::Diverged {
+            from_step,
+            to_step,
+            last_checkpoint,
+            what,
+        } => {
+            // Checked at step 5 (a log point); the NaN came at step 6; the checkpoint at 8 is
+            // where it was caught, before anything was written.
+            assert_eq!((*from_step, *to_step), (6, 8), "{err}");
+            assert!(last_checkpoint.contains("step 4"), "{err}");
+            assert!(what.contains("weights"), "{err}");
+        }
+        other => panic!("expected a divergence error, got {other}"),
+    }
+    let (state, meta) = load_tensors(&path).unwrap();
+    assert_eq!(meta["history"]["steps_done"], 4);
+    drop(state);
+    // The checkpoint still resumes into a healthy model.
+    let mut healthy = GaussianModel::new(3);
+    let resumed = Trainer::new(TrainConfig {
+        steps: 6,
+        batch_size: 16,
+        seed: 1,
+        log_every: 5,
+        checkpoint_every: 4,
+    })
+    .unwrap()
+    .with_checkpoint(&path)
+    .fit(&mut healthy, &x, None, |_, _| {})
+    .unwrap();
+    assert_eq!(resumed.steps_done, 6);
+    // A divergence in the very last update is caught too, and nothing is written.
+    let mut late = Diverging {
+        inner: GaussianModel::new(3),
+        at: 3,
+    };
+    let no_ckpt = Trainer::new(TrainConfig {
+        steps: 3,
+        batch_size: 16,
+        seed: 1,
+        log_every: 100,
+        checkpoint_every: 0,
+    })
+    .unwrap();
+    let err = no_ckpt.fit(&mut late, &x, None, |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, GmError::Diverged { from_step: 1, to_step: 3, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("none was written"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -436,6 +436,10 @@ impl GenerativeModel for FlowModel {
         gm_core::tch::no_grad(|| Ok(Some(self.flow.transform_to_noise(&x, None)?.0)))
     }
 
+    fn spec_fingerprint(&self) -> Option<String> {
+        gm_core::spec::ModelSpec::fingerprint(&self.config).ok()
+    }
+
     fn num_parameters(&self) -> i64 {
         gm_core::nn::count_parameters(&self.vs.trainable_variables())
     }

@@ -4,18 +4,13 @@ use crate::config::{DataSpace, FlowConfig, SHIPPED_CONFIGS};
 use crate::flow::FlowModel;
 use gm_core::data::ValueKind;
 use gm_core::model::GenerativeModel;
-use gm_core::spec::{config_to_table, Budget, DataInfo, ModelSpec, Registry};
+use gm_core::spec::{Budget, DataInfo, ModelSpec, Registry};
 use gm_core::tch::Device;
-use gm_core::train::Config;
 use gm_core::{GmError, Result};
 
 impl ModelSpec for FlowConfig {
     fn family(&self) -> &'static str {
         "flow"
-    }
-
-    fn validate(&self) -> Result<()> {
-        Config::validate(self)
     }
 
     fn scale_to_budget(&mut self, budget: &Budget) {
@@ -55,14 +50,6 @@ impl ModelSpec for FlowConfig {
             ));
         }
         Ok(Box::new(FlowModel::new(self, &data.event_shape, device)?))
-    }
-
-    fn to_toml(&self) -> Result<gm_core::toml::Table> {
-        config_to_table(self)
-    }
-
-    fn clone_spec(&self) -> Box<dyn ModelSpec> {
-        Box::new(self.clone())
     }
 }
 

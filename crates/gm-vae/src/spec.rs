@@ -5,9 +5,8 @@ use crate::likelihood::LikelihoodConfig;
 use crate::vae::Vae;
 use crate::vq::{VqVae, VqVaeConfig};
 use gm_core::model::GenerativeModel;
-use gm_core::spec::{config_to_table, Budget, DataInfo, ModelSpec, Registry};
+use gm_core::spec::{Budget, DataInfo, ModelSpec, Registry};
 use gm_core::tch::Device;
-use gm_core::train::Config;
 use gm_core::{GmError, Result};
 
 /// The TOML run files shipped in `configs/`, by file stem; registered as `vae/<stem>`.
@@ -81,10 +80,6 @@ impl ModelSpec for VaeConfig {
         "vae"
     }
 
-    fn validate(&self) -> Result<()> {
-        Config::validate(self)
-    }
-
     fn scale_to_budget(&mut self, budget: &Budget) {
         self.lr_schedule = self.lr_schedule.scaled(budget);
         if let ObjectiveConfig::Elbo {
@@ -118,23 +113,11 @@ impl ModelSpec for VaeConfig {
         config.data_shape = data_shape;
         Ok(Box::new(Vae::new(&config, device)?))
     }
-
-    fn to_toml(&self) -> Result<gm_core::toml::Table> {
-        config_to_table(self)
-    }
-
-    fn clone_spec(&self) -> Box<dyn ModelSpec> {
-        Box::new(self.clone())
-    }
 }
 
 impl ModelSpec for VqVaeConfig {
     fn family(&self) -> &'static str {
         "vq_vae"
-    }
-
-    fn validate(&self) -> Result<()> {
-        Config::validate(self)
     }
 
     fn scale_to_budget(&mut self, budget: &Budget) {
@@ -147,13 +130,5 @@ impl ModelSpec for VqVaeConfig {
         let mut config = self.clone();
         config.data_shape = data_shape;
         Ok(Box::new(VqVae::new(&config, device)?))
-    }
-
-    fn to_toml(&self) -> Result<gm_core::toml::Table> {
-        config_to_table(self)
-    }
-
-    fn clone_spec(&self) -> Box<dyn ModelSpec> {
-        Box::new(self.clone())
     }
 }

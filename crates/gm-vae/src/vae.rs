@@ -762,6 +762,10 @@ impl GenerativeModel for Vae {
         Ok(Some(self.net.encode(x)?.mean()?))
     }
 
+    fn spec_fingerprint(&self) -> Option<String> {
+        gm_core::spec::ModelSpec::fingerprint(&self.config).ok()
+    }
+
     fn num_parameters(&self) -> i64 {
         gm_core::nn::count_parameters(&self.vs.trainable_variables())
     }

@@ -725,6 +725,10 @@ impl GenerativeModel for VqVae {
         Ok(Some(self.encode_codes(x)?))
     }
 
+    fn spec_fingerprint(&self) -> Option<String> {
+        gm_core::spec::ModelSpec::fingerprint(&self.config).ok()
+    }
+
     fn num_parameters(&self) -> i64 {
         gm_core::nn::count_parameters(&self.vs.trainable_variables())
     }

@@ -21,10 +21,6 @@ pub fn save_tensors(
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| GmError::io(parent, e))?;
     }
-    let meta_bytes = serde_json::to_vec(meta).map_err(|e| GmError::Checkpoint {
-        path: path.display().to_string(),
-        message: format!("metadata is not serialisable: {e}"),
-    })?;
     let mut named: Vec<(String, Tensor)> = Vec::with_capacity(tensors.len() + 1);
     for (name, t) in tensors {
         if name == META_KEY {
@@ -33,17 +29,35 @@ pub fn save_tensors(
                 message: format!("{META_KEY} is reserved"),
             });
         }
-        named.push((
-            name.clone(),
-            t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?,
-        ));
+        let t = t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        if t.is_floating_point() && t.numel() > 0 && t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+            return Err(GmError::Checkpoint {
+                path: path.display().to_string(),
+                message: format!(
+                    "refusing to save: tensor {name:?} holds NaN or infinite values"
+                ),
+            });
+        }
+        named.push((name.clone(), t));
     }
+    // The checksum covers every tensor's name, dtype, shape and bytes: a flipped bit in a
+    // weight is caught when loading.
+    let mut meta = meta.clone();
+    if let serde_json::Value::Object(map) = &mut meta {
+        map.insert("checksum".into(), checksum(&named)?.into());
+    }
+    let meta_bytes = serde_json::to_vec(&meta).map_err(|e| GmError::Checkpoint {
+        path: path.display().to_string(),
+        message: format!("metadata is not serialisable: {e}"),
+    })?;
     named.push((META_KEY.to_string(), Tensor::f_from_slice(&meta_bytes)?));
     let tmp = tmp_path(path);
-    Tensor::write_safetensors(&named, &tmp)?;
-    // Flush the data before the rename makes it visible under the real name.
-    let file = std::fs::File::open(&tmp).map_err(|e| GmError::io(&tmp, e))?;
-    file.sync_all().map_err(|e| GmError::io(&tmp, e))?;
+    let written = write_and_sync(&named, &tmp);
+    if written.is_err() {
+        // A failed save leaves nothing behind; the previous checkpoint is untouched.
+        let _ = std::fs::remove_file(&tmp);
+        return written;
+    }
     std::fs::rename(&tmp, path).map_err(|e| GmError::io(path, e))?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if let Ok(dir) = std::fs::File::open(parent) {
@@ -51,6 +65,39 @@ pub fn save_tensors(
         }
     }
     Ok(())
+}
+
+fn write_and_sync(named: &[(String, Tensor)], tmp: &Path) -> Result<()> {
+    Tensor::write_safetensors(named, tmp)?;
+    // Flush the data before the rename makes it visible under the real name.
+    let file = std::fs::File::open(tmp).map_err(|e| GmError::io(tmp, e))?;
+    file.sync_all().map_err(|e| GmError::io(tmp, e))
+}
+
+/// SHA-256 (hex) over the names, dtypes, shapes and bytes of `tensors` (CPU, contiguous), in
+/// name order.
+pub fn checksum(tensors: &[(String, Tensor)]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = Sha256::new();
+    for (name, t) in sorted {
+        hasher.update(name.as_bytes());
+        hasher.update(format!("{:?}{:?}", t.kind(), t.size()).as_bytes());
+        let flat = t
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?
+            .f_reshape([-1])?;
+        if flat.numel() > 0 {
+            let bytes = if flat.kind() == Kind::Bool {
+                flat.f_to_kind(Kind::Uint8)?
+            } else {
+                flat.f_view_dtype(Kind::Uint8)?
+            };
+            hasher.update(Vec::<u8>::try_from(&bytes)?);
+        }
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -85,6 +132,35 @@ pub fn load_tensors(path: &Path) -> Result<(StateDict, serde_json::Value)> {
         }
         None => serde_json::Value::Null,
     };
+    let bad = |message: String| GmError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
+    if let Some(expected) = meta.get("checksum").and_then(|c| c.as_str()) {
+        let named: Vec<(String, Tensor)> = map
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        let actual = checksum(&named)?;
+        if actual != expected {
+            return Err(bad(format!(
+                "the tensor data do not match the checksum written with them (the file is corrupt): expected {expected}, found {actual}"
+            )));
+        }
+    }
+    let mut names: Vec<&String> = map.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &map[name];
+        if t.is_floating_point() && t.numel() > 0 {
+            let finite = t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
+            if !finite {
+                return Err(bad(format!(
+                    "tensor {name:?} holds NaN or infinite values; a checkpoint is never written from non-finite state, so the file is damaged"
+                )));
+            }
+        }
+    }
     Ok((
         StateDict {
             tensors: map,

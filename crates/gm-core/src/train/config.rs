@@ -38,7 +38,8 @@ pub trait Config: Serialize + DeserializeOwned + Default {
     }
 }
 
-/// Checks `lo <= value <= hi` (and that it is a number), naming the key.
+/// Checks `lo <= value <= hi` (and that it is a number; infinite bounds admit infinities only
+/// where they are given), naming the key.
 pub fn check_range(key: &str, value: f64, lo: f64, hi: f64) -> Result<()> {
     if value.is_nan() || value < lo || value > hi {
         return Err(GmError::config(
@@ -49,12 +50,12 @@ pub fn check_range(key: &str, value: f64, lo: f64, hi: f64) -> Result<()> {
     Ok(())
 }
 
-/// Checks `value > 0`, naming the key.
+/// Checks `0 < value < ∞`, naming the key.
 pub fn check_positive(key: &str, value: f64) -> Result<()> {
-    if value.is_nan() || value <= 0.0 {
+    if !value.is_finite() || value <= 0.0 {
         return Err(GmError::config(
             key,
-            format!("must be positive, got {value}"),
+            format!("must be a positive finite number, got {value}"),
         ));
     }
     Ok(())

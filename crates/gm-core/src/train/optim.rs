@@ -42,9 +42,12 @@ impl Default for AdamConfig {
 impl Config for AdamConfig {
     fn validate(&self) -> Result<()> {
         check_positive("lr", self.lr)?;
+        // Larger rates are not a setting anyone trains with; they come from a typo (1e300).
+        check_range("lr", self.lr, 0.0, 10.0)?;
         check_range("beta1", self.beta1, 0.0, 0.999_999)?;
         check_range("beta2", self.beta2, 0.0, 0.999_999_9)?;
         check_positive("eps", self.eps)?;
+        check_range("eps", self.eps, 0.0, 1.0)?;
         check_range("weight_decay", self.weight_decay, 0.0, 1.0)?;
         if let Some(c) = self.grad_clip_norm {
             check_positive("grad_clip_norm", c)?;

@@ -9,7 +9,9 @@ use super::checkpoint::{load_tensors, save_tensors};
 use super::config::Config;
 use crate::data::EpochBatches;
 use crate::device::{derive_seed, seed_torch};
-use crate::model::{Batch, GenerativeModel};
+use crate::model::{
+    check_checkpoint_meta, checkpoint_meta, load_all_or_nothing, Batch, GenerativeModel,
+};
 use crate::{GmError, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -125,6 +127,14 @@ impl Trainer {
         let mut batches = EpochBatches::new(n, self.config.batch_size, self.config.seed);
         let device = x.device();
         let mut step = history.steps_done;
+        // Finiteness of every step's losses and of the updated state, accumulated on the
+        // device and read only where it matters: at log points, before a checkpoint, at the end.
+        let mut guard = FiniteGuard::new(step, device)?;
+        let mut last_checkpoint = self
+            .checkpoint
+            .as_ref()
+            .filter(|p| p.exists())
+            .map(|p| (p.clone(), step));
         while step < self.config.steps {
             let started = Instant::now();
             seed_torch(derive_seed(self.config.seed, step));
@@ -135,7 +145,14 @@ impl Trainer {
             };
             let out = model.train_step(&batch)?;
             step += 1;
+            guard.record(&out, model)?;
             let log_now = step % self.config.log_every == 0 || step == self.config.steps;
+            let ckpt_now = (self.config.checkpoint_every > 0
+                && step % self.config.checkpoint_every == 0)
+                || step == self.config.steps;
+            if log_now || (ckpt_now && self.checkpoint.is_some()) {
+                guard.check(step, last_checkpoint.as_ref())?;
+            }
             if log_now {
                 let values = out.to_host(step)?;
                 on_log(step, &values);
@@ -143,11 +160,10 @@ impl Trainer {
             }
             history.train_seconds += started.elapsed().as_secs_f64();
             history.steps_done = step;
-            let ckpt_now =
-                self.config.checkpoint_every > 0 && step % self.config.checkpoint_every == 0;
-            if ckpt_now || step == self.config.steps {
+            if ckpt_now {
                 if let Some(path) = &self.checkpoint {
                     self.save(model, path, &history)?;
+                    last_checkpoint = Some((path.clone(), step));
                 }
             }
         }
@@ -155,12 +171,13 @@ impl Trainer {
     }
 
     fn save(&self, model: &dyn GenerativeModel, path: &Path, history: &TrainHistory) -> Result<()> {
-        let meta = serde_json::json!({
-            "family": model.family(),
-            "seed": self.config.seed,
-            "batch_size": self.config.batch_size,
-            "history": history,
-        });
+        let mut meta = checkpoint_meta(model);
+        meta["seed"] = self.config.seed.into();
+        meta["batch_size"] = self.config.batch_size.into();
+        meta["history"] = serde_json::to_value(history).map_err(|e| GmError::Checkpoint {
+            path: path.display().to_string(),
+            message: format!("the training history is not serialisable: {e}"),
+        })?;
         save_tensors(path, &model.state(), &meta)
     }
 
@@ -170,13 +187,7 @@ impl Trainer {
             path: path.display().to_string(),
             message,
         };
-        if meta.get("family").and_then(|v| v.as_str()) != Some(model.family()) {
-            return Err(bad(format!(
-                "written by {:?}, not a {} model",
-                meta.get("family"),
-                model.family()
-            )));
-        }
+        check_checkpoint_meta(model, &meta, path)?;
         if meta.get("seed").and_then(|v| v.as_u64()) != Some(self.config.seed)
             || meta.get("batch_size").and_then(|v| v.as_i64()) != Some(self.config.batch_size)
         {
@@ -187,8 +198,70 @@ impl Trainer {
         let history: TrainHistory =
             serde_json::from_value(meta.get("history").cloned().unwrap_or_default())
                 .map_err(|e| bad(format!("bad history: {e}")))?;
-        model.load_state(&mut state)?;
-        state.finish(path)?;
+        load_all_or_nothing(model, &mut state, path)?;
         Ok(history)
+    }
+}
+
+/// Accumulates, on the device, whether every loss and every floating tensor of the model's state
+/// stayed finite since the last check, so that a divergence is caught without a host
+/// synchronisation per step.
+struct FiniteGuard {
+    losses_ok: Tensor,
+    state_ok: Tensor,
+    checked_at: u64,
+}
+
+impl FiniteGuard {
+    fn new(step: u64, device: tch::Device) -> Result<Self> {
+        let yes = Tensor::f_ones([], (tch::Kind::Bool, device))?;
+        Ok(FiniteGuard {
+            losses_ok: yes.shallow_clone(),
+            state_ok: yes,
+            checked_at: step,
+        })
+    }
+
+    fn record(&mut self, out: &crate::model::StepOutput, model: &dyn GenerativeModel) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for (_, loss) in &out.losses {
+                self.losses_ok = self
+                    .losses_ok
+                    .f_logical_and(&loss.f_isfinite()?.f_all()?.f_to_device(self.losses_ok.device())?)?;
+            }
+            for (_, t) in model.state() {
+                if t.is_floating_point() {
+                    self.state_ok = self
+                        .state_ok
+                        .f_logical_and(&t.f_isfinite()?.f_all()?.f_to_device(self.state_ok.device())?)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Errors if anything became non-finite since the last check, naming what, the steps and
+    /// the last good checkpoint.
+    fn check(&mut self, step: u64, last_checkpoint: Option<&(PathBuf, u64)>) -> Result<()> {
+        let losses_ok = self.losses_ok.f_int64_value(&[])? != 0;
+        let state_ok = self.state_ok.f_int64_value(&[])? != 0;
+        if losses_ok && state_ok {
+            self.checked_at = step;
+            return Ok(());
+        }
+        let what = match (losses_ok, state_ok) {
+            (false, false) => "the loss and the model's weights or optimizer state",
+            (false, true) => "the loss",
+            _ => "the model's weights or optimizer state",
+        };
+        Err(GmError::Diverged {
+            what: what.into(),
+            from_step: self.checked_at + 1,
+            to_step: step,
+            last_checkpoint: match last_checkpoint {
+                Some((path, at)) => format!("{} (step {at}), left untouched", path.display()),
+                None => "none was written".into(),
+            },
+        })
     }
 }
