@@ -54,8 +54,17 @@ impl KlDivergence<Categorical> for Categorical {
         let lp = self.finite_log_probs()?;
         let lq = q.finite_log_probs()?;
         let p = lp.f_exp()?;
-        Ok(p.f_mul(&lp.f_sub(&lq)?)?
-            .f_sum_dim_intlist(-1, false, None::<Kind>)?)
+        let finite = p
+            .f_mul(&lp.f_sub(&lq)?)?
+            .f_sum_dim_intlist(-1, false, None::<Kind>)?;
+        // A class possible under p but impossible under q (ln q = −∞) makes the divergence +∞;
+        // the clamped logarithms above would give a huge finite number instead.
+        let q_impossible = q.log_probs().f_isneginf()?;
+        let p_possible = self.log_probs().f_isneginf()?.f_logical_not()?;
+        let infinite = q_impossible
+            .f_logical_and(&p_possible)?
+            .f_any_dim(-1, false)?;
+        Ok(finite.f_masked_fill(&infinite, f64::INFINITY)?)
     }
 }
 

@@ -7,7 +7,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Element-wise non-linearities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -73,6 +73,15 @@ impl MlpConfig {
                 format!("inputs and outputs must be positive, got {inputs} → {outputs}"),
             ));
         }
+        let widths: Vec<i64> = std::iter::once(inputs)
+            .chain(self.hidden.iter().copied())
+            .chain(std::iter::once(outputs))
+            .collect();
+        let parameters = widths
+            .windows(2)
+            .map(|w| (w[0] as i128 + 1) * w[1] as i128)
+            .sum::<i128>();
+        check_parameter_budget(parameters, &format!("an MLP {widths:?}"))?;
         let mut layers = Vec::new();
         let mut width = inputs;
         for (i, &h) in self
@@ -93,8 +102,48 @@ impl MlpConfig {
             layers,
             activation: self.activation,
             inputs,
+            kind: path.kind(),
         })
     }
+}
+
+/// The largest number of parameters a model may allocate, from `GM_MAX_PARAMETERS` (default
+/// 2³¹, about 8 GiB of float weights): a config that asks for more is refused before anything is
+/// allocated, with the estimate in the message.
+pub fn max_parameters() -> i128 {
+    std::env::var("GM_MAX_PARAMETERS")
+        .ok()
+        .and_then(|v| v.trim().parse::<i128>().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(1 << 31)
+}
+
+/// Refuses `parameters` above [`max_parameters`], naming `what` would need them.
+pub fn check_parameter_budget(parameters: i128, what: &str) -> Result<()> {
+    let limit = max_parameters();
+    if parameters > limit {
+        return Err(GmError::config(
+            "model",
+            format!(
+                "{what} would need {parameters} parameters, above the limit of {limit} (set GM_MAX_PARAMETERS to raise it)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `x` in the weights' dtype: real and integer inputs are converted, others refused.
+pub fn to_weight_kind(x: &Tensor, kind: Kind, what: &str) -> Result<Tensor> {
+    if x.kind() == kind {
+        return Ok(x.shallow_clone());
+    }
+    if x.is_complex() || x.kind() == Kind::Bool {
+        return Err(GmError::Domain(format!(
+            "{what}: expected real values, got a {:?} tensor",
+            x.kind()
+        )));
+    }
+    Ok(x.f_to_kind(kind)?)
 }
 
 /// See [`MlpConfig`].
@@ -103,6 +152,7 @@ pub struct Mlp {
     layers: Vec<nn::Linear>,
     activation: Activation,
     inputs: i64,
+    kind: Kind,
 }
 
 impl Mlp {
@@ -115,10 +165,10 @@ impl Mlp {
                 &x.size(),
             ));
         }
-        let mut h = x.shallow_clone();
+        let mut h = to_weight_kind(x, self.kind, "Mlp.forward")?;
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h);
+            h = h.f_linear(&layer.ws, layer.bs.as_ref())?;
             if i < last {
                 h = self.activation.apply(&h);
             }
@@ -347,7 +397,8 @@ impl Made {
                 &x.size(),
             ));
         }
-        let mut h = self.layers[0].forward(x)?;
+        let x = to_weight_kind(x, self.layers[0].weight.kind(), "Made.forward")?;
+        let mut h = self.layers[0].forward(&x)?;
         match (&self.context, context) {
             (Some(layer), Some(c)) => {
                 if c.dim() != 2 || c.size()[0] != x.size()[0] {

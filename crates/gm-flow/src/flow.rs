@@ -27,6 +27,9 @@ pub struct Flow {
     /// The shape of one example, e.g. `[2]` or `[1, 28, 28]`.
     event_shape: Vec<i64>,
     latent: i64,
+    /// The dtype of the layers' parameters: inputs are converted to it, and the base density
+    /// and draws use it, so a float64 flow is float64 throughout.
+    kind: Kind,
 }
 
 impl Flow {
@@ -42,7 +45,18 @@ impl Flow {
             base: StandardNormal::new(&[latent], device),
             event_shape: event_shape.to_vec(),
             latent,
+            kind: Kind::Float,
         }
+    }
+
+    /// The same flow for parameters of dtype `kind` (`build_flow` sets the var store's).
+    pub fn with_kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     pub fn event_shape(&self) -> &[i64] {
@@ -67,8 +81,8 @@ impl Flow {
         context: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         self.check_input(x)?;
-        let mut h = x.shallow_clone();
-        let mut total = Tensor::f_zeros([x.size()[0]], (x.kind(), x.device()))?;
+        let mut h = gm_core::nn::to_weight_kind(x, self.kind, "Flow input")?;
+        let mut total = Tensor::f_zeros([x.size()[0]], (self.kind, x.device()))?;
         for layer in &self.layers {
             let (next, ld) = layer.forward(&h, context)?;
             h = next;
@@ -80,11 +94,13 @@ impl Flow {
     /// The exact log-density `[batch]` of `x`.
     pub fn log_prob(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let (z, ld) = self.transform_to_noise(x, context)?;
-        Ok(self
-            .base
-            .log_prob(&z.f_to_kind(Kind::Float)?)?
-            .f_to_kind(ld.kind())?
-            .f_add(&ld)?)
+        // ln N(z; 0, I) in the flow's own dtype.
+        let log_base = z
+            .f_square()?
+            .f_sum_dim_intlist(&[1i64][..], false, self.kind)?
+            .f_mul_scalar(-0.5)?
+            .f_sub_scalar(0.5 * self.latent as f64 * (2.0 * std::f64::consts::PI).ln())?;
+        Ok(log_base.f_add(&ld)?)
     }
 
     /// `(x, ln |det ∂x/∂z|)` from latents `[batch, latent]`.
@@ -99,8 +115,8 @@ impl Flow {
         let batch = z.size()[0];
         // Vector flows take the flat latent as is; image flows start from a flat latent too
         // (the multi-scale layer unflattens it), so no reshape is needed here.
-        let mut h = z.shallow_clone();
-        let mut total = Tensor::f_zeros([batch], (z.kind(), z.device()))?;
+        let mut h = gm_core::nn::to_weight_kind(z, self.kind, "Flow latent")?;
+        let mut total = Tensor::f_zeros([batch], (self.kind, z.device()))?;
         for layer in self.layers.iter().rev() {
             let (prev, ld) = layer.inverse(&h, context)?;
             h = prev;
@@ -115,7 +131,11 @@ impl Flow {
     /// `n` draws (with an optional context `[n, C]`), scaled by `temperature` in the latent space.
     pub fn sample(&self, n: i64, context: Option<&Tensor>, temperature: f64) -> Result<Tensor> {
         gm_core::tch::no_grad(|| {
-            let z = self.base.sample(&[n])?.f_mul_scalar(temperature)?;
+            let z = self
+                .base
+                .sample(&[n])?
+                .f_to_kind(self.kind)?
+                .f_mul_scalar(temperature)?;
             Ok(self.inverse(&z, context)?.0)
         })
     }
@@ -216,7 +236,7 @@ pub fn build_flow(config: &FlowConfig, path: &nn::Path, event_shape: &[i64]) -> 
             )?));
         }
     }
-    Ok(Flow::new(layers, event_shape, latent, device))
+    Ok(Flow::new(layers, event_shape, latent, device).with_kind(path.kind()))
 }
 
 fn vector_features(event_shape: &[i64]) -> Result<i64> {

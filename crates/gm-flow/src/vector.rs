@@ -395,6 +395,20 @@ impl ActNorm {
             self.known_initialized.set(true);
             return Ok(());
         }
+        // The statistics of an empty or non-finite batch would leave the layer NaN for good.
+        let needed = if x.dim() == 2 { 2 } else { 1 };
+        if x.size().first().copied().unwrap_or(0) < needed {
+            return Err(GmError::shape(
+                "ActNorm initialisation",
+                format!("a batch of at least {needed} example(s): its statistics set the layer's scale"),
+                &x.size(),
+            ));
+        }
+        if x.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+            return Err(GmError::Domain(
+                "ActNorm initialisation: the batch holds NaN or infinite values".into(),
+            ));
+        }
         gm_core::tch::no_grad(|| -> Result<()> {
             let dims: Vec<i64> = std::iter::once(0).chain(2..x.dim() as i64).collect();
             let mean = x.f_mean_dim(dims.as_slice(), false, None::<Kind>)?;

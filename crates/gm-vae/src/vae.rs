@@ -260,8 +260,9 @@ impl VaeNet {
             ));
         }
         let batch = size[size.len() - 2];
+        let z = gm_core::nn::to_weight_kind(z, self.kind, "VaeNet.decode z")?;
         let c = self.context_features(context, batch, "VaeNet.decode")?;
-        self.likelihood(z, c.as_ref())
+        self.likelihood(&z, c.as_ref())
     }
 
     /// Likelihood from latents `[..., batch, L]` and context features `[batch, C]`.

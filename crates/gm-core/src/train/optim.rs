@@ -190,7 +190,30 @@ impl Adam {
             Ok(())
         })?;
         let steps = state.take(&format!("{prefix}steps"), &[1])?;
-        self.steps = steps.f_int64_value(&[0])?;
+        if steps.is_floating_point() {
+            return Err(GmError::Checkpoint {
+                path: "<state>".into(),
+                message: format!("{prefix}steps must be an integer count, got {:?}", steps.kind()),
+            });
+        }
+        let steps = steps.f_int64_value(&[0])?;
+        if steps < 0 {
+            return Err(GmError::Checkpoint {
+                path: "<state>".into(),
+                message: format!("{prefix}steps is {steps}; a step count cannot be negative"),
+            });
+        }
+        for v in &self.exp_avg_sq {
+            if v.numel() > 0 && v.f_min()?.f_double_value(&[])? < 0.0 {
+                return Err(GmError::Checkpoint {
+                    path: "<state>".into(),
+                    message: format!(
+                        "{prefix}exp_avg_sq holds negative values; a second moment cannot be negative"
+                    ),
+                });
+            }
+        }
+        self.steps = steps;
         Ok(())
     }
 }
