@@ -102,8 +102,26 @@ impl NetworkConfig {
                 }
                 other => other,
             })?;
-            halving_sizes(h, w, c.channels.len())
+            let sizes = halving_sizes(h, w, c.channels.len())
                 .map_err(|e| gm_core::train::config::with_section(section, e))?;
+            // Refuse what cannot be allocated before anything is: 4×4 kernels between
+            // consecutive channel counts, then the dense layers on the flattened feature map.
+            let mut parameters: i128 = 0;
+            let mut previous = data_shape[0] as i128;
+            for &ch in &c.channels {
+                parameters += previous * ch as i128 * 16 + ch as i128;
+                previous = ch as i128;
+            }
+            let (fh, fw) = sizes.last().copied().unwrap_or((h, w));
+            let mut width = previous * fh as i128 * fw as i128;
+            for &hidden in &c.hidden {
+                parameters += (width + 1) * hidden as i128;
+                width = hidden as i128;
+            }
+            gm_core::nn::check_parameter_budget(
+                parameters,
+                &format!("the {section}'s convolutional network"),
+            )?;
         }
         Ok(())
     }
