@@ -85,9 +85,14 @@ fn verify(dir: &Path) -> Result<(), String> {
     for (name, pinned) in EXPECTED {
         let bytes = std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
         let actual = sha256_hex(&bytes);
+        // `<hex>  <name>` or, as `sha256sum -b` writes it, `<hex> *<name>`.
         let recorded = sums
             .lines()
-            .find_map(|l| l.strip_suffix(name).map(|h| h.trim().to_string()))
+            .find_map(|line| {
+                let (hash, rest) = line.trim().split_once(char::is_whitespace)?;
+                let file = rest.trim_start();
+                (file.strip_prefix('*').unwrap_or(file) == name).then(|| hash.to_ascii_lowercase())
+            })
             .ok_or_else(|| format!("SHA256SUMS has no line for {name}"))?;
         if actual != recorded {
             return Err(format!(

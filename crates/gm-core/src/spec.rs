@@ -177,13 +177,9 @@ pub fn parse_spec<C>(table: toml::Table) -> Result<Box<dyn ModelSpec>>
 where
     C: ModelSpec + Config + Clone + 'static,
 {
-    let config: C = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| GmError::ConfigParse {
-            path: "[model]".into(),
-            message: e.to_string(),
-        })?;
-    in_section("model", Config::validate(&config))?;
+    let config: C =
+        crate::train::config::from_toml_value(toml::Value::Table(table), "[model]")
+            .map_err(|e| crate::train::config::with_section("model", e))?;
     Ok(Box::new(config))
 }
 

@@ -108,6 +108,11 @@ fn non_finite_and_absurd_config_values_are_refused_with_their_key() {
         let err = msg(EmaConfig::from_toml_str(text));
         assert!(err.contains(key), "{text}: {err}");
     }
+    // A key beside a variant that takes no fields is refused, not ignored.
+    let err = msg(gm_core::train::LrSchedule::from_toml_str(
+        "kind = \"constant\"\nwarmup_steps = 5",
+    ));
+    assert!(err.contains("`warmup_steps`") && err.contains("unknown key"), "{err}");
     assert!(msg(TrainConfig::from_toml_str("log_every = 0")).contains("log_every"));
     assert!(msg(TrainConfig::from_toml_str("batch_size = -3")).contains("batch_size"));
     assert!(msg(Budget::new(0, 10)).contains("train.steps"));

@@ -542,3 +542,41 @@ fn divergence_stops_training_and_keeps_the_last_good_checkpoint() {
     assert!(err.to_string().contains("none was written"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A checkpoint whose Adam step count is negative, or whose second moments are negative, is
+/// refused, and the model keeps the state it had (the load is all or nothing).
+#[test]
+fn impossible_optimizer_state_is_refused_whole() {
+    tch::manual_seed(3);
+    let mut a = GaussianModel::new(2);
+    let x = Tensor::randn([16, 2], (Kind::Float, Device::Cpu));
+    a.train_step(&Batch::new(x.shallow_clone())).unwrap();
+    let dir = std::env::temp_dir().join(format!("gm-adam-bad-{}", std::process::id()));
+    for (what, edit) in [
+        ("negative step count", 0usize),
+        ("negative second moment", 1usize),
+    ] {
+        let state: Vec<(String, Tensor)> = a
+            .state()
+            .into_iter()
+            .map(|(n, t)| {
+                let mut t = t.detach().copy();
+                match edit {
+                    0 if n == "adam.steps" => (n, Tensor::from_slice(&[-3i64])),
+                    1 if n.starts_with("adam.exp_avg_sq.") => (n, t.fill_(-1.0)),
+                    _ => (n, t),
+                }
+            })
+            .collect();
+        let path = dir.join(format!("{edit}.safetensors"));
+        save_tensors(&path, &state, &serde_json::json!({ "family": "gaussian" })).unwrap();
+        let mut b = GaussianModel::new(2);
+        let before: Vec<Tensor> = b.state().iter().map(|(_, t)| t.detach().copy()).collect();
+        let err = b.load(&path).unwrap_err().to_string();
+        assert!(err.contains("cannot be negative"), "{what}: {err}");
+        for ((name, now), then) in b.state().iter().zip(&before) {
+            assert!(now.equal(then), "{what}: {name} changed by a refused load");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

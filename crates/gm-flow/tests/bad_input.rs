@@ -211,6 +211,11 @@ fn bad_flow_configs_name_the_key() {
             "tail_bound",
         ),
         ("[optimizer]\nlr = inf", "optimizer.lr"),
+        (
+            "[architecture]\nkind = \"coupling\"\nlayers = 2\nhidden = [8]\nactnorm = false\ntransform = { kind = \"additive\", scale_bound = 2.0 }",
+            "architecture.transform.scale_bound",
+        ),
+        ("[data]\nkind = \"continuous\"\nlevels = 2", "data.levels"),
         ("[optimizer]\neps = inf", "optimizer.eps"),
         ("[ema]\ndecay = 1.0", "ema.decay"),
         ("[architecture]\nkind = \"coupling\"\nlayers = 2\nhidden = [1000000000, 1000000000]\nactnorm = false\ntransform = { kind = \"additive\" }", "parameters"),

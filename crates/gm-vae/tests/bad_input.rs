@@ -180,6 +180,9 @@ fn bad_vae_configs_name_the_key() {
         ("[objective]\nkind = \"elbo\"\nbeta = inf", "objective.beta"),
         ("[objective]\nkind = \"elbo\"\nbeta = nan", "objective.beta"),
         ("latent_dim = 0", "latent_dim"),
+        ("[likelihood]\nkind = \"bernoulli\"\nstd = 1.0", "likelihood.std"),
+        ("[lr_schedule]\nkind = \"constant\"\nwarmup_steps = 5", "lr_schedule.warmup_steps"),
+        ("[context]\nkind = \"none\"\nclasses = 10", "context.classes"),
         ("eval_samples = 0", "eval_samples"),
         ("[lr_schedule]\nkind = \"warmup_cosine\"\nwarmup_steps = 10\ntotal_steps = 5\nmin_ratio = 0.1", "lr_schedule.total_steps"),
     ] {

@@ -209,9 +209,17 @@ impl Mnist {
         Mnist::load(&Mnist::default_dir()?)
     }
 
-    /// Loads the four files from `dir`, checking `SHA256SUMS` when the folder has one.
+    /// Loads the four files from `dir`, checking `SHA256SUMS` (as `sha256sum` writes it, in text
+    /// or binary mode) when the folder has one.
     pub fn load(dir: &Path) -> Result<Self> {
-        let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).ok();
+        let sums_path = dir.join("SHA256SUMS");
+        // No sums file: nothing to check against. A sums file that exists but cannot be read
+        // is an error, never a silent switch that turns every check off.
+        let sums = match std::fs::read_to_string(&sums_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(GmError::io(&sums_path, e)),
+        };
         let read = |stem: &str| -> Result<IdxArray> {
             let path = [dir.join(stem), dir.join(format!("{stem}.gz"))]
                 .into_iter()
@@ -227,10 +235,7 @@ impl Mnist {
                     .file_name()
                     .and_then(|n| n.to_str())
                     .unwrap_or_default();
-                if let Some(expected) = sums
-                    .lines()
-                    .find_map(|l| l.strip_suffix(name).map(|h| h.trim().to_string()))
-                {
+                if let Some(expected) = sums_entry(sums, name) {
                     let bytes = std::fs::read(&path).map_err(|e| GmError::io(&path, e))?;
                     let actual: String = Sha256::digest(&bytes)
                         .iter()
@@ -278,6 +283,16 @@ impl Mnist {
             dir: dir.to_path_buf(),
         })
     }
+}
+
+/// The hash `SHA256SUMS` records for `name`: lines `<hex>  <name>` (text mode) or
+/// `<hex> *<name>` (binary mode), as `sha256sum` writes them.
+fn sums_entry(sums: &str, name: &str) -> Option<String> {
+    sums.lines().find_map(|line| {
+        let (hash, rest) = line.trim().split_once(char::is_whitespace)?;
+        let file = rest.trim_start().strip_prefix('*').unwrap_or(rest.trim_start());
+        (file == name).then(|| hash.to_ascii_lowercase())
+    })
 }
 
 #[cfg(test)]
@@ -371,9 +386,21 @@ mod tests {
         )
         .unwrap();
         assert!(Mnist::load(&dir).is_ok());
+        // `sha256sum -b` writes `hash *name`; both forms are read.
         std::fs::write(
             dir.join("SHA256SUMS"),
-            format!("{}  train-images-idx3-ubyte\n", "0".repeat(64)),
+            format!("{digest} *train-images-idx3-ubyte\n"),
+        )
+        .unwrap();
+        assert!(Mnist::load(&dir).is_ok());
+        assert_eq!(
+            sums_entry(&format!("{digest} *train-images-idx3-ubyte\n"), "train-images-idx3-ubyte"),
+            Some(digest.clone())
+        );
+        assert_eq!(sums_entry("abc  other-file\n", "train-images-idx3-ubyte"), None);
+        std::fs::write(
+            dir.join("SHA256SUMS"),
+            format!("{} *train-images-idx3-ubyte\n", "0".repeat(64)),
         )
         .unwrap();
         assert!(Mnist::load(&dir)
@@ -381,6 +408,13 @@ mod tests {
             .to_string()
             .contains("SHA-256"));
         std::fs::remove_file(dir.join("SHA256SUMS")).unwrap();
+        // A sums file that cannot be read is an error, not a silent end to checking.
+        std::fs::create_dir(dir.join("SHA256SUMS")).unwrap();
+        assert!(Mnist::load(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("SHA256SUMS"));
+        std::fs::remove_dir(dir.join("SHA256SUMS")).unwrap();
         std::fs::remove_file(dir.join("t10k-labels-idx1-ubyte.gz")).unwrap();
         assert!(Mnist::load(&dir)
             .unwrap_err()

@@ -13,28 +13,84 @@ pub trait Config: Serialize + DeserializeOwned + Default {
 
     /// Parses TOML text and validates it.
     fn from_toml_str(text: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text).map_err(|e| GmError::ConfigParse {
-            path: "<string>".into(),
-            message: e.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        parse_toml(text, "<string>")
     }
 
     /// Reads, parses and validates a TOML file.
     fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| GmError::io(path, e))?;
-        let config: Self = toml::from_str(&text).map_err(|e| GmError::ConfigParse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        parse_toml(&text, &path.display().to_string())
     }
 
     /// The config as TOML text.
     fn to_toml_string(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| GmError::config("<config>", e.to_string()))
+    }
+}
+
+/// Parses a config from TOML text, refuses keys it would ignore, and validates it.
+fn parse_toml<C: Config>(text: &str, origin: &str) -> Result<C> {
+    let value: toml::Value = toml::from_str(text).map_err(|e| GmError::ConfigParse {
+        path: origin.into(),
+        message: e.to_string(),
+    })?;
+    from_toml_value(value, origin)
+}
+
+/// Deserializes a config from a TOML value, refuses keys it would ignore (see
+/// [`check_no_ignored_keys`]), and validates it.
+pub fn from_toml_value<C: Config>(value: toml::Value, origin: &str) -> Result<C> {
+    let config: C = value
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| GmError::ConfigParse {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
+    check_no_ignored_keys(&value, &config)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Refuses keys of `input` that `config` does not hold. serde's `deny_unknown_fields` misses
+/// keys beside a variant without fields (`kind = "bernoulli"` with `std = 1.0`); a config
+/// serializes every field it has, so any key of the input missing from its serialized form was
+/// ignored. The error names the key with its section.
+pub fn check_no_ignored_keys<C: Serialize>(input: &toml::Value, config: &C) -> Result<()> {
+    let normal = toml::Value::try_from(config)
+        .map_err(|e| GmError::config("<config>", e.to_string()))?;
+    let mut ignored = Vec::new();
+    collect_ignored(input, &normal, "", &mut ignored);
+    match ignored.first() {
+        None => Ok(()),
+        Some(key) => Err(GmError::config(
+            key.clone(),
+            "unknown key: this setting takes no such value (it would be ignored)",
+        )),
+    }
+}
+
+fn collect_ignored(input: &toml::Value, normal: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+    match (input, normal) {
+        (toml::Value::Table(a), toml::Value::Table(b)) => {
+            for (key, value) in a {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match b.get(key) {
+                    Some(inner) => collect_ignored(value, inner, &path, out),
+                    None => out.push(path),
+                }
+            }
+        }
+        (toml::Value::Array(a), toml::Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                collect_ignored(x, y, &format!("{prefix}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
