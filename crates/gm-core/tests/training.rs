@@ -507,6 +507,9 @@ fn divergence_stops_training_and_keeps_the_last_good_checkpoint() {
     let (state, meta) = load_tensors(&path).unwrap();
     assert_eq!(meta["history"]["steps_done"], 4);
     drop(state);
+    // A stale temporary file from a crashed save is removed when training resumes.
+    let stale = gm_core::train::checkpoint::tmp_path(&path);
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
     // The checkpoint still resumes into a healthy model.
     let mut healthy = GaussianModel::new(3);
     let resumed = Trainer::new(TrainConfig {
@@ -521,6 +524,7 @@ fn divergence_stops_training_and_keeps_the_last_good_checkpoint() {
     .fit(&mut healthy, &x, None, |_, _| {})
     .unwrap();
     assert_eq!(resumed.steps_done, 6);
+    assert!(!stale.exists(), "the stale temporary file is gone");
     // A divergence in the very last update is caught too, and nothing is written.
     let mut late = Diverging {
         inner: GaussianModel::new(3),

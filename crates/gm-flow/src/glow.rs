@@ -40,6 +40,18 @@ impl MultiScale {
                 "the multi-scale flow needs at least one level and one step",
             ));
         }
+        // Refuse what cannot be allocated before anything is: per step, ActNorm and the 1×1
+        // convolution (about c² + 3c) and the coupling's 3×3, 1×1 and 3×3 convolutions.
+        let mut parameters: i128 = 0;
+        let [mut c, _, _] = input_shape;
+        for level in 0..levels {
+            let ch = c as i128 * 4;
+            let hid = hidden_channels as i128;
+            let per_step = ch * ch + 3 * ch + (ch / 2 * 9 + 1) * hid + (hid + 1) * hid + (hid * 9 + 1) * ch;
+            parameters += per_step * steps as i128;
+            c = if level + 1 == levels { c * 4 } else { c * 4 - c * 2 };
+        }
+        gm_core::nn::check_parameter_budget(parameters, "the multi-scale flow")?;
         let [mut c, mut h, mut w] = input_shape;
         let mut out = Vec::with_capacity(levels);
         for level in 0..levels {

@@ -198,6 +198,20 @@ fn checkpoints_of_another_spec_are_refused_whole() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A Glow too large to allocate is refused before allocation.
+#[test]
+fn oversized_glow_is_refused() {
+    let mut config = small_glow();
+    config.architecture = Architecture::MultiScale {
+        levels: 2,
+        steps: 4,
+        hidden_channels: 1_000_000,
+        logit_alpha: 0.05,
+    };
+    let err = err_text(FlowModel::new(&config, &[1, 8, 8], Device::Cpu));
+    assert!(err.contains("the multi-scale flow would need"), "{err}");
+}
+
 /// Non-finite or absurd values in a flow config are refused with the key's name.
 #[test]
 fn bad_flow_configs_name_the_key() {

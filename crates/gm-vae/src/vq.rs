@@ -103,6 +103,10 @@ impl Config for QuantizerConfig {
                 format!("must be at least 1, got {}", self.code_dim),
             ));
         }
+        gm_core::nn::check_parameter_budget(
+            self.num_codes as i128 * self.code_dim as i128,
+            "the codebook",
+        )?;
         check_range("commitment_cost", self.commitment_cost, 0.0, f64::MAX)?;
         check_range(
             "dead_code_threshold",

@@ -144,6 +144,14 @@ fn oversized_configs_are_refused_before_allocation() {
     };
     let err = err_text(conv.validate());
     assert!(err.contains("convolutional network would need"), "{err}");
+    let codes = VqVaeConfig {
+        quantizer: gm_vae::QuantizerConfig {
+            num_codes: 1 << 40,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(err_text(codes.validate()).contains("the codebook would need"));
 }
 
 /// Conditional VAEs require labels in range; unconditional ones ignore labels.

@@ -100,7 +100,8 @@ pub fn checksum(tensors: &[(String, Tensor)]) -> Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// The temporary file a save of `path` writes before renaming it.
+pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())

@@ -121,6 +121,11 @@ impl Trainer {
             }
         }
         let mut history = TrainHistory::default();
+        if let Some(path) = &self.checkpoint {
+            // A save interrupted by a crash leaves its temporary file; the checkpoint itself is
+            // intact (the rename never happened), so the leftover is removed.
+            let _ = std::fs::remove_file(super::checkpoint::tmp_path(path));
+        }
         if let Some(path) = self.checkpoint.as_ref().filter(|p| p.exists()) {
             history = self.restore(model, path)?;
         }
