@@ -210,3 +210,81 @@ fn bad_suites_are_refused() {
     let typo = "[[entry]]\nmodel = \"g\"\nconfg = \"flow/glow_mnist_grey\"\nsteps = { quick = 10, default = 1, full = 1 }";
     assert!(gm_bench::suite::suite_from(typo, "t", Profile::Quick, &registry).is_err());
 }
+
+/// A model that trains but reports NaN likelihoods, as a diverged evaluation would.
+struct NanModel {
+    w: gm_core::tch::Tensor,
+}
+
+impl GenerativeModel for NanModel {
+    fn family(&self) -> &'static str {
+        "test"
+    }
+    fn train_step(&mut self, _: &gm_core::model::Batch) -> gm_core::Result<gm_core::model::StepOutput> {
+        Ok(gm_core::model::StepOutput::new().with("loss", &self.w.sum(gm_core::tch::Kind::Float)))
+    }
+    fn sample_with(
+        &self,
+        n: i64,
+        _: &gm_core::model::SampleOptions,
+    ) -> gm_core::Result<gm_core::tch::Tensor> {
+        Ok(gm_core::tch::Tensor::zeros([n, 2], (gm_core::tch::Kind::Float, Device::Cpu)))
+    }
+    fn likelihood_kind(&self) -> gm_core::model::LikelihoodKind {
+        gm_core::model::LikelihoodKind::Exact
+    }
+    fn log_likelihood(&self, x: &gm_core::tch::Tensor) -> gm_core::Result<Option<gm_core::tch::Tensor>> {
+        Ok(Some(gm_core::tch::Tensor::full(
+            [x.size()[0]],
+            f64::NAN,
+            (gm_core::tch::Kind::Float, Device::Cpu),
+        )))
+    }
+    fn num_parameters(&self) -> i64 {
+        1
+    }
+    fn state(&self) -> Vec<(String, gm_core::tch::Tensor)> {
+        vec![("w".into(), self.w.shallow_clone())]
+    }
+    fn load_state(&mut self, state: &mut gm_core::train::StateDict) -> gm_core::Result<()> {
+        let t = state.take("w", &[1])?;
+        gm_core::tch::no_grad(|| self.w.f_copy_(&t))?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct NanSpec {}
+
+impl gm_core::train::Config for NanSpec {
+    fn validate(&self) -> gm_core::Result<()> {
+        Ok(())
+    }
+}
+
+impl ModelSpec for NanSpec {
+    fn family(&self) -> &'static str {
+        "test"
+    }
+    fn scale_to_budget(&mut self, _: &Budget) {}
+    fn build(&self, _: &DataInfo, _: Device) -> gm_core::Result<Box<dyn GenerativeModel>> {
+        Ok(Box::new(NanModel {
+            w: gm_core::tch::Tensor::ones([1], (gm_core::tch::Kind::Float, Device::Cpu)),
+        }))
+    }
+}
+
+/// A non-finite metric marks the run failed and is never cached as a success.
+#[test]
+fn non_finite_metrics_fail_the_run() {
+    let data = load_named("two_moons", Device::Cpu, 64, 64, 0).unwrap();
+    let out = out_dir("nan-metric");
+    let mut e = entry("test/nan/two_moons", false);
+    e.run.model = Box::new(NanSpec {});
+    e.config_text = "nan = true".into();
+    let result = run_entry(&e, &data, &out, Device::Cpu);
+    assert_eq!(result.status, "failed");
+    let error = result.error.as_deref().unwrap();
+    assert!(error.contains("non-finite test NLL"), "{error}");
+    assert!(gm_bench::runner::stored_result(&e, &out).is_none());
+}

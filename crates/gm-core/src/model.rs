@@ -271,7 +271,9 @@ pub fn check_data(x: &Tensor, event_shape: &[i64], values: ValueKind, what: &str
         ));
     }
     if size[0] == 0 {
-        return Err(GmError::shape(what, "a non-empty batch", &size));
+        return Err(GmError::Domain(format!(
+            "{what}: got an empty batch {size:?}; expected a non-empty batch"
+        )));
     }
     let x = match x.kind() {
         Kind::Float | Kind::Double => x.shallow_clone(),

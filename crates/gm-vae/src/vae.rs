@@ -143,7 +143,9 @@ impl VaeNet {
         let matches_shape = size.len() == self.data_shape.len() + 1 && size[1..] == self.data_shape;
         let matches_flat = size.len() == 2 && size[1] == elements;
         if size.first() == Some(&0) {
-            return Err(GmError::shape(what, "a non-empty batch", &size));
+            return Err(GmError::Domain(format!(
+                "{what}: got an empty batch {size:?}; expected a non-empty batch"
+            )));
         }
         if !(matches_shape || matches_flat) {
             let expected = if self.data_shape.len() == 1 {

@@ -567,7 +567,9 @@ impl VqVae {
         let ok = (size.len() == shape.len() + 1 && size[1..] == shape[..])
             || (size.len() == 2 && size[1] == elements);
         if size.first() == Some(&0) {
-            return Err(GmError::shape(what, "a non-empty batch", &size));
+            return Err(GmError::Domain(format!(
+                "{what}: got an empty batch {size:?}; expected a non-empty batch"
+            )));
         }
         if !ok {
             return Err(GmError::shape(
