@@ -165,7 +165,10 @@ proptest! {
     /// The closed-form KL the ELBO uses equals a Monte Carlo estimate
     /// `E_q[ln q(z|x) - ln p(z)]` within 4 standard errors, for posteriors of varied spread.
     #[test]
-    fn analytic_kl_matches_monte_carlo(seed in 0i64..1000, spread in 1.0f64..20.0) {
+    // The spread stops at 6: beyond it some posteriors have σ below the float64 spacing of their
+    // mean, so a draw μ + σε rounds back to μ and the Monte Carlo estimate loses the −ε²/2 term
+    // (0.5 nats per latent): a limit of the estimator's arithmetic, not of the closed form.
+    fn analytic_kl_matches_monte_carlo(seed in 0i64..1000, spread in 1.0f64..6.0) {
         single_thread();
         gm_core::tch::manual_seed(seed);
         let vae = Vae::with_kind(&small_config(10, 3), Device::Cpu, Kind::Double).unwrap();
