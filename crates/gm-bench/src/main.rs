@@ -49,8 +49,7 @@ fn load_suite(profile: Profile, suite_file: Option<&PathBuf>) -> gm_core::Result
     match suite_file {
         None => suite(profile),
         Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| gm_core::GmError::io(path, e))?;
+            let text = std::fs::read_to_string(path).map_err(|e| gm_core::GmError::io(path, e))?;
             suite_from(&text, &path.display().to_string(), profile, &registry())
         }
     }
@@ -140,9 +139,17 @@ fn bench_all(
                     data_cache.insert(entry.dataset.clone(), d);
                 }
                 Err(e) => {
-                    let result =
-                        failed_result(entry, format!("cannot load data set {}: {e}", entry.dataset));
-                    bar.suspend(|| eprintln!("{}: FAILED: {}", entry.id, result.error.as_deref().unwrap_or("")));
+                    let result = failed_result(
+                        entry,
+                        format!("cannot load data set {}: {e}", entry.dataset),
+                    );
+                    bar.suspend(|| {
+                        eprintln!(
+                            "{}: FAILED: {}",
+                            entry.id,
+                            result.error.as_deref().unwrap_or("")
+                        )
+                    });
                     fresh.insert(entry.id.clone(), result);
                     bar.inc(1);
                     continue;
@@ -215,12 +222,7 @@ fn write_report(
 ) -> gm_core::Result<usize> {
     let results: Vec<RunResult> = all
         .iter()
-        .filter_map(|e| {
-            fresh
-                .get(&e.id)
-                .cloned()
-                .or_else(|| stored_result(e, out))
-        })
+        .filter_map(|e| fresh.get(&e.id).cloned().or_else(|| stored_result(e, out)))
         .collect();
     let n = results.len();
     report::write(

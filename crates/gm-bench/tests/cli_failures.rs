@@ -26,7 +26,13 @@ fn gm(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 fn nothing_matched_is_an_error() {
     let out = out_dir("nomatch");
     let (code, err) = gm(
-        &["bench-all", "--only", "no/such/entry", "--out", out.to_str().unwrap()],
+        &[
+            "bench-all",
+            "--only",
+            "no/such/entry",
+            "--out",
+            out.to_str().unwrap(),
+        ],
         &[],
     );
     assert_ne!(code, 0, "{err}");
@@ -40,12 +46,21 @@ fn unloadable_data_fails_the_run_and_the_command() {
     let empty = out_dir("empty-data");
     std::fs::create_dir_all(&empty).unwrap();
     let (code, err) = gm(
-        &["bench-all", "--only", "vae/mlp", "--out", out.to_str().unwrap()],
+        &[
+            "bench-all",
+            "--only",
+            "vae/mlp",
+            "--out",
+            out.to_str().unwrap(),
+        ],
         &[("GM_DATA_DIR", empty.to_str().unwrap())],
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot load data set mnist_binary"), "{err}");
-    assert!(err.contains("1 of 1 runs failed: vae/mlp/mnist_binary"), "{err}");
+    assert!(
+        err.contains("1 of 1 runs failed: vae/mlp/mnist_binary"),
+        "{err}"
+    );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("Failed runs") && report.contains("vae/mlp/mnist_binary"));
     assert!(!out.join(".gm-bench.lock").exists(), "the lock is released");
@@ -58,7 +73,13 @@ fn a_second_invocation_on_one_folder_is_refused() {
     // This test process is alive: its id in the lock means the folder is taken.
     std::fs::write(out.join(".gm-bench.lock"), std::process::id().to_string()).unwrap();
     let (code, err) = gm(
-        &["bench-all", "--only", "flow/nsf/two_moons", "--out", out.to_str().unwrap()],
+        &[
+            "bench-all",
+            "--only",
+            "flow/nsf/two_moons",
+            "--out",
+            out.to_str().unwrap(),
+        ],
         &[],
     );
     assert_ne!(code, 0, "{err}");
@@ -68,7 +89,13 @@ fn a_second_invocation_on_one_folder_is_refused() {
     let empty = out_dir("empty-data2");
     std::fs::create_dir_all(&empty).unwrap();
     let (code, err) = gm(
-        &["bench-all", "--only", "vae/conv", "--out", out.to_str().unwrap()],
+        &[
+            "bench-all",
+            "--only",
+            "vae/conv",
+            "--out",
+            out.to_str().unwrap(),
+        ],
         &[("GM_DATA_DIR", empty.to_str().unwrap())],
     );
     assert_eq!(code, 2, "{err}");
@@ -85,7 +112,10 @@ fn bad_profiles_devices_and_suites_are_errors() {
     let (code, err) = gm(&["bench-all", "--out", o], &[("GM_DEVICE", "mps")]);
     assert_ne!(code, 0);
     assert!(err.contains("Metal"), "{err}");
-    let (code, err) = gm(&["bench-all", "--suite", "/no/such/suite.toml", "--out", o], &[]);
+    let (code, err) = gm(
+        &["bench-all", "--suite", "/no/such/suite.toml", "--out", o],
+        &[],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("/no/such/suite.toml"), "{err}");
 }

@@ -2,20 +2,11 @@
 //! through the public interface with random shapes, dtypes, values, labels and sampling options.
 //! Errors are fine; a panic fails the test and names the call.
 
-use gm_core::data::ValueKind;
 use gm_core::model::{Batch, GenerativeModel, SampleOptions};
 use gm_core::spec::DataInfo;
 use gm_core::tch::{Device, Kind, Tensor};
 use proptest::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-
-fn info_for(dataset: &str) -> DataInfo {
-    match dataset {
-        "mnist_binary" => DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 2 }, 10),
-        "mnist_grey" => DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 10),
-        _ => DataInfo::new(&[2], ValueKind::Continuous, 0),
-    }
-}
 
 /// Every shipped run file's model, built for its data set.
 fn models() -> Vec<(String, DataInfo, Box<dyn GenerativeModel>)> {
@@ -25,7 +16,7 @@ fn models() -> Vec<(String, DataInfo, Box<dyn GenerativeModel>)> {
         .into_iter()
         .map(|name| {
             let run = registry.load_run(name).unwrap();
-            let info = info_for(&run.dataset);
+            let info = gm_core::data::named_info(&run.dataset).unwrap();
             gm_core::tch::manual_seed(0);
             let model = run.model.build(&info, Device::Cpu).unwrap();
             (name.to_string(), info, model)
@@ -141,7 +132,9 @@ fn no_public_call_panics_on_any_input() {
                 x: x.shallow_clone(),
                 labels: labels.as_ref().map(|l| l.shallow_clone()),
             };
-            no_panic(&format!("{name} train_step {input:?}"), || m.train_step(&batch))?;
+            no_panic(&format!("{name} train_step {input:?}"), || {
+                m.train_step(&batch)
+            })?;
             no_panic(&format!("{name} log_likelihood {input:?}"), || {
                 gm_core::tch::no_grad(|| m.log_likelihood(&x))
             })?;

@@ -159,7 +159,12 @@ fn budgets_are_applied_by_the_specs() {
                     }
                     c.lr_schedule
                 }
-                "flow" => e.run.model_config::<gm_flow::FlowConfig>().unwrap().schedule,
+                "flow" => {
+                    e.run
+                        .model_config::<gm_flow::FlowConfig>()
+                        .unwrap()
+                        .schedule
+                }
                 other => panic!("unexpected family {other}"),
             };
             if let LrSchedule::WarmupCosine {
@@ -181,7 +186,10 @@ fn budgets_are_applied_by_the_specs() {
     }
     // The quick-profile MLP VAE: 1,500 of the 6,000 steps its file was written for.
     let quick = suite(Profile::Quick).unwrap();
-    let vae = quick.iter().find(|e| e.id == "vae/mlp/mnist_binary").unwrap();
+    let vae = quick
+        .iter()
+        .find(|e| e.id == "vae/mlp/mnist_binary")
+        .unwrap();
     let c: gm_vae::VaeConfig = vae.run.model_config().unwrap();
     assert_eq!(
         c.objective,
@@ -220,7 +228,10 @@ impl GenerativeModel for NanModel {
     fn family(&self) -> &'static str {
         "test"
     }
-    fn train_step(&mut self, _: &gm_core::model::Batch) -> gm_core::Result<gm_core::model::StepOutput> {
+    fn train_step(
+        &mut self,
+        _: &gm_core::model::Batch,
+    ) -> gm_core::Result<gm_core::model::StepOutput> {
         Ok(gm_core::model::StepOutput::new().with("loss", &self.w.sum(gm_core::tch::Kind::Float)))
     }
     fn sample_with(
@@ -228,12 +239,18 @@ impl GenerativeModel for NanModel {
         n: i64,
         _: &gm_core::model::SampleOptions,
     ) -> gm_core::Result<gm_core::tch::Tensor> {
-        Ok(gm_core::tch::Tensor::zeros([n, 2], (gm_core::tch::Kind::Float, Device::Cpu)))
+        Ok(gm_core::tch::Tensor::zeros(
+            [n, 2],
+            (gm_core::tch::Kind::Float, Device::Cpu),
+        ))
     }
     fn likelihood_kind(&self) -> gm_core::model::LikelihoodKind {
         gm_core::model::LikelihoodKind::Exact
     }
-    fn log_likelihood(&self, x: &gm_core::tch::Tensor) -> gm_core::Result<Option<gm_core::tch::Tensor>> {
+    fn log_likelihood(
+        &self,
+        x: &gm_core::tch::Tensor,
+    ) -> gm_core::Result<Option<gm_core::tch::Tensor>> {
         Ok(Some(gm_core::tch::Tensor::full(
             [x.size()[0]],
             f64::NAN,

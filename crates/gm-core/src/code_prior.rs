@@ -91,7 +91,12 @@ impl CodePrior for UniformCodePrior {
     }
 
     fn log_prob(&self, codes: &Tensor) -> Result<Tensor> {
-        check_codes(codes, &self.grid, self.num_codes, "UniformCodePrior.log_prob")?;
+        check_codes(
+            codes,
+            &self.grid,
+            self.num_codes,
+            "UniformCodePrior.log_prob",
+        )?;
         let cells: i64 = self.grid.iter().product();
         Ok(Tensor::f_full(
             [codes.size()[0]],

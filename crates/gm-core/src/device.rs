@@ -61,20 +61,20 @@ pub fn default_device() -> Result<Device> {
 /// Parses `cpu`, `cuda`, `cuda:N` or `mps`.
 pub fn parse_device(name: &str) -> Result<Device> {
     let name = name.trim().to_ascii_lowercase();
-    let device =
-        match name.as_str() {
-            "cpu" => Device::Cpu,
-            "mps" => {
-                if !tch::utils::has_mps() {
-                    return Err(GmError::config(
+    let device = match name.as_str() {
+        "cpu" => Device::Cpu,
+        "mps" => {
+            if !tch::utils::has_mps() {
+                return Err(GmError::config(
                         "device",
                         "mps requested but this libtorch has no Metal (MPS) backend; expected cpu, cuda or cuda:N",
                     ));
-                }
-                Device::Mps
             }
-            "cuda" | "gpu" => Device::Cuda(0),
-            other => match other.strip_prefix("cuda:") {
+            Device::Mps
+        }
+        "cuda" | "gpu" => Device::Cuda(0),
+        other => {
+            match other.strip_prefix("cuda:") {
                 Some(index) => Device::Cuda(index.parse().map_err(|_| {
                     GmError::config("device", format!("bad CUDA index in {other:?}"))
                 })?),
@@ -84,8 +84,9 @@ pub fn parse_device(name: &str) -> Result<Device> {
                         format!("unknown device {other:?}; expected cpu, cuda or cuda:N"),
                     ))
                 }
-            },
-        };
+            }
+        }
+    };
     if let Device::Cuda(i) = device {
         load_cuda_backend();
         let count = tch::Cuda::device_count();

@@ -260,7 +260,12 @@ pub fn check_integers(t: &Tensor, upper: i64, what: &str, noun: &str) -> Result<
 /// `batch ≥ 1`, a real or integer dtype, every value finite, and for discrete data every value
 /// an integer in `0..levels`. Returns the data as `Float` (or `Double` if given `Double`).
 /// `what` names the caller in the error.
-pub fn check_data(x: &Tensor, event_shape: &[i64], values: ValueKind, what: &str) -> Result<Tensor> {
+pub fn check_data(
+    x: &Tensor,
+    event_shape: &[i64],
+    values: ValueKind,
+    what: &str,
+) -> Result<Tensor> {
     let size = x.size();
     if size.len() != event_shape.len() + 1 || size[1..] != *event_shape {
         let expected: Vec<String> = event_shape.iter().map(|d| d.to_string()).collect();
@@ -277,7 +282,12 @@ pub fn check_data(x: &Tensor, event_shape: &[i64], values: ValueKind, what: &str
     }
     let x = match x.kind() {
         Kind::Float | Kind::Double => x.shallow_clone(),
-        Kind::Half | Kind::BFloat16 | Kind::Uint8 | Kind::Int8 | Kind::Int16 | Kind::Int
+        Kind::Half
+        | Kind::BFloat16
+        | Kind::Uint8
+        | Kind::Int8
+        | Kind::Int16
+        | Kind::Int
         | Kind::Int64 => x.f_to_kind(Kind::Float)?,
         other => {
             return Err(GmError::Domain(format!(

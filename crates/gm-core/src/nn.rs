@@ -132,6 +132,33 @@ pub fn check_parameter_budget(parameters: i128, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The largest number of activation values one call may keep for its backward pass, from
+/// `GM_MAX_ACTIVATIONS` (default 2³², about 16 GiB in float32).
+pub fn max_activations() -> i128 {
+    std::env::var("GM_MAX_ACTIVATIONS")
+        .ok()
+        .and_then(|v| v.trim().parse::<i128>().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(1 << 32)
+}
+
+/// Refuses a batch of `batch` examples of `per_example` activation values each (forward values
+/// kept for the backward pass, and their gradients: counted twice) above [`max_activations`],
+/// before anything runs, naming `what` and the estimate.
+pub fn check_activation_budget(batch: i64, per_example: i128, what: &str) -> Result<()> {
+    let needed = 2 * batch.max(0) as i128 * per_example;
+    let limit = max_activations();
+    if needed > limit {
+        return Err(GmError::config(
+            "batch_size",
+            format!(
+                "{what}: a batch of {batch} would keep about {needed} activation values ({per_example} per example, forward and backward), above the limit of {limit}; use a smaller batch or set GM_MAX_ACTIVATIONS"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `x` in the weights' dtype: real and integer inputs are converted, others refused.
 pub fn to_weight_kind(x: &Tensor, kind: Kind, what: &str) -> Result<Tensor> {
     if x.kind() == kind {

@@ -177,9 +177,8 @@ pub fn parse_spec<C>(table: toml::Table) -> Result<Box<dyn ModelSpec>>
 where
     C: ModelSpec + Config + Clone + 'static,
 {
-    let config: C =
-        crate::train::config::from_toml_value(toml::Value::Table(table), "[model]")
-            .map_err(|e| crate::train::config::with_section("model", e))?;
+    let config: C = crate::train::config::from_toml_value(toml::Value::Table(table), "[model]")
+        .map_err(|e| crate::train::config::with_section("model", e))?;
     Ok(Box::new(config))
 }
 
@@ -374,7 +373,10 @@ impl RunConfig {
         let mut table = toml::Table::new();
         table.insert("family".into(), self.family().into());
         table.insert("dataset".into(), self.dataset.clone().into());
-        table.insert("train".into(), toml::Value::Table(config_to_table(&self.train)?));
+        table.insert(
+            "train".into(),
+            toml::Value::Table(config_to_table(&self.train)?),
+        );
         table.insert("model".into(), toml::Value::Table(self.model.to_toml()?));
         toml::to_string_pretty(&table).map_err(|e| GmError::config("run", e.to_string()))
     }

@@ -207,3 +207,11 @@ pub fn assert_close(actual: &Tensor, expected: &Tensor, tol: f64, what: &str) {
     let err = max_abs_diff(actual, expected);
     assert!(err <= tol, "{what}: differs by {err:e} > {tol:e}");
 }
+
+/// The message of the error `result` must be, panicking if it is `Ok`: for tests of bad input.
+pub fn error_text<T>(result: crate::Result<T>) -> String {
+    match result {
+        Ok(_) => panic!("expected an error, got Ok"),
+        Err(e) => e.to_string(),
+    }
+}

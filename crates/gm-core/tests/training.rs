@@ -540,7 +540,14 @@ fn divergence_stops_training_and_keeps_the_last_good_checkpoint() {
     .unwrap();
     let err = no_ckpt.fit(&mut late, &x, None, |_, _| {}).unwrap_err();
     assert!(
-        matches!(err, GmError::Diverged { from_step: 1, to_step: 3, .. }),
+        matches!(
+            err,
+            GmError::Diverged {
+                from_step: 1,
+                to_step: 3,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("none was written"), "{err}");

@@ -12,10 +12,10 @@
 use clap::Parser;
 use gm_core::bounds::bits_per_dim;
 use gm_core::data::load_named;
-use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::train::Trainer;
 use gm_core::data::ValueKind;
 use gm_core::spec::Registry;
+use gm_core::tch::{Device, Kind, Tensor};
+use gm_core::train::Trainer;
 use std::path::PathBuf;
 use std::time::Instant;
 

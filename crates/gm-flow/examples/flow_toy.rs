@@ -98,7 +98,11 @@ fn main() -> gm_core::Result<()> {
             let (entropy, se) = set.entropy(200_000, device)?;
             let gap = test_nll - entropy;
             println!("| {name} | {dataset} | {test_nll:.4} | {entropy:.4} ± {se:.4} | {gap:.4} | {} | {train_seconds:.0} |", history.steps_done);
-            write_heatmap(model.as_ref(), set, &args.out.join(format!("{name}_{dataset}.png")))?;
+            write_heatmap(
+                model.as_ref(),
+                set,
+                &args.out.join(format!("{name}_{dataset}.png")),
+            )?;
             rows.push(serde_json::json!({
                 "model": name, "dataset": dataset, "test_nll_nats": test_nll, "entropy_nats": entropy,
                 "entropy_stderr": se, "gap_nats": gap, "steps": history.steps_done, "train_seconds": train_seconds,

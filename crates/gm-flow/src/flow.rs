@@ -7,8 +7,8 @@ use crate::layer::FlowLayer;
 use crate::vector::{
     alternating_mask, ActNorm, AutoregressiveKind, Coupling, MaskedAutoregressive, Permutation,
 };
-use gm_core::distributions::{Distribution, StandardNormal};
 use gm_core::data::ValueKind;
+use gm_core::distributions::{Distribution, StandardNormal};
 use gm_core::model::{
     check_data, check_labels, load_var_store, var_store_state, Batch, GenerativeModel,
     LikelihoodKind, SampleOptions, StepOutput, WeightChoice,
@@ -246,6 +246,51 @@ fn vector_features(event_shape: &[i64]) -> Result<i64> {
     }
 }
 
+/// Activation values one example keeps through a forward pass of `config`'s flow on
+/// `event_shape` (an estimate for the memory budget, not an exact count).
+fn activations_per_example(config: &FlowConfig, event_shape: &[i64]) -> i128 {
+    let d: i128 = event_shape.iter().map(|&x| x as i128).product();
+    match &config.architecture {
+        Architecture::Coupling {
+            layers,
+            hidden,
+            transform,
+            ..
+        }
+        | Architecture::Autoregressive {
+            layers,
+            hidden,
+            transform,
+            ..
+        } => {
+            let widths: i128 = hidden.iter().map(|&h| h as i128).sum();
+            *layers as i128 * (4 * d + widths + d * transform.params_per_dim() as i128)
+        }
+        Architecture::MultiScale {
+            levels,
+            steps,
+            hidden_channels,
+            ..
+        } => {
+            let (mut c, mut h, mut w) = match event_shape {
+                [c, h, w] => (*c as i128, *h as i128, *w as i128),
+                _ => (d, 1, 1),
+            };
+            let mut total = 2 * d;
+            for level in 0..*levels {
+                c *= 4;
+                h /= 2;
+                w /= 2;
+                total += *steps as i128 * (5 * c + 2 * *hidden_channels as i128) * h * w;
+                if level + 1 < *levels {
+                    c -= c / 2;
+                }
+            }
+            total
+        }
+    }
+}
+
 /// A trainable flow: the flow, its variables, optimizer and optional weight average, and the
 /// data-space convention.
 pub struct FlowModel {
@@ -255,6 +300,7 @@ pub struct FlowModel {
     ema: Option<Ema>,
     config: FlowConfig,
     dims: i64,
+    activations_per_example: i128,
 }
 
 impl FlowModel {
@@ -277,6 +323,7 @@ impl FlowModel {
             ema,
             config: config.clone(),
             dims: event_shape.iter().product(),
+            activations_per_example: activations_per_example(config, event_shape),
         })
     }
 
@@ -302,7 +349,8 @@ impl FlowModel {
     /// Checks a batch against the input contract and returns it as `Float`.
     fn checked(&self, x: &Tensor, what: &str) -> Result<Tensor> {
         let x = check_data(x, self.flow.event_shape(), self.value_kind(), what)?;
-        Ok(x.f_to_kind(Kind::Float)?)
+        gm_core::nn::check_activation_budget(x.size()[0], self.activations_per_example, what)?;
+        Ok(x.f_to_kind(self.flow.kind())?)
     }
 
     /// The one-hot context for labels, or `None` for an unconditional flow (which ignores

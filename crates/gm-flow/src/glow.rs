@@ -47,9 +47,14 @@ impl MultiScale {
         for level in 0..levels {
             let ch = c as i128 * 4;
             let hid = hidden_channels as i128;
-            let per_step = ch * ch + 3 * ch + (ch / 2 * 9 + 1) * hid + (hid + 1) * hid + (hid * 9 + 1) * ch;
+            let per_step =
+                ch * ch + 3 * ch + (ch / 2 * 9 + 1) * hid + (hid + 1) * hid + (hid * 9 + 1) * ch;
             parameters += per_step * steps as i128;
-            c = if level + 1 == levels { c * 4 } else { c * 4 - c * 2 };
+            c = if level + 1 == levels {
+                c * 4
+            } else {
+                c * 4 - c * 2
+            };
         }
         gm_core::nn::check_parameter_budget(parameters, "the multi-scale flow")?;
         let [mut c, mut h, mut w] = input_shape;

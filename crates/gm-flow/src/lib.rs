@@ -43,6 +43,6 @@ pub mod spline;
 pub mod vector;
 
 pub use config::{Architecture, DataSpace, FlowConfig, SHIPPED_CONFIGS};
-pub use spec::register;
 pub use flow::{build_flow, Flow, FlowModel};
 pub use layer::{ElementTransform, FlowLayer};
+pub use spec::register;

@@ -400,7 +400,9 @@ impl ActNorm {
         if x.size().first().copied().unwrap_or(0) < needed {
             return Err(GmError::shape(
                 "ActNorm initialisation",
-                format!("a batch of at least {needed} example(s): its statistics set the layer's scale"),
+                format!(
+                    "a batch of at least {needed} example(s): its statistics set the layer's scale"
+                ),
                 &x.size(),
             ));
         }

@@ -3,11 +3,10 @@
 
 mod common;
 
-use common::info_for;
 use gm_core::model::{Batch, GenerativeModel, SampleOptions};
 use gm_core::spec::{ModelSpec, Registry};
 use gm_core::tch::{nn, Device, Kind, Tensor};
-use gm_core::testing::{assert_states_identical, state_snapshot};
+use gm_core::testing::{assert_states_identical, error_text, state_snapshot};
 use gm_core::train::Config;
 use gm_flow::vector::ActNorm;
 use gm_flow::{build_flow, register, Architecture, DataSpace, FlowConfig, FlowLayer, FlowModel};
@@ -25,13 +24,6 @@ fn small_glow() -> FlowConfig {
     }
 }
 
-fn err_text<T>(r: gm_core::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e.to_string(),
-    }
-}
-
 /// One NaN row must not reach the optimizer: refused, and every weight and Adam's step count
 /// unchanged.
 #[test]
@@ -43,13 +35,13 @@ fn a_nan_row_is_refused_and_nothing_changes() {
     let before = state_snapshot(&model);
     let bad = x.copy();
     let _ = bad.get(3).fill_(f64::NAN);
-    let err = err_text(model.train_step(&Batch::new(bad.shallow_clone())));
+    let err = error_text(model.train_step(&Batch::new(bad.shallow_clone())));
     assert!(err.contains("found 2 NaN or infinite value"), "{err}");
     assert_states_identical(&before, &state_snapshot(&model), "after a NaN batch");
-    assert!(err_text(model.log_likelihood(&bad)).contains("NaN"));
-    assert!(err_text(model.encode(&bad)).contains("NaN"));
+    assert!(error_text(model.log_likelihood(&bad)).contains("NaN"));
+    assert!(error_text(model.encode(&bad)).contains("NaN"));
     let empty = Tensor::zeros([0, 2], (Kind::Float, Device::Cpu));
-    assert!(err_text(model.train_step(&Batch::new(empty))).contains("non-empty"));
+    assert!(error_text(model.train_step(&Batch::new(empty))).contains("non-empty"));
     assert_states_identical(&before, &state_snapshot(&model), "after an empty batch");
 }
 
@@ -62,14 +54,14 @@ fn values_outside_the_data_space_are_refused() {
     for (v, needle) in [(255.0, "outside"), (0.5, "outside"), (-1.0, "[0, 1]")] {
         let x = Tensor::zeros([4, 1, 8, 8], (Kind::Float, Device::Cpu));
         let _ = x.get(0).get(0).get(0).get(0).fill_(v);
-        let err = err_text(glow.train_step(&Batch::new(x.shallow_clone())));
+        let err = error_text(glow.train_step(&Batch::new(x.shallow_clone())));
         assert!(err.contains(needle), "{v}: {err}");
-        assert!(err_text(glow.log_likelihood(&x)).contains(needle));
+        assert!(error_text(glow.log_likelihood(&x)).contains(needle));
     }
     assert_states_identical(&before, &state_snapshot(&glow), "after refused batches");
     // Flat image batches are not the contract: the event shape is [1, 8, 8].
     let flat = Tensor::zeros([4, 64], (Kind::Float, Device::Cpu));
-    assert!(err_text(glow.log_likelihood(&flat)).contains("[batch, 1, 8, 8]"));
+    assert!(error_text(glow.log_likelihood(&flat)).contains("[batch, 1, 8, 8]"));
 }
 
 /// Doubles and integers go in without a panic; booleans are refused.
@@ -85,7 +77,7 @@ fn other_dtypes_are_converted_or_refused() {
     assert!(flow.log_prob(&x.to_kind(Kind::Int64), None).is_ok());
     assert!(flow.inverse(&x.to_kind(Kind::Double), None).is_ok());
     assert!(flow.inverse(&x.to_kind(Kind::Int64), None).is_ok());
-    assert!(err_text(flow.log_prob(&x.to_kind(Kind::Bool), None)).contains("real values"));
+    assert!(error_text(flow.log_prob(&x.to_kind(Kind::Bool), None)).contains("real values"));
     let glow = FlowModel::new(&small_glow(), &[1, 8, 8], Device::Cpu).unwrap();
     let ints = Tensor::randint(2, [3, 1, 8, 8], (Kind::Int64, Device::Cpu));
     assert!(glow.log_likelihood(&ints).is_ok());
@@ -124,9 +116,9 @@ fn actnorm_refuses_bad_initialisation_batches() {
     let vs = nn::VarStore::new(Device::Cpu);
     let layer = ActNorm::new(&(vs.root() / "an"), 2).unwrap();
     let empty = Tensor::zeros([0, 2], (Kind::Float, Device::Cpu));
-    assert!(err_text(layer.forward(&empty, None)).contains("at least 2"));
+    assert!(error_text(layer.forward(&empty, None)).contains("at least 2"));
     let nan = Tensor::from_slice(&[1.0f32, f32::NAN, 0.0, 1.0]).reshape([2, 2]);
-    assert!(err_text(layer.forward(&nan, None)).contains("NaN"));
+    assert!(error_text(layer.forward(&nan, None)).contains("NaN"));
     // Still uninitialised: a good batch initialises it to zero mean.
     let good = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 6.0]).reshape([2, 2]);
     let (y, _) = layer.forward(&good, None).unwrap();
@@ -144,14 +136,18 @@ fn labels_are_checked_or_ignored() {
     };
     let mut model = FlowModel::new(&config, &[2], Device::Cpu).unwrap();
     let x = Tensor::randn([4, 2], (Kind::Float, Device::Cpu));
-    assert!(err_text(model.train_step(&Batch::new(x.shallow_clone()))).contains("give labels"));
+    assert!(error_text(model.train_step(&Batch::new(x.shallow_clone()))).contains("give labels"));
     let bad = Tensor::from_slice(&[0i64, 1, 2, 3]);
-    let err = err_text(model.train_step(&Batch::with_labels(x.shallow_clone(), bad.shallow_clone())));
+    let err =
+        error_text(model.train_step(&Batch::with_labels(x.shallow_clone(), bad.shallow_clone())));
     assert!(err.contains("[0, 3)"), "{err}");
     let float_labels = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 1.0]);
-    assert!(err_text(model.train_step(&Batch::with_labels(x.shallow_clone(), float_labels))).contains("integers"));
+    assert!(
+        error_text(model.train_step(&Batch::with_labels(x.shallow_clone(), float_labels)))
+            .contains("integers")
+    );
     let options = SampleOptions::new().labels(bad);
-    assert!(err_text(model.sample_with(4, &options)).contains("[0, 3)"));
+    assert!(error_text(model.sample_with(4, &options)).contains("[0, 3)"));
     let mut plain = FlowModel::new(&FlowConfig::default(), &[2], Device::Cpu).unwrap();
     let labels = Tensor::from_slice(&[7i64, 7, 7, 7]);
     assert!(plain.train_step(&Batch::with_labels(x, labels)).is_ok());
@@ -164,11 +160,15 @@ fn checkpoints_of_another_spec_are_refused_whole() {
     let mut registry = Registry::new();
     register(&mut registry);
     let maf = registry.load_run("flow/maf_toy").unwrap().model;
-    let mut iaf_config: FlowConfig = registry.load_run("flow/maf_toy").unwrap().model_config().unwrap();
+    let mut iaf_config: FlowConfig = registry
+        .load_run("flow/maf_toy")
+        .unwrap()
+        .model_config()
+        .unwrap();
     if let Architecture::Autoregressive { inverse, .. } = &mut iaf_config.architecture {
         *inverse = true;
     }
-    let info = info_for("two_moons");
+    let info = gm_core::data::named_info("two_moons").unwrap();
     gm_core::tch::manual_seed(5);
     let maf_model = maf.build(&info, Device::Cpu).unwrap();
     let mut iaf_model = ModelSpec::build(&iaf_config, &info, Device::Cpu).unwrap();
@@ -176,9 +176,13 @@ fn checkpoints_of_another_spec_are_refused_whole() {
     let path = dir.join("maf.safetensors");
     maf_model.save(&path).unwrap();
     let before = state_snapshot(iaf_model.as_ref());
-    let err = err_text(iaf_model.load(&path));
+    let err = error_text(iaf_model.load(&path));
     assert!(err.contains("another configuration"), "{err}");
-    assert_states_identical(&before, &state_snapshot(iaf_model.as_ref()), "after a refused load");
+    assert_states_identical(
+        &before,
+        &state_snapshot(iaf_model.as_ref()),
+        "after a refused load",
+    );
     // A checkpoint with a tensor missing fails after other tensors were copied: all restored.
     let glow_a = FlowModel::new(&small_glow(), &[1, 8, 8], Device::Cpu).unwrap();
     let mut state = glow_a.state();
@@ -192,10 +196,33 @@ fn checkpoints_of_another_spec_are_refused_whole() {
     .unwrap();
     let mut glow_b = FlowModel::new(&small_glow(), &[1, 8, 8], Device::Cpu).unwrap();
     let before = state_snapshot(&glow_b);
-    let err = err_text(glow_b.load(&partial));
+    let err = error_text(glow_b.load(&partial));
     assert!(err.contains("missing tensor"), "{err}");
-    assert_states_identical(&before, &state_snapshot(&glow_b), "after a half-way failed load");
+    assert_states_identical(
+        &before,
+        &state_snapshot(&glow_b),
+        "after a half-way failed load",
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A batch whose activations would not fit is refused before the forward pass, with the
+/// estimate, and nothing changes.
+#[test]
+fn oversized_batches_are_refused_before_running() {
+    gm_core::tch::manual_seed(6);
+    let mut model = FlowModel::new(&FlowConfig::default(), &[2], Device::Cpu).unwrap();
+    let before = state_snapshot(&model);
+    let huge = Tensor::zeros([2_000_000, 2], (Kind::Float, Device::Cpu));
+    let err = error_text(model.train_step(&Batch::new(huge.shallow_clone())));
+    assert!(
+        err.contains("batch_size")
+            && err.contains("2144 per example")
+            && err.contains("GM_MAX_ACTIVATIONS"),
+        "{err}"
+    );
+    assert_states_identical(&before, &state_snapshot(&model), "after a refused batch");
+    assert!(error_text(model.log_likelihood(&huge)).contains("activation values"));
 }
 
 /// A Glow too large to allocate is refused before allocation.
@@ -208,7 +235,7 @@ fn oversized_glow_is_refused() {
         hidden_channels: 1_000_000,
         logit_alpha: 0.05,
     };
-    let err = err_text(FlowModel::new(&config, &[1, 8, 8], Device::Cpu));
+    let err = error_text(FlowModel::new(&config, &[1, 8, 8], Device::Cpu));
     assert!(err.contains("the multi-scale flow would need"), "{err}");
 }
 
@@ -236,7 +263,7 @@ fn bad_flow_configs_name_the_key() {
     ] {
         let result = FlowConfig::from_toml_str(text)
             .and_then(|c| FlowModel::new(&c, &[2], Device::Cpu).map(|_| ()));
-        let err = err_text(result);
+        let err = error_text(result);
         assert!(err.contains(key), "{text}: {err}");
     }
 }

@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::info_for;
 use gm_core::data::ValueKind;
 use gm_core::spec::{DataInfo, ModelSpec, Registry};
 use gm_core::tch::{Device, Kind, Tensor};
@@ -61,7 +60,7 @@ fn every_shipped_flow_conforms() {
             .try_into()
             .unwrap();
         let spec = shrink(config);
-        let info = info_for(&run.dataset);
+        let info = gm_core::data::named_info(&run.dataset).unwrap();
         let x = data_for(&info, 32);
         let labels = Tensor::randint(10, [32], (Kind::Int64, Device::Cpu));
         check_conformance(&ConformanceCase {
@@ -122,12 +121,22 @@ fn flows_refuse_data_they_cannot_describe() {
         "model.data",
     );
     // A flow on discrete data reports a bound, on continuous data an exact density.
-    let built = glow.build(&info_for("mnist_binary"), Device::Cpu).unwrap();
+    let built = glow
+        .build(
+            &gm_core::data::named_info("mnist_binary").unwrap(),
+            Device::Cpu,
+        )
+        .unwrap();
     assert_eq!(
         built.likelihood_kind(),
         gm_core::model::LikelihoodKind::LowerBound
     );
-    let toy = continuous.build(&info_for("two_moons"), Device::Cpu).unwrap();
+    let toy = continuous
+        .build(
+            &gm_core::data::named_info("two_moons").unwrap(),
+            Device::Cpu,
+        )
+        .unwrap();
     assert_eq!(toy.likelihood_kind(), gm_core::model::LikelihoodKind::Exact);
     let mut conditional = FlowConfig::default();
     conditional.context_classes = 4;

@@ -290,8 +290,16 @@ fn conditional_flow() {
     let expected = Tensor::stack(&[p0_each, p1_each], 0).logsumexp([0], false) - 2f64.ln();
     assert_close(&marginal, &expected, 1e-5, "label-marginal log-likelihood");
     // Given labels, the conditional density.
-    let given = model.log_likelihood_given(&s, Some(&ones)).unwrap().unwrap();
-    assert_close(&given, &model.log_prob(&s, Some(&ones)).unwrap(), 1e-6, "ln p(x | y)");
+    let given = model
+        .log_likelihood_given(&s, Some(&ones))
+        .unwrap()
+        .unwrap();
+    assert_close(
+        &given,
+        &model.log_prob(&s, Some(&ones)).unwrap(),
+        1e-6,
+        "ln p(x | y)",
+    );
     assert!(
         p1 > p0 + 5.0,
         "the right label explains the samples better: {p1} vs {p0}"
@@ -312,7 +320,7 @@ fn shipped_configs_load() {
             .load_run(path.to_str().unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(run.family(), "flow");
-        let info = info_for(&run.dataset);
+        let info = gm_core::data::named_info(&run.dataset).unwrap();
         run.model.build(&info, Device::Cpu).unwrap();
         n += 1;
     }

@@ -31,8 +31,7 @@ fn float32_inverse_matches_float64_in_steep_bins() {
         let y64 = y32.to_kind(Kind::Double);
         let y = y64.double_value(&[0, 0]);
         let (x64, ld64) = rational_quadratic(&y64, &params64, 3.0, true).unwrap();
-        let (x32, ld32) =
-            rational_quadratic(&y32, &params32, 3.0, true).unwrap();
+        let (x32, ld32) = rational_quadratic(&y32, &params32, 3.0, true).unwrap();
         assert_eq!(x32.kind(), Kind::Float);
         worst_x = worst_x.max((x32.double_value(&[0, 0]) - x64.double_value(&[0, 0])).abs());
         worst_ld = worst_ld.max((ld32.double_value(&[0, 0]) - ld64.double_value(&[0, 0])).abs());

@@ -3,8 +3,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use gm_core::model::{Batch, GenerativeModel};
-use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::spec::Registry;
+use gm_core::tch::{Device, Kind, Tensor};
 use gm_vae::{Vae, VaeConfig};
 
 fn model(config_name: &str) -> Vae {

@@ -11,8 +11,8 @@
 
 use clap::Parser;
 use gm_core::bounds::bits_per_dim;
-use gm_core::model::GenerativeModel;
 use gm_core::data::load_named;
+use gm_core::model::GenerativeModel;
 use gm_core::spec::Registry;
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::train::Trainer;
@@ -100,15 +100,11 @@ fn main() -> gm_core::Result<()> {
     );
 
     let started = Instant::now();
-    let history = Trainer::new(run.train.clone())?.fit(
-        &mut vae,
-        &train,
-        None,
-        |step, values| {
+    let history =
+        Trainer::new(run.train.clone())?.fit(&mut vae, &train, None, |step, values| {
             let text: Vec<String> = values.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
             println!("step {step:>6}  {}", text.join("  "));
-        },
-    )?;
+        })?;
     let train_seconds = started.elapsed().as_secs_f64();
     println!(
         "trained {} steps in {train_seconds:.1} s",
@@ -221,7 +217,11 @@ fn write_images(
     let originals = test.narrow(0, 0, shown).reshape([shown, 784]);
     let reconstructions = vae.reconstruct(&originals)?.reshape([shown, 784]);
     let pairs = Tensor::cat(&[originals, reconstructions], 0) / scale;
-    save_grid(&pairs, shown, &out.join(format!("{arch}_reconstructions.png")))?;
+    save_grid(
+        &pairs,
+        shown,
+        &out.join(format!("{arch}_reconstructions.png")),
+    )?;
 
     let samples = vae.net().sample_means_with(64, None)?.reshape([64, 784]) / scale;
     save_grid(&samples, 8, &out.join(format!("{arch}_samples.png")))?;

@@ -57,10 +57,10 @@ pub mod vae;
 pub mod vq;
 
 pub use config::{ContextConfig, ObjectiveConfig, VaeConfig};
-pub use gm_core::code_prior::{CodePrior, UniformCodePrior};
-pub use spec::{register, SHIPPED_CONFIGS};
 pub use encoder::DiagGaussian;
+pub use gm_core::code_prior::{CodePrior, UniformCodePrior};
 pub use likelihood::{DiscretizedLogistic, GaussianVariance, Likelihood, LikelihoodConfig};
 pub use network::{ConvNetConfig, NetworkConfig};
+pub use spec::{register, SHIPPED_CONFIGS};
 pub use vae::{ElboTerms, Vae, VaeNet};
 pub use vq::{CodebookUpdate, QuantizerConfig, VqVae, VqVaeConfig};

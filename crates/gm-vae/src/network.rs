@@ -127,6 +127,32 @@ impl NetworkConfig {
     }
 }
 
+impl NetworkConfig {
+    /// Activation values one example keeps through this network on data of `data_shape` (an
+    /// estimate for the memory budget: the input, every convolution's feature map and every
+    /// dense layer).
+    pub fn activations_per_example(&self, data_shape: &[i64]) -> i128 {
+        let input: i128 = data_shape.iter().map(|&d| d as i128).product();
+        match self {
+            NetworkConfig::Mlp(m) => input + m.hidden.iter().map(|&h| h as i128).sum::<i128>(),
+            NetworkConfig::Conv(c) => {
+                let maps: i128 = match image_shape(data_shape)
+                    .and_then(|[_, h, w]| halving_sizes(h, w, c.channels.len()))
+                {
+                    Ok(sizes) => c
+                        .channels
+                        .iter()
+                        .zip(sizes.iter().skip(1))
+                        .map(|(&ch, &(h, w))| ch as i128 * h as i128 * w as i128)
+                        .sum(),
+                    Err(_) => 0,
+                };
+                input + maps + c.hidden.iter().map(|&h| h as i128).sum::<i128>()
+            }
+        }
+    }
+}
+
 /// `[channels, height, width]` from a data shape, or an error naming the key.
 fn image_shape(data_shape: &[i64]) -> Result<[i64; 3]> {
     match data_shape {

@@ -26,7 +26,10 @@ pub const SHIPPED_CONFIGS: [(&str, &str); 8] = [
         "toy_eight_gaussians",
         include_str!("../configs/toy_eight_gaussians.toml"),
     ),
-    ("toy_two_moons", include_str!("../configs/toy_two_moons.toml")),
+    (
+        "toy_two_moons",
+        include_str!("../configs/toy_two_moons.toml"),
+    ),
     (
         "toy_two_spirals",
         include_str!("../configs/toy_two_spirals.toml"),

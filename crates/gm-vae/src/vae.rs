@@ -2,7 +2,6 @@
 //! optimizer ([`Vae`], a gm-core [`GenerativeModel`]).
 
 use crate::config::{ContextConfig, ObjectiveConfig, VaeConfig};
-use gm_core::train::config::with_section;
 use crate::decoder::Decoder;
 use crate::encoder::{standard_normal_prior, DiagGaussian, GaussianEncoder};
 use crate::likelihood::Likelihood;
@@ -14,6 +13,7 @@ use gm_core::model::{
     StepOutput,
 };
 use gm_core::tch::{nn, Device, Kind, Tensor};
+use gm_core::train::config::with_section;
 use gm_core::train::{Adam, Config, StateDict};
 use gm_core::{GmError, Result};
 
@@ -569,6 +569,8 @@ pub struct Vae {
     vs: nn::VarStore,
     net: VaeNet,
     opt: Adam,
+    /// Activation values one training example keeps (for the memory budget).
+    activations_per_example: i128,
 }
 
 impl Vae {
@@ -584,11 +586,23 @@ impl Vae {
         vs.set_kind(kind);
         let net = config.init(&vs.root())?;
         let opt = Adam::new(vs.trainable_variables(), config.optimizer.clone())?;
+        let samples = match config.objective {
+            ObjectiveConfig::Elbo { samples, .. } | ObjectiveConfig::Iwae { samples } => samples,
+        } as i128;
+        let elements: i128 = config.data_shape.iter().map(|&d| d as i128).product();
+        let latent = config.latent_dim as i128;
+        let activations_per_example = config.encoder.activations_per_example(&config.data_shape)
+            + 2 * latent
+            + samples
+                * (latent
+                    + config.decoder.activations_per_example(&config.data_shape)
+                    + elements * config.likelihood.params_per_element() as i128);
         Ok(Vae {
             config: config.clone(),
             vs,
             net,
             opt,
+            activations_per_example,
         })
     }
 
@@ -664,6 +678,11 @@ impl Vae {
     /// The training loss of a prepared batch and the named values to report.
     fn loss(&self, batch: &Batch) -> Result<(Tensor, StepOutput)> {
         let x = self.net.data_batch(&batch.x, "Vae.train_step x")?;
+        gm_core::nn::check_activation_budget(
+            x.size()[0],
+            self.activations_per_example,
+            "Vae.train_step",
+        )?;
         // The input contract: an unconditional VAE ignores labels.
         let labels = match self.config.context {
             ContextConfig::None => None,

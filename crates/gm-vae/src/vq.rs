@@ -11,19 +11,19 @@
 //! [`gm_core::code_prior::UniformCodePrior`] is the baseline prior of the paper.
 
 use crate::config::check_data_shape;
+use crate::likelihood::LikelihoodConfig;
 use crate::likelihood::{Likelihood, LikelihoodHead};
+use crate::network::NetworkConfig;
 use crate::network::{GridDecoder, GridEncoder};
+use gm_core::code_prior::CodePrior;
 use gm_core::distributions::Distribution;
 use gm_core::model::{
     load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind, SampleOptions,
     StepOutput,
 };
 use gm_core::tch::{nn, Device, Kind, Tensor};
-use gm_core::code_prior::CodePrior;
 use gm_core::train::config::{check_positive, check_range, in_section, with_section};
 use gm_core::train::{Adam, AdamConfig, Config, LrSchedule, StateDict};
-use crate::likelihood::LikelihoodConfig;
-use crate::network::NetworkConfig;
 use gm_core::{GmError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -417,7 +417,6 @@ impl Config for VqVaeConfig {
     }
 }
 
-
 /// The forward pass of a VQ-VAE on a batch.
 #[derive(Debug)]
 pub struct VqForward {
@@ -676,6 +675,22 @@ impl GenerativeModel for VqVae {
 
     fn train_step(&mut self, batch: &Batch) -> Result<StepOutput> {
         let x = self.data_batch(&batch.x, "VqVae.train_step x")?;
+        let elements: i128 = self.config.data_shape.iter().map(|&d| d as i128).product();
+        let codes = self.grid.iter().map(|&g| g as i128).product::<i128>()
+            * self.config.quantizer.code_dim as i128;
+        let per_example = self
+            .config
+            .encoder
+            .activations_per_example(&self.config.data_shape)
+            + self
+                .config
+                .decoder
+                .activations_per_example(&self.config.data_shape)
+            + 3 * codes
+            + codes / self.config.quantizer.code_dim.max(1) as i128
+                * self.config.quantizer.num_codes as i128
+            + elements * self.head.params_per_element() as i128;
+        gm_core::nn::check_activation_budget(x.size()[0], per_example, "VqVae.train_step")?;
         self.head.check_support(&x)?;
         let out = self.forward(&x)?;
         let reconstruction = out.likelihood.log_prob(&x)?.f_mean(None::<Kind>)?.f_neg()?;

@@ -8,7 +8,7 @@ use gm_core::distributions::Distribution;
 use gm_core::model::{Batch, GenerativeModel, SampleOptions};
 use gm_core::nn::{Activation, MlpConfig};
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::testing::{assert_states_identical, state_snapshot};
+use gm_core::testing::{assert_states_identical, error_text, state_snapshot};
 use gm_core::train::Config;
 use gm_vae::{
     ContextConfig, ConvNetConfig, LikelihoodConfig, NetworkConfig, Vae, VaeConfig, VqVae,
@@ -36,13 +36,6 @@ fn small() -> VaeConfig {
 fn binary(n: i64) -> Tensor {
     gm_core::tch::manual_seed(9);
     Tensor::randint(2, [n, 16], (Kind::Float, Device::Cpu))
-}
-
-fn err_text<T>(r: gm_core::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e.to_string(),
-    }
 }
 
 /// NaN, infinity, a half and a two in Bernoulli data, and an empty batch: each refused by the
@@ -73,21 +66,21 @@ fn bad_batches_are_refused_and_nothing_changes() {
         let _ = bad.get(2).get(5).fill_(value);
         for model in [&mut vae as &mut dyn GenerativeModel, &mut vq] {
             let before = state_snapshot(model);
-            let err = err_text(model.train_step(&Batch::new(bad.shallow_clone())));
+            let err = error_text(model.train_step(&Batch::new(bad.shallow_clone())));
             assert!(err.contains(needle), "{}: {value}: {err}", model.family());
             assert_states_identical(&before, &state_snapshot(model), "after a refused batch");
             if model.likelihood_kind() != gm_core::model::LikelihoodKind::None {
-                assert!(err_text(model.log_likelihood(&bad)).contains(needle));
+                assert!(error_text(model.log_likelihood(&bad)).contains(needle));
             }
-            assert!(err_text(model.encode(&bad)).contains(needle));
+            assert!(error_text(model.encode(&bad)).contains(needle));
         }
     }
     let empty = Tensor::zeros([0, 16], (Kind::Float, Device::Cpu));
     let before = state_snapshot(&vae);
-    assert!(err_text(vae.train_step(&Batch::new(empty.shallow_clone()))).contains("non-empty"));
+    assert!(error_text(vae.train_step(&Batch::new(empty.shallow_clone()))).contains("non-empty"));
     assert_eq!(vae.steps(), 1, "Adam's step count did not move");
     assert_states_identical(&before, &state_snapshot(&vae), "after an empty batch");
-    assert!(err_text(vq.train_step(&Batch::new(empty))).contains("non-empty"));
+    assert!(error_text(vq.train_step(&Batch::new(empty))).contains("non-empty"));
     // Grey levels for a 256-way decoder: 256 and 3.5 are outside.
     let grey = VaeConfig {
         likelihood: LikelihoodConfig::Categorical { classes: 256 },
@@ -97,7 +90,7 @@ fn bad_batches_are_refused_and_nothing_changes() {
     for v in [256.0, 3.5, -1.0] {
         let x = Tensor::zeros([2, 16], (Kind::Float, Device::Cpu));
         let _ = x.get(0).get(0).fill_(v);
-        assert!(err_text(grey_vae.train_step(&Batch::new(x))).contains("[0, 255]"));
+        assert!(error_text(grey_vae.train_step(&Batch::new(x))).contains("[0, 255]"));
     }
 }
 
@@ -109,10 +102,14 @@ fn other_dtypes_are_converted_or_refused() {
     let vae = Vae::new(&small(), Device::Cpu).unwrap();
     let z = Tensor::randn([4, 3], (Kind::Float, Device::Cpu));
     let reference = vae.decode(&z).unwrap().mean().unwrap();
-    let from_double = vae.decode(&z.to_kind(Kind::Double)).unwrap().mean().unwrap();
+    let from_double = vae
+        .decode(&z.to_kind(Kind::Double))
+        .unwrap()
+        .mean()
+        .unwrap();
     assert!(from_double.allclose(&reference, 1e-6, 1e-6, false));
     assert!(vae.decode(&z.to_kind(Kind::Int64)).is_ok());
-    assert!(err_text(vae.decode(&z.to_kind(Kind::Bool))).contains("real values"));
+    assert!(error_text(vae.decode(&z.to_kind(Kind::Bool))).contains("real values"));
     let x = binary(4);
     assert!(GenerativeModel::log_likelihood(&vae, &x.to_kind(Kind::Double)).is_ok());
     assert!(GenerativeModel::log_likelihood(&vae, &x.to_kind(Kind::Int64)).is_ok());
@@ -127,12 +124,12 @@ fn oversized_configs_are_refused_before_allocation() {
         encoder: mlp(&[1_000_000_000]),
         ..small()
     };
-    assert!(err_text(Vae::new(&wide, Device::Cpu)).contains("parameters"));
+    assert!(error_text(Vae::new(&wide, Device::Cpu)).contains("parameters"));
     let deep_latent = VaeConfig {
         latent_dim: 1_000_000_000,
         ..small()
     };
-    assert!(err_text(Vae::new(&deep_latent, Device::Cpu)).contains("GM_MAX_PARAMETERS"));
+    assert!(error_text(Vae::new(&deep_latent, Device::Cpu)).contains("GM_MAX_PARAMETERS"));
     let conv = VaeConfig {
         data_shape: vec![1, 28, 28],
         encoder: NetworkConfig::Conv(ConvNetConfig {
@@ -142,7 +139,7 @@ fn oversized_configs_are_refused_before_allocation() {
         }),
         ..small()
     };
-    let err = err_text(conv.validate());
+    let err = error_text(conv.validate());
     assert!(err.contains("convolutional network would need"), "{err}");
     let codes = VqVaeConfig {
         quantizer: gm_vae::QuantizerConfig {
@@ -151,7 +148,25 @@ fn oversized_configs_are_refused_before_allocation() {
         },
         ..Default::default()
     };
-    assert!(err_text(codes.validate()).contains("the codebook would need"));
+    assert!(error_text(codes.validate()).contains("the codebook would need"));
+}
+
+/// A batch whose activations would not fit is refused before the forward pass.
+#[test]
+fn oversized_batches_are_refused_before_running() {
+    single_thread();
+    let wide = VaeConfig {
+        encoder: mlp(&[100_000]),
+        ..small()
+    };
+    let mut vae = Vae::new(&wide, Device::Cpu).unwrap();
+    let x = Tensor::zeros([40_000, 16], (Kind::Float, Device::Cpu));
+    let err = error_text(vae.train_step(&Batch::new(x)));
+    assert!(
+        err.contains("activation values") && err.contains("batch_size"),
+        "{err}"
+    );
+    assert_eq!(vae.steps(), 0);
 }
 
 /// Conditional VAEs require labels in range; unconditional ones ignore labels.
@@ -165,14 +180,14 @@ fn labels_are_checked_or_ignored() {
     };
     let mut vae = Vae::new(&config, Device::Cpu).unwrap();
     let x = binary(4);
-    assert!(err_text(vae.train_step(&Batch::new(x.shallow_clone()))).contains("conditional"));
+    assert!(error_text(vae.train_step(&Batch::new(x.shallow_clone()))).contains("conditional"));
     let bad = Tensor::from_slice(&[0i64, 1, 2, 3]);
-    assert!(
-        err_text(vae.train_step(&Batch::with_labels(x.shallow_clone(), bad.shallow_clone())))
-            .contains("[0, 3)")
-    );
-    assert!(err_text(vae.sample_with(4, &SampleOptions::new().labels(bad))).contains("[0, 3)"));
-    assert!(err_text(vae.sample_with(0, &SampleOptions::new())).contains("at least 1"));
+    assert!(error_text(
+        vae.train_step(&Batch::with_labels(x.shallow_clone(), bad.shallow_clone()))
+    )
+    .contains("[0, 3)"));
+    assert!(error_text(vae.sample_with(4, &SampleOptions::new().labels(bad))).contains("[0, 3)"));
+    assert!(error_text(vae.sample_with(0, &SampleOptions::new())).contains("at least 1"));
     let mut plain = Vae::new(&small(), Device::Cpu).unwrap();
     let labels = Tensor::from_slice(&[9i64, 9, 9, 9]);
     assert!(plain.train_step(&Batch::with_labels(x, labels)).is_ok());
@@ -194,7 +209,7 @@ fn bad_vae_configs_name_the_key() {
         ("eval_samples = 0", "eval_samples"),
         ("[lr_schedule]\nkind = \"warmup_cosine\"\nwarmup_steps = 10\ntotal_steps = 5\nmin_ratio = 0.1", "lr_schedule.total_steps"),
     ] {
-        let err = err_text(VaeConfig::from_toml_str(text));
+        let err = error_text(VaeConfig::from_toml_str(text));
         assert!(err.contains(key), "{text}: {err}");
     }
 }

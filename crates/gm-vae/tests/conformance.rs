@@ -15,14 +15,6 @@ use gm_vae::{
     ContextConfig, LikelihoodConfig, NetworkConfig, VaeConfig, VqVae, VqVaeConfig, SHIPPED_CONFIGS,
 };
 
-fn info_for(dataset: &str) -> DataInfo {
-    match dataset {
-        "mnist_binary" => DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 2 }, 10),
-        "mnist_grey" => DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 10),
-        _ => DataInfo::new(&[2], ValueKind::Continuous, 0),
-    }
-}
-
 fn data_for(info: &DataInfo, n: i64) -> Tensor {
     gm_core::tch::manual_seed(42);
     let shape: Vec<i64> = std::iter::once(n)
@@ -72,7 +64,7 @@ fn every_shipped_vae_conforms() {
     let registry = registry();
     for (name, _) in SHIPPED_CONFIGS {
         let run = registry.load_run(&format!("vae/{name}")).unwrap();
-        let info = info_for(&run.dataset);
+        let info = gm_core::data::named_info(&run.dataset).unwrap();
         let x = data_for(&info, 32);
         let labels = Tensor::randint(10, [32], (Kind::Int64, Device::Cpu));
         match run.family() {
@@ -111,7 +103,7 @@ fn conditional_vae_conforms() {
     c.latent_dim = 4;
     c.eval_samples = 16;
     c.context = ContextConfig::Labels { classes: 10 };
-    let info = info_for("mnist_binary");
+    let info = gm_core::data::named_info("mnist_binary").unwrap();
     let x = data_for(&info, 32);
     let labels = Tensor::randint(10, [32], (Kind::Int64, Device::Cpu));
     case_for("conditional mlp VAE", &c, &info, &x, &labels);
@@ -146,7 +138,7 @@ fn vq_vae_saves_its_prior() {
     a.save(&path).unwrap();
     let mut b = with_prior(2);
     b.load(&path).unwrap();
-    let x = data_for(&info_for("mnist_binary"), 4).reshape([4, 784]);
+    let x = data_for(&gm_core::data::named_info("mnist_binary").unwrap(), 4).reshape([4, 784]);
     gm_core::tch::manual_seed(5);
     let la = a.log_likelihood(&x).unwrap().unwrap();
     gm_core::tch::manual_seed(5);
@@ -174,7 +166,11 @@ fn vae_specs_refuse_data_they_cannot_describe() {
     let registry = registry();
     let mlp = registry.load_run("vae/mnist_mlp").unwrap().model;
     // A Bernoulli decoder refuses grey data and real values.
-    assert_refuses_data(mlp.as_ref(), &info_for("mnist_grey"), "model.likelihood");
+    assert_refuses_data(
+        mlp.as_ref(),
+        &gm_core::data::named_info("mnist_grey").unwrap(),
+        "model.likelihood",
+    );
     assert_refuses_data(
         mlp.as_ref(),
         &DataInfo::new(&[1, 28, 28], ValueKind::Continuous, 10),
@@ -186,7 +182,11 @@ fn vae_specs_refuse_data_they_cannot_describe() {
         "model.data_shape",
     );
     let grey = registry.load_run("vae/mnist_grey_logistic").unwrap().model;
-    assert_refuses_data(grey.as_ref(), &info_for("mnist_binary"), "model.likelihood");
+    assert_refuses_data(
+        grey.as_ref(),
+        &gm_core::data::named_info("mnist_binary").unwrap(),
+        "model.likelihood",
+    );
     let conv = registry.load_run("vae/mnist_conv").unwrap().model;
     assert_refuses_data(
         conv.as_ref(),
@@ -194,18 +194,30 @@ fn vae_specs_refuse_data_they_cannot_describe() {
         "convolutional",
     );
     let vq = registry.load_run("vae/vq_vae_mnist").unwrap().model;
-    assert_refuses_data(vq.as_ref(), &info_for("mnist_grey"), "model.likelihood");
+    assert_refuses_data(
+        vq.as_ref(),
+        &gm_core::data::named_info("mnist_grey").unwrap(),
+        "model.likelihood",
+    );
     let toy = registry.load_run("vae/toy_two_moons").unwrap().model;
     assert_refuses_data(
         toy.as_ref(),
         &DataInfo::new(&[2], ValueKind::Discrete { levels: 2 }, 0),
         "model.likelihood",
     );
-    assert_refuses_data(toy.as_ref(), &info_for("mnist_binary"), "model.data_shape");
+    assert_refuses_data(
+        toy.as_ref(),
+        &gm_core::data::named_info("mnist_binary").unwrap(),
+        "model.data_shape",
+    );
     let conditional = VaeConfig {
         context: ContextConfig::Labels { classes: 3 },
         likelihood: LikelihoodConfig::Bernoulli,
         ..Default::default()
     };
-    assert_refuses_data(&conditional, &info_for("mnist_binary"), "context.classes");
+    assert_refuses_data(
+        &conditional,
+        &gm_core::data::named_info("mnist_binary").unwrap(),
+        "context.classes",
+    );
 }

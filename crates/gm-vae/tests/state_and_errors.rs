@@ -7,14 +7,12 @@ use gm_core::data::toy::ToyDataset;
 use gm_core::data::ValueKind;
 use gm_core::distributions::Distribution;
 use gm_core::model::{Batch, GenerativeModel};
-use gm_core::spec::{DataInfo, ModelSpec, Registry};
 use gm_core::nn::{Activation, MlpConfig};
+use gm_core::spec::{DataInfo, ModelSpec, Registry};
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::train::{Config, TrainConfig, Trainer};
 use gm_core::GmError;
-use gm_vae::{
-    ConvNetConfig, LikelihoodConfig, NetworkConfig, Vae, VaeConfig, VqVae, VqVaeConfig,
-};
+use gm_vae::{ConvNetConfig, LikelihoodConfig, NetworkConfig, Vae, VaeConfig, VqVae, VqVaeConfig};
 use proptest::prelude::*;
 use std::path::Path;
 
@@ -337,10 +335,16 @@ fn bad_configs_name_the_key() {
         latent_dim: 2,
         ..Default::default()
     };
-    let err = ModelSpec::build(&small, &toy, Device::Cpu).err().unwrap().to_string();
+    let err = ModelSpec::build(&small, &toy, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.data_shape"), "{err}");
     let grey = DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 10);
-    let err = ModelSpec::build(&small, &grey, Device::Cpu).err().unwrap().to_string();
+    let err = ModelSpec::build(&small, &grey, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.likelihood"), "{err}");
     let round = VaeConfig::from_toml_str(&VaeConfig::default().to_toml_string().unwrap()).unwrap();
     assert_eq!(round, VaeConfig::default());
@@ -357,14 +361,6 @@ fn data_for(info: &DataInfo, n: i64) -> Tensor {
             Tensor::randint(levels as i64, shape.as_slice(), (Kind::Float, Device::Cpu))
         }
         ValueKind::Continuous => ToyDataset::TwoMoons.sample(n, Device::Cpu).unwrap(),
-    }
-}
-
-fn info_for(dataset: &str) -> DataInfo {
-    match dataset {
-        "mnist_binary" => DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 2 }, 10),
-        "mnist_grey" => DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 10),
-        _ => DataInfo::new(&[2], ValueKind::Continuous, 0),
     }
 }
 
@@ -389,7 +385,7 @@ fn ready_configs_build_and_train() {
         let run = registry
             .load_run(&path.to_string_lossy())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let info = info_for(&run.dataset);
+        let info = gm_core::data::named_info(&run.dataset).unwrap();
         let mut model = run.model.build(&info, Device::Cpu).unwrap();
         let x = data_for(&info, 4);
         model
@@ -400,7 +396,10 @@ fn ready_configs_build_and_train() {
             .unwrap();
         if run.family() == "vae" {
             let config: VaeConfig = run.model_config().unwrap();
-            assert_eq!(config.eval_samples, 1000, "{name}: evaluation uses K = 1000");
+            assert_eq!(
+                config.eval_samples, 1000,
+                "{name}: evaluation uses K = 1000"
+            );
             if let LikelihoodConfig::Bernoulli = config.likelihood {
                 assert_eq!(run.dataset, "mnist_binary", "{name}");
             }

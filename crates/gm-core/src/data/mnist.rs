@@ -290,7 +290,10 @@ impl Mnist {
 fn sums_entry(sums: &str, name: &str) -> Option<String> {
     sums.lines().find_map(|line| {
         let (hash, rest) = line.trim().split_once(char::is_whitespace)?;
-        let file = rest.trim_start().strip_prefix('*').unwrap_or(rest.trim_start());
+        let file = rest
+            .trim_start()
+            .strip_prefix('*')
+            .unwrap_or(rest.trim_start());
         (file == name).then(|| hash.to_ascii_lowercase())
     })
 }
@@ -394,10 +397,16 @@ mod tests {
         .unwrap();
         assert!(Mnist::load(&dir).is_ok());
         assert_eq!(
-            sums_entry(&format!("{digest} *train-images-idx3-ubyte\n"), "train-images-idx3-ubyte"),
+            sums_entry(
+                &format!("{digest} *train-images-idx3-ubyte\n"),
+                "train-images-idx3-ubyte"
+            ),
             Some(digest.clone())
         );
-        assert_eq!(sums_entry("abc  other-file\n", "train-images-idx3-ubyte"), None);
+        assert_eq!(
+            sums_entry("abc  other-file\n", "train-images-idx3-ubyte"),
+            None
+        );
         std::fs::write(
             dir.join("SHA256SUMS"),
             format!("{} *train-images-idx3-ubyte\n", "0".repeat(64)),

@@ -54,6 +54,31 @@ impl NamedData {
     }
 }
 
+/// What [`load_named`] would give for `name`, without loading anything: event shape, value
+/// kind and number of classes.
+pub fn named_info(name: &str) -> Result<crate::spec::DataInfo> {
+    use crate::spec::DataInfo;
+    if name.parse::<toy::ToyDataset>().is_ok() {
+        return Ok(DataInfo::new(&[2], ValueKind::Continuous, 0));
+    }
+    match name {
+        "mnist_binary" => Ok(DataInfo::new(
+            &[1, 28, 28],
+            ValueKind::Discrete { levels: 2 },
+            MNIST_CLASSES,
+        )),
+        "mnist_grey" => Ok(DataInfo::new(
+            &[1, 28, 28],
+            ValueKind::Discrete { levels: 256 },
+            MNIST_CLASSES,
+        )),
+        other => Err(GmError::config(
+            "dataset",
+            format!("unknown data set {other:?}; expected one of {DATASET_NAMES:?}"),
+        )),
+    }
+}
+
 /// The number of digit classes.
 pub const MNIST_CLASSES: i64 = 10;
 

@@ -68,7 +68,10 @@ pub fn state_snapshot(model: &dyn GenerativeModel) -> Vec<(String, Tensor)> {
 pub fn assert_states_identical(a: &[(String, Tensor)], b: &[(String, Tensor)], what: &str) {
     let names_a: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
     let names_b: Vec<&str> = b.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names_a, names_b, "{what}: the states hold different tensors");
+    assert_eq!(
+        names_a, names_b,
+        "{what}: the states hold different tensors"
+    );
     for ((name, ta), (_, tb)) in a.iter().zip(b) {
         assert_eq!(ta.size(), tb.size(), "{what}: {name} changed shape");
         assert_eq!(ta.kind(), tb.kind(), "{what}: {name} changed dtype");
@@ -78,8 +81,7 @@ pub fn assert_states_identical(a: &[(String, Tensor)], b: &[(String, Tensor)], w
 
 fn states_differ(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> bool {
     a.len() != b.len()
-        || a
-            .iter()
+        || a.iter()
             .zip(b)
             .any(|((na, ta), (nb, tb))| na != nb || ta.size() != tb.size() || !ta.equal(tb))
 }
@@ -255,7 +257,10 @@ fn check_batch_independence(case: &ConformanceCase) {
     // (a) Other examples changed, the same random draws: example i's value must not move.
     let n = case.x.size()[0];
     let other_start = if n >= 2 * size { size } else { n - half };
-    let x_mod = Tensor::cat(&[rows(&x, 0, half), rows(case.x, other_start, half).flip([0])], 0);
+    let x_mod = Tensor::cat(
+        &[rows(&x, 0, half), rows(case.x, other_start, half).flip([0])],
+        0,
+    );
     let l_mod = labels.as_ref().map(|l| {
         Tensor::cat(
             &[
@@ -326,7 +331,11 @@ fn bad_batches(
     let mut cases = vec![
         ("a NaN", with_value(f64::NAN), "NaN"),
         ("an infinity", with_value(f64::INFINITY), "infinite"),
-        ("a negative infinity", with_value(f64::NEG_INFINITY), "infinite"),
+        (
+            "a negative infinity",
+            with_value(f64::NEG_INFINITY),
+            "infinite",
+        ),
         (
             "an empty batch",
             Batch {
@@ -337,7 +346,11 @@ fn bad_batches(
         ),
     ];
     if let ValueKind::Discrete { levels } = case.data.values {
-        cases.push(("a value above the top level", with_value(levels as f64), "outside"));
+        cases.push((
+            "a value above the top level",
+            with_value(levels as f64),
+            "outside",
+        ));
         cases.push(("a negative value", with_value(-1.0), "outside"));
         cases.push(("a fractional value", with_value(0.5), "outside"));
     }
@@ -386,7 +399,8 @@ fn check_bad_input(case: &ConformanceCase) {
         );
         // Labels only matter to conditional models' likelihoods; data always do.
         if !label_case {
-            let refused = tch::no_grad(|| model.log_likelihood_given(&batch.x, batch.labels.as_ref()));
+            let refused =
+                tch::no_grad(|| model.log_likelihood_given(&batch.x, batch.labels.as_ref()));
             if let Ok(Some(_)) = refused {
                 panic!("{name}: log_likelihood accepted a batch with {what}");
             }

@@ -30,12 +30,13 @@ pub fn save_tensors(
             });
         }
         let t = t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
-        if t.is_floating_point() && t.numel() > 0 && t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+        if t.is_floating_point()
+            && t.numel() > 0
+            && t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0
+        {
             return Err(GmError::Checkpoint {
                 path: path.display().to_string(),
-                message: format!(
-                    "refusing to save: tensor {name:?} holds NaN or infinite values"
-                ),
+                message: format!("refusing to save: tensor {name:?} holds NaN or infinite values"),
             });
         }
         named.push((name.clone(), t));
@@ -97,7 +98,11 @@ pub fn checksum(tensors: &[(String, Tensor)]) -> Result<String> {
             hasher.update(Vec::<u8>::try_from(&bytes)?);
         }
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// The temporary file a save of `path` writes before renaming it.

@@ -40,13 +40,14 @@ fn parse_toml<C: Config>(text: &str, origin: &str) -> Result<C> {
 /// Deserializes a config from a TOML value, refuses keys it would ignore (see
 /// [`check_no_ignored_keys`]), and validates it.
 pub fn from_toml_value<C: Config>(value: toml::Value, origin: &str) -> Result<C> {
-    let config: C = value
-        .clone()
-        .try_into()
-        .map_err(|e: toml::de::Error| GmError::ConfigParse {
-            path: origin.into(),
-            message: e.to_string(),
-        })?;
+    let config: C =
+        value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| GmError::ConfigParse {
+                path: origin.into(),
+                message: e.to_string(),
+            })?;
     check_no_ignored_keys(&value, &config)?;
     config.validate()?;
     Ok(config)
@@ -57,8 +58,8 @@ pub fn from_toml_value<C: Config>(value: toml::Value, origin: &str) -> Result<C>
 /// serializes every field it has, so any key of the input missing from its serialized form was
 /// ignored. The error names the key with its section.
 pub fn check_no_ignored_keys<C: Serialize>(input: &toml::Value, config: &C) -> Result<()> {
-    let normal = toml::Value::try_from(config)
-        .map_err(|e| GmError::config("<config>", e.to_string()))?;
+    let normal =
+        toml::Value::try_from(config).map_err(|e| GmError::config("<config>", e.to_string()))?;
     let mut ignored = Vec::new();
     collect_ignored(input, &normal, "", &mut ignored);
     match ignored.first() {

@@ -193,7 +193,10 @@ impl Adam {
         if steps.is_floating_point() {
             return Err(GmError::Checkpoint {
                 path: "<state>".into(),
-                message: format!("{prefix}steps must be an integer count, got {:?}", steps.kind()),
+                message: format!(
+                    "{prefix}steps must be an integer count, got {:?}",
+                    steps.kind()
+                ),
             });
         }
         let steps = steps.f_int64_value(&[0])?;

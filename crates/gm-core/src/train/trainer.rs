@@ -227,18 +227,27 @@ impl FiniteGuard {
         })
     }
 
-    fn record(&mut self, out: &crate::model::StepOutput, model: &dyn GenerativeModel) -> Result<()> {
+    fn record(
+        &mut self,
+        out: &crate::model::StepOutput,
+        model: &dyn GenerativeModel,
+    ) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
             for (_, loss) in &out.losses {
-                self.losses_ok = self
-                    .losses_ok
-                    .f_logical_and(&loss.f_isfinite()?.f_all()?.f_to_device(self.losses_ok.device())?)?;
+                self.losses_ok = self.losses_ok.f_logical_and(
+                    &loss
+                        .f_isfinite()?
+                        .f_all()?
+                        .f_to_device(self.losses_ok.device())?,
+                )?;
             }
             for (_, t) in model.state() {
                 if t.is_floating_point() {
-                    self.state_ok = self
-                        .state_ok
-                        .f_logical_and(&t.f_isfinite()?.f_all()?.f_to_device(self.state_ok.device())?)?;
+                    self.state_ok = self.state_ok.f_logical_and(
+                        &t.f_isfinite()?
+                            .f_all()?
+                            .f_to_device(self.state_ok.device())?,
+                    )?;
                 }
             }
             Ok(())

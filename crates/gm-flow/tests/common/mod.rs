@@ -25,14 +25,3 @@ pub fn randn(shape: &[i64], seed: i64) -> Tensor {
     gm_core::tch::manual_seed(seed);
     Tensor::randn(shape, (Kind::Double, Device::Cpu))
 }
-
-/// The data description of a named data set, without loading it.
-#[allow(dead_code)]
-pub fn info_for(dataset: &str) -> gm_core::spec::DataInfo {
-    use gm_core::data::ValueKind;
-    match dataset {
-        "mnist_binary" => gm_core::spec::DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 2 }, 10),
-        "mnist_grey" => gm_core::spec::DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 10),
-        _ => gm_core::spec::DataInfo::new(&[2], ValueKind::Continuous, 0),
-    }
-}
