@@ -258,6 +258,7 @@ impl OutputLock {
                 Ok(mut file) => {
                     write!(file, "{}", std::process::id())
                         .map_err(|e| gm_core::GmError::io(&path, e))?;
+                    release_lock_on_interrupt(&path);
                     return Ok(OutputLock { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -287,6 +288,20 @@ impl OutputLock {
             std::io::Error::other("could not take the output folder's lock"),
         ))
     }
+}
+
+/// On an interrupt or termination signal, removes the lock and exits with status 130: a run's
+/// checkpoints are written atomically, so stopping between them loses nothing, and the next
+/// invocation resumes.
+fn release_lock_on_interrupt(path: &std::path::Path) {
+    let path = path.to_path_buf();
+    let _ = ctrlc::set_handler(move || {
+        let _ = std::fs::remove_file(&path);
+        eprintln!(
+            "gm bench-all: interrupted; finished runs and checkpoints are kept, rerun to resume"
+        );
+        std::process::exit(130);
+    });
 }
 
 impl Drop for OutputLock {
