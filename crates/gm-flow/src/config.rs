@@ -36,6 +36,28 @@ pub enum Architecture {
     },
 }
 
+impl Architecture {
+    /// `(layers, hidden widths, transform)` of the vector architectures (coupling and
+    /// autoregressive); `None` for the multi-scale image flow.
+    pub fn vector_parts(&self) -> Option<(usize, &[i64], &ElementTransform)> {
+        match self {
+            Architecture::Coupling {
+                layers,
+                hidden,
+                transform,
+                ..
+            }
+            | Architecture::Autoregressive {
+                layers,
+                hidden,
+                transform,
+                ..
+            } => Some((*layers, hidden, transform)),
+            Architecture::MultiScale { .. } => None,
+        }
+    }
+}
+
 impl Default for Architecture {
     fn default() -> Self {
         Architecture::Coupling {

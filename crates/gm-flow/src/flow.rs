@@ -250,22 +250,11 @@ fn vector_features(event_shape: &[i64]) -> Result<i64> {
 /// `event_shape` (an estimate for the memory budget, not an exact count).
 fn activations_per_example(config: &FlowConfig, event_shape: &[i64]) -> i128 {
     let d: i128 = event_shape.iter().map(|&x| x as i128).product();
+    if let Some((layers, hidden, transform)) = config.architecture.vector_parts() {
+        let widths: i128 = hidden.iter().map(|&h| h as i128).sum();
+        return layers as i128 * (4 * d + widths + d * transform.params_per_dim() as i128);
+    }
     match &config.architecture {
-        Architecture::Coupling {
-            layers,
-            hidden,
-            transform,
-            ..
-        }
-        | Architecture::Autoregressive {
-            layers,
-            hidden,
-            transform,
-            ..
-        } => {
-            let widths: i128 = hidden.iter().map(|&h| h as i128).sum();
-            *layers as i128 * (4 * d + widths + d * transform.params_per_dim() as i128)
-        }
         Architecture::MultiScale {
             levels,
             steps,
@@ -288,6 +277,7 @@ fn activations_per_example(config: &FlowConfig, event_shape: &[i64]) -> i128 {
             }
             total
         }
+        _ => 0,
     }
 }
 
