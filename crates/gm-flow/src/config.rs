@@ -132,30 +132,19 @@ impl Config for FlowConfig {
                 ));
             }
         }
+        if let Some((layers, hidden, transform)) = self.architecture.vector_parts() {
+            if layers == 0 {
+                return Err(GmError::config("architecture.layers", "must be at least 1"));
+            }
+            if hidden.is_empty() || hidden.iter().any(|h| *h < 1) {
+                return Err(GmError::config(
+                    "architecture.hidden",
+                    "need at least one hidden layer of positive width",
+                ));
+            }
+            return in_section("architecture.transform", transform.validate());
+        }
         match &self.architecture {
-            Architecture::Coupling {
-                layers,
-                hidden,
-                transform,
-                ..
-            }
-            | Architecture::Autoregressive {
-                layers,
-                hidden,
-                transform,
-                ..
-            } => {
-                if *layers == 0 {
-                    return Err(GmError::config("architecture.layers", "must be at least 1"));
-                }
-                if hidden.is_empty() || hidden.iter().any(|h| *h < 1) {
-                    return Err(GmError::config(
-                        "architecture.hidden",
-                        "need at least one hidden layer of positive width",
-                    ));
-                }
-                transform.validate()
-            }
             Architecture::MultiScale {
                 levels,
                 steps,
@@ -181,6 +170,8 @@ impl Config for FlowConfig {
                     0.49,
                 )
             }
+            // The vector architectures were checked above.
+            _ => Ok(()),
         }
     }
 }

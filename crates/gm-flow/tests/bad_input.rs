@@ -245,11 +245,11 @@ fn bad_flow_configs_name_the_key() {
     for (text, key) in [
         (
             "[architecture]\nkind = \"coupling\"\nlayers = 2\nhidden = [8]\nactnorm = false\ntransform = { kind = \"affine\", scale_bound = inf }",
-            "scale_bound",
+            "architecture.transform.scale_bound",
         ),
         (
             "[architecture]\nkind = \"coupling\"\nlayers = 2\nhidden = [8]\nactnorm = false\ntransform = { kind = \"spline\", bins = 8, tail_bound = nan }",
-            "tail_bound",
+            "architecture.transform.tail_bound",
         ),
         ("[optimizer]\nlr = inf", "optimizer.lr"),
         (
