@@ -392,7 +392,10 @@ impl FlowModel {
     /// average, with the raw weights otherwise.
     fn with_weights<R>(&self, weights: WeightChoice, f: impl FnOnce() -> Result<R>) -> Result<R> {
         match (&self.ema, weights) {
-            (Some(ema), WeightChoice::Ema) => ema.with_averaged(f),
+            // Before the first update the average equals the weights; swapping them in then
+            // would also let a data-dependent initialisation (ActNorm) write into the swapped
+            // values and be undone when they are swapped back.
+            (Some(ema), WeightChoice::Ema) if self.optimizer.steps() > 0 => ema.with_averaged(f),
             _ => f(),
         }
     }
