@@ -246,47 +246,56 @@ struct OutputLock {
 
 impl OutputLock {
     fn acquire(out: &std::path::Path) -> gm_core::Result<Self> {
-        use std::io::Write as _;
         std::fs::create_dir_all(out).map_err(|e| gm_core::GmError::io(out, e))?;
         let path = out.join(".gm-bench.lock");
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut file) => {
-                    write!(file, "{}", std::process::id())
-                        .map_err(|e| gm_core::GmError::io(&path, e))?;
-                    release_lock_on_interrupt(&path);
-                    return Ok(OutputLock { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
-                    let alive = owner.trim().parse::<u32>().is_ok_and(|pid| {
-                        pid != std::process::id()
-                            && std::path::Path::new(&format!("/proc/{pid}")).exists()
-                    });
-                    if alive {
-                        return Err(gm_core::GmError::io(
-                            &path,
-                            std::io::Error::other(format!(
-                                "another gm bench-all (process {}) is writing to {}; wait for it to finish or choose another --out",
-                                owner.trim(),
-                                out.display()
-                            )),
-                        ));
+        // The lock appears with its owner's id already in it (written to a private file, then
+        // hard-linked into place, which fails if the lock exists), so no reader sees it empty.
+        let mine = out.join(format!(".gm-bench.lock.{}", std::process::id()));
+        std::fs::write(&mine, std::process::id().to_string())
+            .map_err(|e| gm_core::GmError::io(&mine, e))?;
+        let taken = (|| {
+            for _ in 0..2 {
+                match std::fs::hard_link(&mine, &path) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                        if process_alive(owner.trim()) {
+                            return Err(gm_core::GmError::io(
+                                &path,
+                                std::io::Error::other(format!(
+                                    "another gm bench-all (process {}) is writing to {}; wait for it to finish or choose another --out",
+                                    owner.trim(),
+                                    out.display()
+                                )),
+                            ));
+                        }
+                        // A stale lock from a process that is gone: take it over.
+                        let _ = std::fs::remove_file(&path);
                     }
-                    // A stale lock from a process that died: take it over.
-                    let _ = std::fs::remove_file(&path);
+                    Err(e) => return Err(gm_core::GmError::io(&path, e)),
                 }
-                Err(e) => return Err(gm_core::GmError::io(&path, e)),
             }
-        }
-        Err(gm_core::GmError::io(
-            &path,
-            std::io::Error::other("could not take the output folder's lock"),
-        ))
+            Err(gm_core::GmError::io(
+                &path,
+                std::io::Error::other("could not take the output folder's lock"),
+            ))
+        })();
+        let _ = std::fs::remove_file(&mine);
+        taken?;
+        release_lock_on_interrupt(&path);
+        Ok(OutputLock { path })
+    }
+}
+
+/// Whether process `pid` (as text) exists: `kill -0`, which works wherever `kill` does.
+fn process_alive(pid: &str) -> bool {
+    match pid.parse::<u32>() {
+        Ok(pid) if pid != std::process::id() => std::process::Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
+        _ => false,
     }
 }
 

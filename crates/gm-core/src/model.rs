@@ -395,9 +395,10 @@ pub trait GenerativeModel {
         save_tensors(path, &self.state(), &checkpoint_meta(self))
     }
 
-    /// Loads a file written by [`GenerativeModel::save`], all or nothing: the family and spec
-    /// fingerprint must match, and if any tensor is missing, misshapen or left over, the model's
-    /// state is restored to what it was before the call.
+    /// Loads a file written by [`GenerativeModel::save`], all or nothing: the family must match,
+    /// and the spec fingerprint too when both the file and the model have one (files written
+    /// before fingerprints existed load by family and tensor shapes); if any tensor is missing,
+    /// misshapen or left over, the model's state is restored to what it was before the call.
     fn load(&mut self, path: &Path) -> Result<()> {
         let (mut state, meta) = load_tensors(path)?;
         check_checkpoint_meta(self, &meta, path)?;

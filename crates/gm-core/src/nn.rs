@@ -6,7 +6,7 @@ use crate::{GmError, Result};
 use rand::seq::SliceRandom;
 use rand_chacha::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Kind, Tensor};
 
 /// Element-wise non-linearities.
@@ -107,20 +107,31 @@ impl MlpConfig {
     }
 }
 
+/// A positive integer limit from environment variable `var`, or `default` when it is unset. A
+/// value that is set but is not a positive integer is an error, never silently ignored.
+fn limit_from_env(var: &str, default: i128) -> Result<i128> {
+    match std::env::var(var) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().parse::<i128>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(GmError::config(
+                var,
+                format!("expected a positive whole number (e.g. 4294967296), got {v:?}"),
+            )),
+        },
+    }
+}
+
 /// The largest number of parameters a model may allocate, from `GM_MAX_PARAMETERS` (default
 /// 2³¹, about 8 GiB of float weights): a config that asks for more is refused before anything is
 /// allocated, with the estimate in the message.
-pub fn max_parameters() -> i128 {
-    std::env::var("GM_MAX_PARAMETERS")
-        .ok()
-        .and_then(|v| v.trim().parse::<i128>().ok())
-        .filter(|v| *v > 0)
-        .unwrap_or(1 << 31)
+pub fn max_parameters() -> Result<i128> {
+    limit_from_env("GM_MAX_PARAMETERS", 1 << 31)
 }
 
 /// Refuses `parameters` above [`max_parameters`], naming `what` would need them.
 pub fn check_parameter_budget(parameters: i128, what: &str) -> Result<()> {
-    let limit = max_parameters();
+    let limit = max_parameters()?;
     if parameters > limit {
         return Err(GmError::config(
             "model",
@@ -134,12 +145,8 @@ pub fn check_parameter_budget(parameters: i128, what: &str) -> Result<()> {
 
 /// The largest number of activation values one call may keep for its backward pass, from
 /// `GM_MAX_ACTIVATIONS` (default 2³², about 16 GiB in float32).
-pub fn max_activations() -> i128 {
-    std::env::var("GM_MAX_ACTIVATIONS")
-        .ok()
-        .and_then(|v| v.trim().parse::<i128>().ok())
-        .filter(|v| *v > 0)
-        .unwrap_or(1 << 32)
+pub fn max_activations() -> Result<i128> {
+    limit_from_env("GM_MAX_ACTIVATIONS", 1 << 32)
 }
 
 /// Refuses a batch of `batch` examples of `per_example` activation values each (forward values
@@ -147,7 +154,7 @@ pub fn max_activations() -> i128 {
 /// before anything runs, naming `what` and the estimate.
 pub fn check_activation_budget(batch: i64, per_example: i128, what: &str) -> Result<()> {
     let needed = 2 * batch.max(0) as i128 * per_example;
-    let limit = max_activations();
+    let limit = max_activations()?;
     if needed > limit {
         return Err(GmError::config(
             "batch_size",
@@ -428,14 +435,16 @@ impl Made {
         let mut h = self.layers[0].forward(&x)?;
         match (&self.context, context) {
             (Some(layer), Some(c)) => {
-                if c.dim() != 2 || c.size()[0] != x.size()[0] {
+                let width = layer.ws.size()[1];
+                if c.dim() != 2 || c.size()[0] != x.size()[0] || c.size()[1] != width {
                     return Err(GmError::shape(
                         "Made.forward context",
-                        format!("[{}, C]", x.size()[0]),
+                        format!("[{}, {width}]", x.size()[0]),
                         &c.size(),
                     ));
                 }
-                h = h.f_add(&layer.forward(c))?;
+                let c = to_weight_kind(c, layer.ws.kind(), "Made.forward context")?;
+                h = h.f_add(&c.f_linear(&layer.ws, layer.bs.as_ref())?)?;
             }
             (None, None) => {}
             (Some(_), None) => {

@@ -145,8 +145,9 @@ pub trait ModelSpec: SpecConfig + std::fmt::Debug {
     /// the model cannot describe (e.g. a Bernoulli decoder and 8-bit pixels), naming the key.
     fn build(&self, data: &DataInfo, device: Device) -> Result<Box<dyn GenerativeModel>>;
 
-    /// A fingerprint of the spec: the SHA-256 of its canonical TOML, as hex. Checkpoints carry
-    /// it so that weights never load into a model of another spec.
+    /// A fingerprint of the spec: the first 16 bytes, as hex, of the SHA-256 of its family name
+    /// and canonical TOML. Checkpoints carry it so that weights never load into a model of
+    /// another spec.
     fn fingerprint(&self) -> Result<String> {
         fingerprint_of(self.family(), &self.to_toml()?)
     }

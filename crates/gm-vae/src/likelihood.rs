@@ -124,7 +124,6 @@ impl LikelihoodConfig {
         }
     }
 
-    /// The number of integer levels of the data, for the integer likelihoods.
     /// The data space this likelihood describes: binary values for a Bernoulli, integers
     /// `0..levels` for the discrete ones, real values for a Gaussian.
     pub fn value_kind(&self) -> gm_core::data::ValueKind {
@@ -138,6 +137,7 @@ impl LikelihoodConfig {
         }
     }
 
+    /// The number of integer levels of the data, for the integer likelihoods.
     pub fn levels(&self) -> Option<i64> {
         match self {
             LikelihoodConfig::DiscretizedLogistic { bins, .. } => Some(*bins),

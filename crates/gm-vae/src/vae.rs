@@ -206,16 +206,29 @@ impl VaeNet {
             (ContextConfig::Labels { classes }, Some(c)) => {
                 let size = c.size();
                 if size == [batch] {
+                    gm_core::model::check_labels(c, batch, classes, &format!("{what} labels"))?;
                     let labels = c.f_to_kind(Kind::Int64)?;
-                    let out_of_range = labels.f_lt(0)?.f_logical_or(&labels.f_ge(classes)?)?;
-                    if out_of_range.f_any()?.f_int64_value(&[])? != 0 {
-                        return Err(GmError::Domain(format!(
-                            "{what}: labels must lie in [0, {classes})"
-                        )));
-                    }
                     Ok(Some(labels.f_one_hot(classes)?.f_to_kind(self.kind)?))
                 } else if size == [batch, classes] {
-                    Ok(Some(c.f_to_kind(self.kind)?))
+                    // Soft or one-hot label rows: probabilities, so finite values in [0, 1].
+                    let rows = gm_core::model::check_data(
+                        c,
+                        &[classes],
+                        gm_core::data::ValueKind::Continuous,
+                        &format!("{what} label rows"),
+                    )?;
+                    if rows
+                        .f_lt(0.0)?
+                        .f_logical_or(&rows.f_gt(1.0)?)?
+                        .f_any()?
+                        .f_int64_value(&[])?
+                        != 0
+                    {
+                        return Err(GmError::Domain(format!(
+                            "{what}: label rows must hold probabilities in [0, 1]"
+                        )));
+                    }
+                    Ok(Some(rows.f_to_kind(self.kind)?))
                 } else {
                     Err(GmError::shape(
                         format!("{what} labels"),

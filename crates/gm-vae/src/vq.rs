@@ -691,7 +691,6 @@ impl GenerativeModel for VqVae {
                 * self.config.quantizer.num_codes as i128
             + elements * self.head.params_per_element() as i128;
         gm_core::nn::check_activation_budget(x.size()[0], per_example, "VqVae.train_step")?;
-        self.head.check_support(&x)?;
         let out = self.forward(&x)?;
         let reconstruction = out.likelihood.log_prob(&x)?.f_mean(None::<Kind>)?.f_neg()?;
         let q = &out.quantized;

@@ -181,6 +181,15 @@ fn labels_are_checked_or_ignored() {
     let mut vae = Vae::new(&config, Device::Cpu).unwrap();
     let x = binary(4);
     assert!(error_text(vae.train_step(&Batch::new(x.shallow_clone()))).contains("conditional"));
+    let float_labels = Tensor::from_slice(&[0.0f32, 1.7, 2.0, 1.0]);
+    assert!(
+        error_text(vae.train_step(&Batch::with_labels(x.shallow_clone(), float_labels)))
+            .contains("integers")
+    );
+    let soft = Tensor::full([4, 3], f64::NAN, (Kind::Float, Device::Cpu));
+    assert!(
+        error_text(vae.train_step(&Batch::with_labels(x.shallow_clone(), soft))).contains("NaN")
+    );
     let bad = Tensor::from_slice(&[0i64, 1, 2, 3]);
     assert!(error_text(
         vae.train_step(&Batch::with_labels(x.shallow_clone(), bad.shallow_clone()))

@@ -152,7 +152,7 @@ fn vq_vae_saves_its_prior() {
     bare.save(&no_prior).unwrap();
     let err = with_prior(4).load(&no_prior).unwrap_err().to_string();
     assert!(err.contains("uniform code prior"), "{err}");
-    // A prior over other grids is refused when loading.
+    // A prior over other codes is refused when it is attached.
     let mut other = VqVae::new(&c, Device::Cpu).unwrap();
     let grid = other.code_grid().to_vec();
     assert!(other

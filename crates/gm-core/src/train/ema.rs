@@ -110,9 +110,12 @@ impl Ema {
             .map(|i| &self.shadow[i])
     }
 
-    /// Folds the current weights in, after the optimizer's `step`-th update (1-based).
+    /// Folds the current weights in, after the optimizer's `step`-th update (1-based). Through
+    /// `start_step`, and always on the first update, the average is set to the weights: the
+    /// random initialisation (and layers initialised from the first batch, such as ActNorm)
+    /// never enter the average.
     pub fn update(&mut self, step: u64) -> Result<()> {
-        let follow = step <= self.config.start_step;
+        let follow = step <= self.config.start_step.max(1);
         tch::no_grad(|| -> Result<()> {
             for (s, p) in self.shadow.iter_mut().zip(&self.live) {
                 if follow {
@@ -154,10 +157,16 @@ impl Ema {
 
     /// Restores what [`Ema::state`] produced, by name, checking every shape.
     pub fn load_state(&mut self, prefix: &str, state: &mut StateDict) -> Result<()> {
+        // Take (and so check) every tensor before copying any.
+        let sources = self
+            .names
+            .iter()
+            .zip(&self.shadow)
+            .map(|(n, s)| state.take(&format!("{prefix}{n}"), &s.size()))
+            .collect::<Result<Vec<_>>>()?;
         tch::no_grad(|| -> Result<()> {
-            for (n, s) in self.names.iter().zip(self.shadow.iter_mut()) {
-                let src = state.take(&format!("{prefix}{n}"), &s.size())?;
-                s.f_copy_(&src)?;
+            for (s, src) in self.shadow.iter_mut().zip(&sources) {
+                s.f_copy_(src)?;
             }
             Ok(())
         })

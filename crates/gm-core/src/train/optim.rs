@@ -173,49 +173,49 @@ impl Adam {
         out
     }
 
-    /// Restores what [`Adam::state`] wrote.
+    /// Restores what [`Adam::state`] wrote, checking every tensor (shapes, a non-negative
+    /// integer step count, non-negative second moments) before anything is copied.
     pub fn load_state(&mut self, prefix: &str, state: &mut StateDict) -> Result<()> {
-        tch::no_grad(|| -> Result<()> {
-            for (i, (m, v)) in self
-                .exp_avg
-                .iter_mut()
-                .zip(&mut self.exp_avg_sq)
-                .enumerate()
-            {
-                let src_m = state.take(&format!("{prefix}exp_avg.{i}"), &m.size())?;
-                let src_v = state.take(&format!("{prefix}exp_avg_sq.{i}"), &v.size())?;
-                m.f_copy_(&src_m)?;
-                v.f_copy_(&src_v)?;
+        let bad = |message: String| GmError::Checkpoint {
+            path: "<state>".into(),
+            message,
+        };
+        let mut moments = Vec::with_capacity(self.exp_avg.len());
+        for (i, (m, v)) in self.exp_avg.iter().zip(&self.exp_avg_sq).enumerate() {
+            let src_m = state.take(&format!("{prefix}exp_avg.{i}"), &m.size())?;
+            let src_v = state.take(&format!("{prefix}exp_avg_sq.{i}"), &v.size())?;
+            if src_v.numel() > 0 && src_v.f_min()?.f_double_value(&[])? < 0.0 {
+                return Err(bad(format!(
+                    "{prefix}exp_avg_sq.{i} holds negative values; a second moment cannot be negative"
+                )));
             }
-            Ok(())
-        })?;
+            moments.push((src_m, src_v));
+        }
         let steps = state.take(&format!("{prefix}steps"), &[1])?;
         if steps.is_floating_point() {
-            return Err(GmError::Checkpoint {
-                path: "<state>".into(),
-                message: format!(
-                    "{prefix}steps must be an integer count, got {:?}",
-                    steps.kind()
-                ),
-            });
+            return Err(bad(format!(
+                "{prefix}steps must be an integer count, got {:?}",
+                steps.kind()
+            )));
         }
         let steps = steps.f_int64_value(&[0])?;
         if steps < 0 {
-            return Err(GmError::Checkpoint {
-                path: "<state>".into(),
-                message: format!("{prefix}steps is {steps}; a step count cannot be negative"),
-            });
+            return Err(bad(format!(
+                "{prefix}steps is {steps}; a step count cannot be negative"
+            )));
         }
-        for v in &self.exp_avg_sq {
-            if v.numel() > 0 && v.f_min()?.f_double_value(&[])? < 0.0 {
-                return Err(GmError::Checkpoint {
-                    path: "<state>".into(),
-                    message: format!(
-                        "{prefix}exp_avg_sq holds negative values; a second moment cannot be negative"
-                    ),
-                });
+        tch::no_grad(|| -> Result<()> {
+            for ((m, v), (src_m, src_v)) in self
+                .exp_avg
+                .iter_mut()
+                .zip(self.exp_avg_sq.iter_mut())
+                .zip(&moments)
+            {
+                m.f_copy_(src_m)?;
+                v.f_copy_(src_v)?;
             }
-        }
+            Ok(())
+        })?;
         self.steps = steps;
         Ok(())
     }

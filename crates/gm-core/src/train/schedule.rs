@@ -11,7 +11,8 @@ pub enum LrSchedule {
     #[default]
     Constant,
     /// Linear warm-up from 0 over `warmup_steps`, then cosine decay that reaches `min_ratio` on
-    /// the last step of the run, step `total_steps - 1` (0-based), and stays there.
+    /// the last step of the run, step `total_steps - 1` (0-based), and stays there. (A warm-up
+    /// that fills the whole run leaves no room to decay: it ends at the peak rate.)
     WarmupCosine {
         warmup_steps: u64,
         total_steps: u64,
@@ -31,7 +32,7 @@ impl Config for LrSchedule {
                 return Err(GmError::config(
                     "total_steps",
                     format!(
-                        "need 0 < warmup_steps ({warmup_steps}) <= total_steps ({total_steps})"
+                        "need total_steps > 0 and warmup_steps ({warmup_steps}) <= total_steps ({total_steps})"
                     ),
                 ));
             }
