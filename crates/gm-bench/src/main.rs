@@ -309,7 +309,11 @@ fn release_lock_on_interrupt(path: &std::path::Path) {
         eprintln!(
             "gm bench-all: interrupted; finished runs and checkpoints are kept, rerun to resume"
         );
-        std::process::exit(130);
+        // `_exit`, not `exit`: running the process's exit handlers would tear libtorch down
+        // while the main thread is still training, and the run in progress would be recorded
+        // as failed with a spurious libtorch error.
+        // SAFETY: `_exit` ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(130) }
     });
 }
 
