@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::single_thread;
+use common::{mlp, single_thread};
 use gm_core::distributions::Distribution;
 use gm_core::model::{Batch, GenerativeModel, SampleOptions};
-use gm_core::nn::{Activation, MlpConfig};
+use gm_core::nn::Activation;
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::testing::{assert_states_identical, error_text, state_snapshot};
 use gm_core::train::Config;
@@ -14,13 +14,6 @@ use gm_vae::{
     ContextConfig, ConvNetConfig, LikelihoodConfig, NetworkConfig, Vae, VaeConfig, VqVae,
     VqVaeConfig,
 };
-
-fn mlp(hidden: &[i64]) -> NetworkConfig {
-    NetworkConfig::Mlp(MlpConfig {
-        hidden: hidden.to_vec(),
-        activation: Activation::Relu,
-    })
-}
 
 fn small() -> VaeConfig {
     VaeConfig {

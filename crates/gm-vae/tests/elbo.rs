@@ -4,23 +4,15 @@
 
 mod common;
 
-use common::{mnist_like_binary, single_thread};
+use common::{mlp, mnist_like_binary, single_thread};
 use gm_core::distributions::Distribution;
 use gm_core::kl::kl_monte_carlo;
 use gm_core::model::{Batch, GenerativeModel};
-use gm_core::nn::{Activation, MlpConfig};
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::testing::assert_kl_matches_monte_carlo;
-use gm_vae::{Likelihood, NetworkConfig, ObjectiveConfig, Vae, VaeConfig};
+use gm_vae::{Likelihood, ObjectiveConfig, Vae, VaeConfig};
 use proptest::prelude::*;
 use std::f64::consts::{LN_2, PI};
-
-fn mlp(hidden: &[i64]) -> NetworkConfig {
-    NetworkConfig::Mlp(MlpConfig {
-        hidden: hidden.to_vec(),
-        activation: Activation::Relu,
-    })
-}
 
 fn small_config(data: i64, latent: i64) -> VaeConfig {
     VaeConfig {

@@ -2,12 +2,11 @@
 
 mod common;
 
-use common::{single_thread, tmp_dir};
+use common::{mlp, single_thread, tmp_dir};
 use gm_core::data::toy::ToyDataset;
 use gm_core::data::ValueKind;
 use gm_core::distributions::Distribution;
 use gm_core::model::{Batch, GenerativeModel};
-use gm_core::nn::{Activation, MlpConfig};
 use gm_core::spec::{DataInfo, ModelSpec, Registry};
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::train::{Config, TrainConfig, Trainer};
@@ -15,13 +14,6 @@ use gm_core::GmError;
 use gm_vae::{ConvNetConfig, LikelihoodConfig, NetworkConfig, Vae, VaeConfig, VqVae, VqVaeConfig};
 use proptest::prelude::*;
 use std::path::Path;
-
-fn mlp(hidden: &[i64]) -> NetworkConfig {
-    NetworkConfig::Mlp(MlpConfig {
-        hidden: hidden.to_vec(),
-        activation: Activation::Relu,
-    })
-}
 
 fn small_config() -> VaeConfig {
     VaeConfig {

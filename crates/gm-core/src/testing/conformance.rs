@@ -247,7 +247,7 @@ fn check_batch_independence(case: &ConformanceCase) {
         .train_step(&batch_of(case, 0, case.batch_size))
         .unwrap_or_else(|e| panic!("{name}: train_step failed: {e}"));
     let m = model.as_ref();
-    let size = 2 * case.batch_size.min(case.x.size()[0] / 2).max(1) / 2 * 2;
+    let size = 2 * case.batch_size.min(case.x.size()[0] / 2).max(1);
     let half = size / 2;
     let x = rows(case.x, 0, size);
     let labels = case.labels.map(|l| rows(l, 0, size));

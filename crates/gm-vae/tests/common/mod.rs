@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use gm_core::nn::{Activation, MlpConfig};
 use gm_core::tch::{nn, Device, Kind, Tensor};
+use gm_vae::NetworkConfig;
 use std::f64::consts::PI;
 
 /// Runs libtorch on one thread: the test tensors are small, and two threads spinning on a
@@ -75,4 +77,12 @@ pub fn mean_and_stderr(t: &Tensor) -> (f64, f64) {
         t.mean(Kind::Double).double_value(&[]),
         t.std(true).double_value(&[]) / n.sqrt(),
     )
+}
+
+/// An MLP network with ReLU activations and the given hidden widths.
+pub fn mlp(hidden: &[i64]) -> NetworkConfig {
+    NetworkConfig::Mlp(MlpConfig {
+        hidden: hidden.to_vec(),
+        activation: Activation::Relu,
+    })
 }
