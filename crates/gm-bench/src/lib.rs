@@ -7,9 +7,15 @@
 //!   `suite.toml`; models are built through gm-core's registry of family specs.
 //! - [`runner`]: trains one entry through gm-core's `Trainer` (resuming from its checkpoint,
 //!   keyed by a hash of its configuration), evaluates it, and survives a failing entry.
-//! - [`metrics`]: negative log-likelihoods, the gap to a toy set's true entropy, throughput.
+//! - [`metrics`]: negative log-likelihoods, the gap to a toy set's true entropy, sample
+//!   distances to held-out data (with the data's own floor), throughput.
+//! - [`classifier`], [`image_metrics`]: a digit classifier trained once and cached in the data
+//!   folder, and the Fréchet distance, class balance and conditional accuracy of image samples
+//!   in its features.
 //! - [`report`]: the three report files.
 
+pub mod classifier;
+pub mod image_metrics;
 pub mod images;
 pub mod metrics;
 pub mod report;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use gm_bench::report::{self, Report};
 use gm_bench::runner::{failed_result, run_entry, stored_result, RunResult};
 use gm_bench::suite::{registry, suite, suite_from, Entry, Profile};
+use gm_bench::classifier::DigitClassifier;
 use gm_core::data::{load_named, NamedData};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -131,6 +132,7 @@ fn bench_all(
     );
     let mut data_cache: HashMap<String, NamedData> = HashMap::new();
     let mut fresh: HashMap<String, RunResult> = HashMap::new();
+    let mut classifier: Option<gm_core::Result<DigitClassifier>> = None;
     for entry in &entries {
         bar.set_message(entry.id.clone());
         if !data_cache.contains_key(&entry.dataset) {
@@ -156,7 +158,24 @@ fn bench_all(
                 }
             }
         }
-        let result = run_entry(entry, &data_cache[&entry.dataset], &out, device);
+        let data = &data_cache[&entry.dataset];
+        // The digit classifier judges image samples; trained once, cached in the data folder.
+        if classifier.is_none() && data.toy.is_none() && data.event_shape == [1, 28, 28] {
+            bar.set_message(format!("{}: loading the digit classifier", entry.id));
+            classifier = Some(
+                gm_core::data::mnist::Mnist::load_default()
+                    .and_then(|m| DigitClassifier::load_or_train(&m)),
+            );
+        }
+        let judge = match &classifier {
+            Some(Ok(c)) if data.toy.is_none() => Some(c),
+            Some(Err(e)) if data.toy.is_none() => {
+                bar.suspend(|| eprintln!("{}: no image metrics: the digit classifier failed: {e}", entry.id));
+                None
+            }
+            _ => None,
+        };
+        let result = run_entry(entry, data, &out, device, judge);
         bar.suspend(|| eprintln!("{}", summary_line(entry, &result)));
         fresh.insert(entry.id.clone(), result);
         bar.inc(1);
@@ -188,6 +207,24 @@ fn bench_all(
     }
 }
 
+/// The image metrics of a result for its summary line, or nothing.
+fn image_summary(result: &RunResult) -> String {
+    match &result.image_metrics {
+        Some(m) => {
+            let (lo, hi) = gm_bench::report::share_range(&m.class_shares);
+            let accuracy = m
+                .conditional_accuracy
+                .map(|a| format!(", conditional accuracy {a:.3}"))
+                .unwrap_or_default();
+            format!(
+                ", Fréchet distance {:.2} (reference {:.2}), class shares {lo:.3}–{hi:.3}{accuracy}",
+                m.frechet_distance, m.frechet_distance_reference
+            )
+        }
+        None => String::new(),
+    }
+}
+
 fn summary_line(entry: &Entry, result: &RunResult) -> String {
     match (&result.status[..], result.nll_nats, result.gap_nats) {
         ("ok", Some(n), Some(g)) => format!(
@@ -195,12 +232,32 @@ fn summary_line(entry: &Entry, result: &RunResult) -> String {
             entry.id, result.train_seconds
         ),
         ("ok", Some(n), None) => format!(
-            "{}: NLL {n:.2} nats, {:.4} bits/dim ({:.0} s)",
+            "{}: NLL {n:.2} nats, {:.4} bits/dim{} ({:.0} s)",
             entry.id,
             result.bits_per_dim.unwrap_or(0.0),
+            image_summary(result),
             result.train_seconds
         ),
-        ("ok", None, _) => format!("{}: done", entry.id),
+        ("ok", None, _) => match &result.sample_metrics {
+            Some(m) => format!(
+                "{}: energy distance {:.4} (data floor {:.4}){} ({:.0} s)",
+                entry.id,
+                m.energy_distance,
+                m.energy_distance_floor,
+                match (m.modes_covered, m.modes, m.high_quality_share) {
+                    (Some(c), Some(k), Some(q)) =>
+                        format!(", modes {c}/{k}, high-quality share {q:.3}"),
+                    _ => String::new(),
+                },
+                result.train_seconds
+            ),
+            None => format!(
+                "{}: done{} ({:.0} s)",
+                entry.id,
+                image_summary(result),
+                result.train_seconds
+            ),
+        },
         _ => format!(
             "{}: FAILED: {}",
             entry.id,

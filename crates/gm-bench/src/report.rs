@@ -59,7 +59,7 @@ pub fn markdown(report: &Report) -> String {
         "| model | data set | test NLL | entropy | gap | steps | train s | params |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-    for r in report.results.iter().filter(|r| toy(r)) {
+    for r in report.results.iter().filter(|r| toy(r) && r.nll_nats.is_some()) {
         let _ = writeln!(
             s,
             "| {} {} | {} | {} | {} ± {} | **{}** | {} | {:.0} | {} |",
@@ -75,9 +75,53 @@ pub fn markdown(report: &Report) -> String {
             r.parameters
         );
     }
-    let _ = writeln!(s, "\n## MNIST (9,000 train / 1,000 test digits)\n");
-    let _ = writeln!(s, "| model | data | test NLL (nats) | bits/dim | kind | steps | train s | train ex/s | params |");
+    let _ = writeln!(
+        s,
+        "\n## 2D toy sets: samples against held-out data\n\nEach distance compares {} model samples with held-out data; `floor` is the same distance from as many training examples, what a perfect model scores. Modes: modes covered (a quarter of their fair share within 3σ) and the share of samples within 3σ of a mode.\n",
+        report
+            .results
+            .iter()
+            .find_map(|r| r.sample_metrics.as_ref().map(|m| m.n))
+            .unwrap_or(0)
+    );
+    let _ = writeln!(
+        s,
+        "| model | data set | energy distance (floor) | MMD² (floor) | sliced W2 (floor) | modes | high-quality share (data) | samples/s | warnings |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    for r in &report.results {
+        let Some(m) = &r.sample_metrics else { continue };
+        let _ = writeln!(
+            s,
+            "| {} {} | {} | {:.4} ({:.4}) | {:.5} ({:.5}) | {:.4} ({:.4}) | {} | {} | {:.0} | {} |",
+            r.family,
+            r.model,
+            r.dataset,
+            m.energy_distance,
+            m.energy_distance_floor,
+            m.mmd,
+            m.mmd_floor,
+            m.sliced_wasserstein,
+            m.sliced_wasserstein_floor,
+            match (m.modes_covered, m.modes) {
+                (Some(c), Some(k)) => format!("{c}/{k}"),
+                _ => "–".into(),
+            },
+            match (m.high_quality_share, m.high_quality_share_floor) {
+                (Some(q), Some(f)) => format!("{q:.3} ({f:.3})"),
+                _ => "–".into(),
+            },
+            r.samples_per_second,
+            if r.warnings.is_empty() {
+                "–".to_string()
+            } else {
+                r.warnings.join("; ")
+            }
+        );
+    }
+    let _ = writeln!(s, "\n## MNIST (9,000 train / 1,000 test digits)\n");
+    let _ = writeln!(s, "| model | data | test NLL (nats) | bits/dim | kind | Fréchet distance | precision / recall / density / coverage | class shares | conditional accuracy | samples/s | steps | train s | train ex/s | params |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in report
         .results
         .iter()
@@ -85,17 +129,42 @@ pub fn markdown(report: &Report) -> String {
     {
         let _ = writeln!(
             s,
-            "| {} {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} |",
+            "| {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.0} | {} |",
             r.family,
             r.model,
             r.dataset,
             fmt(r.nll_nats, 2),
             fmt(r.bits_per_dim, 4),
             r.nll_kind.as_deref().unwrap_or("none"),
+            fmt(r.image_metrics.as_ref().map(|m| m.frechet_distance), 2),
+            r.image_metrics
+                .as_ref()
+                .map(|m| fidelity_text(&m.fidelity))
+                .unwrap_or_else(|| "–".into()),
+            r.image_metrics
+                .as_ref()
+                .map(|m| {
+                    let (lo, hi) = share_range(&m.class_shares);
+                    format!("{lo:.3}–{hi:.3}")
+                })
+                .unwrap_or_else(|| "–".into()),
+            fmt(r.image_metrics.as_ref().and_then(|m| m.conditional_accuracy), 3),
+            r.samples_per_second,
             r.steps,
             r.train_seconds,
             r.train_examples_per_second,
             r.parameters
+        );
+    }
+    if let Some(m) = report.results.iter().find_map(|r| r.image_metrics.as_ref()) {
+        let _ = writeln!(
+            s,
+            "\nImage metrics use {} samples per model and a digit classifier trained once on the training digits (held-out accuracy {:.3} grey, {:.3} binarised): the Fréchet distance to the held-out digits in its 128 features (held-out against training digits: {:.2}, what a perfect model scores); precision, recall, density and coverage against the held-out digits with 5-nearest-neighbour balls (training digits: {}); the lowest and highest share of any digit among the samples (0.1 each for the data), and for conditional models the share of samples classified as the label they were drawn for.",
+            m.n,
+            m.classifier_test_accuracy,
+            m.classifier_binary_test_accuracy,
+            m.frechet_distance_reference,
+            fidelity_text(&m.fidelity_reference)
         );
     }
     let failed: Vec<&RunResult> = report.results.iter().filter(|r| r.status != "ok").collect();
@@ -112,6 +181,20 @@ pub fn markdown(report: &Report) -> String {
     }
     let _ = writeln!(s, "\n`upper_bound`: the NLL is an upper bound (dequantised flows, ELBO/IWAE); `exact`: exact likelihood.");
     s
+}
+
+fn fidelity_text(f: &crate::image_metrics::Fidelity) -> String {
+    format!(
+        "{:.2} / {:.2} / {:.2} / {:.2}",
+        f.precision, f.recall, f.density, f.coverage
+    )
+}
+
+/// The smallest and largest class share.
+pub fn share_range(shares: &[f64]) -> (f64, f64) {
+    shares
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &s| (lo.min(s), hi.max(s)))
 }
 
 fn escape(s: &str) -> String {
@@ -163,12 +246,12 @@ pub fn html(report: &Report) -> String {
         report.threads,
         report.total_seconds
     );
-    s.push_str("<table><tr><th>run</th><th>test NLL (nats)</th><th>bits/dim</th><th>kind</th><th>entropy / gap</th><th>steps</th><th>train s</th><th>params</th><th>training curve</th><th>samples</th></tr>");
+    s.push_str("<table><tr><th>run</th><th>test NLL (nats)</th><th>bits/dim</th><th>kind</th><th>entropy / gap</th><th>samples vs held-out data</th><th>steps</th><th>train s</th><th>params</th><th>training curve</th><th>samples</th></tr>");
     for r in &report.results {
         if r.status != "ok" {
             let _ = write!(
                 s,
-                "<tr class=\"failed\"><td>{}</td><td colspan=\"9\">failed: {}</td></tr>",
+                "<tr class=\"failed\"><td>{}</td><td colspan=\"10\">failed: {}</td></tr>",
                 escape(&r.id),
                 escape(r.error.as_deref().unwrap_or(""))
             );
@@ -178,6 +261,37 @@ pub fn html(report: &Report) -> String {
             (Some(h), Some(g)) => format!("{h:.3} / <b>{g:.3}</b>"),
             _ => "–".into(),
         };
+        let mut sample_cell = r
+            .sample_metrics
+            .as_ref()
+            .map(|m| {
+                let modes = match (m.modes_covered, m.modes, m.high_quality_share) {
+                    (Some(c), Some(k), Some(q)) => format!("<br>modes {c}/{k}, high quality {q:.3}"),
+                    _ => String::new(),
+                };
+                format!(
+                    "energy {:.4} (floor {:.4})<br>MMD² {:.5} (floor {:.5}){modes}",
+                    m.energy_distance, m.energy_distance_floor, m.mmd, m.mmd_floor
+                )
+            })
+            .unwrap_or_else(|| "–".into());
+        if let Some(m) = &r.image_metrics {
+            let (lo, hi) = share_range(&m.class_shares);
+            if sample_cell == "–" {
+                sample_cell.clear();
+            }
+            let _ = write!(
+                sample_cell,
+                "Fréchet distance {:.2} (reference {:.2})<br>class shares {lo:.3}–{hi:.3}",
+                m.frechet_distance, m.frechet_distance_reference
+            );
+            if let Some(a) = m.conditional_accuracy {
+                let _ = write!(sample_cell, "<br>conditional accuracy {a:.3}");
+            }
+        }
+        for w in &r.warnings {
+            let _ = write!(sample_cell, "<br><span class=\"failed\">{}</span>", escape(w));
+        }
         let img = r
             .samples_png
             .as_deref()
@@ -185,9 +299,9 @@ pub fn html(report: &Report) -> String {
             .unwrap_or_default();
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&r.id), fmt(r.nll_nats, 3), fmt(r.bits_per_dim, 4), r.nll_kind.as_deref().unwrap_or("none"),
-            entropy, r.steps, r.train_seconds, r.parameters, svg_curve(&r.curve), img
+            entropy, sample_cell, r.steps, r.train_seconds, r.parameters, svg_curve(&r.curve), img
         );
     }
     s.push_str("</table></body></html>\n");

@@ -5,7 +5,9 @@
 //! (or reuses its finished result), a changed one starts afresh. A failing entry is recorded
 //! with its error and the suite goes on.
 
-use crate::metrics::{test_nll, Nll};
+use crate::classifier::DigitClassifier;
+use crate::image_metrics::{image_metrics, ImageMetrics};
+use crate::metrics::{sample_metrics, test_nll, Nll, SampleMetrics};
 use crate::suite::Entry;
 use gm_core::data::NamedData;
 use gm_core::tch::{Device, Kind};
@@ -45,6 +47,18 @@ pub struct RunResult {
     pub curve: Vec<(u64, f64)>,
     /// The samples picture, relative to the output folder.
     pub samples_png: Option<String>,
+    /// Sample distances to held-out data (vector data sets), with the data's own floor.
+    #[serde(default)]
+    pub sample_metrics: Option<SampleMetrics>,
+    /// Image samples judged by the digit classifier (MNIST data sets).
+    #[serde(default)]
+    pub image_metrics: Option<ImageMetrics>,
+    /// Every statistic of the last logged training step.
+    #[serde(default)]
+    pub final_stats: Vec<(String, f64)>,
+    /// Signs of a failing run read from its training statistics (e.g. a GAN's collapse).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 pub fn config_hash(entry: &Entry) -> String {
@@ -68,8 +82,15 @@ pub fn stored_result(entry: &Entry, out: &Path) -> Option<RunResult> {
 }
 
 /// Runs `entry` on `data`, never failing: errors and panics become a `failed` result. A
-/// finished result of the same config is reused.
-pub fn run_entry(entry: &Entry, data: &NamedData, out: &Path, device: Device) -> RunResult {
+/// finished result of the same config is reused. With a `classifier`, image samples are
+/// judged by it too.
+pub fn run_entry(
+    entry: &Entry,
+    data: &NamedData,
+    out: &Path,
+    device: Device,
+    classifier: Option<&DigitClassifier>,
+) -> RunResult {
     let hash = config_hash(entry);
     let dir = run_dir(out, entry, &hash);
     let cached = dir.join("result.json");
@@ -77,7 +98,7 @@ pub fn run_entry(entry: &Entry, data: &NamedData, out: &Path, device: Device) ->
         return result;
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        train_and_evaluate(entry, data, &dir, out, device)
+        train_and_evaluate(entry, data, &dir, out, device, classifier)
     }));
     let mut result = match outcome {
         Ok(Ok(r)) => r,
@@ -123,6 +144,10 @@ pub fn failed_result(entry: &Entry, error: String) -> RunResult {
         samples_per_second: 0.0,
         curve: vec![],
         samples_png: None,
+        sample_metrics: None,
+        image_metrics: None,
+        final_stats: vec![],
+        warnings: vec![],
     }
 }
 
@@ -132,6 +157,7 @@ fn train_and_evaluate(
     dir: &Path,
     out: &Path,
     device: Device,
+    classifier: Option<&DigitClassifier>,
 ) -> Result<RunResult> {
     std::fs::create_dir_all(dir).map_err(|e| GmError::io(dir, e))?;
     std::fs::write(dir.join("config.toml"), &entry.config_text).map_err(|e| GmError::io(dir, e))?;
@@ -175,9 +201,35 @@ fn train_and_evaluate(
     };
 
     let n_samples = if data.toy.is_some() { 2000 } else { 64 };
+    gm_core::device::seed_torch(gm_core::device::derive_seed(entry.run.train.seed, 0x5A3B));
     let started = Instant::now();
     let samples = gm_core::tch::no_grad(|| model.sample(n_samples))?;
     let samples_per_second = n_samples as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let sample_metrics = match data.toy {
+        Some(set) => Some(sample_metrics(
+            &samples,
+            &data.train.x,
+            &data.test.x,
+            set.modes(device)?.as_ref(),
+        )?),
+        None => None,
+    };
+    let image_metrics = match (classifier, data.values) {
+        (Some(c), gm_core::data::ValueKind::Discrete { levels })
+            if data.toy.is_none() && data.event_shape == [1, 28, 28] =>
+        {
+            gm_core::device::seed_torch(gm_core::device::derive_seed(entry.run.train.seed, 0x1A6E));
+            Some(image_metrics(
+                model.as_ref(),
+                c,
+                &data.train.x,
+                &data.test.x,
+                (levels - 1) as f64,
+                1000,
+            )?)
+        }
+        _ => None,
+    };
     let images = out.join("images");
     std::fs::create_dir_all(&images).map_err(|e| GmError::io(&images, e))?;
     let png = format!("images/{}.png", entry.id.replace('/', "_"));
@@ -221,5 +273,16 @@ fn train_and_evaluate(
         samples_per_second,
         curve,
         samples_png: Some(png),
+        sample_metrics,
+        image_metrics,
+        final_stats: history
+            .points
+            .last()
+            .map(|(_, values)| values.clone())
+            .unwrap_or_default(),
+        warnings: gm_gan::collapse_signs(&history.points)
+            .iter()
+            .map(|sign| sign.to_string())
+            .collect(),
     })
 }

@@ -15,6 +15,7 @@ pub fn registry() -> Registry {
     let mut registry = Registry::new();
     gm_flow::register(&mut registry);
     gm_vae::register(&mut registry);
+    gm_gan::register(&mut registry);
     registry
 }
 

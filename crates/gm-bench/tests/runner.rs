@@ -68,8 +68,8 @@ fn failures_are_recorded_not_fatal() {
     let out = out_dir("fail");
     let erroring = entry("test/error/two_moons", false);
     let panicking = entry("test/panic/two_moons", true);
-    let a = run_entry(&erroring, &data, &out, Device::Cpu);
-    let b = run_entry(&panicking, &data, &out, Device::Cpu);
+    let a = run_entry(&erroring, &data, &out, Device::Cpu, None);
+    let b = run_entry(&panicking, &data, &out, Device::Cpu, None);
     assert_eq!(a.status, "failed");
     assert!(a.error.as_deref().unwrap().contains("no such model"));
     assert_eq!(b.status, "failed");
@@ -107,14 +107,14 @@ fn a_real_entry_trains_and_is_reused() {
     e.run.train.batch_size = 64;
     e.run.train.log_every = 1;
     e.config_text.push_str("\n# shortened for the test\n");
-    let first = run_entry(&e, &data, &out, Device::Cpu);
+    let first = run_entry(&e, &data, &out, Device::Cpu, None);
     assert_eq!(first.status, "ok", "{:?}", first.error);
     assert_eq!(first.nll_kind.as_deref(), Some("exact"));
     assert_eq!(first.curve.len(), 3);
     assert!(first.gap_nats.unwrap().is_finite());
     assert!(out.join(first.samples_png.as_deref().unwrap()).exists());
     // A second run of the same config reuses the finished result.
-    let again = run_entry(&e, &data, &out, Device::Cpu);
+    let again = run_entry(&e, &data, &out, Device::Cpu, None);
     assert_eq!(again.nll_nats, first.nll_nats);
     assert_eq!(again.train_seconds, first.train_seconds);
     // Changing the config changes the hash, hence the run folder.
@@ -164,6 +164,20 @@ fn budgets_are_applied_by_the_specs() {
                         .model_config::<gm_flow::FlowConfig>()
                         .unwrap()
                         .schedule
+                }
+                "gan" => {
+                    let c: gm_gan::GanConfig = e.run.model_config().unwrap();
+                    // The average counts generator updates: one per n_critic steps.
+                    if let Some(ema) = &c.ema {
+                        assert!(
+                            ema.start_step < steps / c.n_critic,
+                            "{}: EMA start {} of {} generator updates",
+                            e.id,
+                            ema.start_step,
+                            steps / c.n_critic
+                        );
+                    }
+                    c.lr_schedule
                 }
                 other => panic!("unexpected family {other}"),
             };
@@ -299,7 +313,7 @@ fn non_finite_metrics_fail_the_run() {
     let mut e = entry("test/nan/two_moons", false);
     e.run.model = Box::new(NanSpec {});
     e.config_text = "nan = true".into();
-    let result = run_entry(&e, &data, &out, Device::Cpu);
+    let result = run_entry(&e, &data, &out, Device::Cpu, None);
     assert_eq!(result.status, "failed");
     let error = result.error.as_deref().unwrap();
     assert!(error.contains("non-finite test NLL"), "{error}");

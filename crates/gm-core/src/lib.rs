@@ -25,6 +25,7 @@ pub mod device;
 pub mod distributions;
 pub mod error;
 pub mod kl;
+pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod spec;

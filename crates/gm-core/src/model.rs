@@ -226,6 +226,15 @@ impl SampleOptions {
     }
 }
 
+/// The leading (batch) dimension of `t`, or a shape error naming `what` for a 0-dimensional
+/// tensor (`expected` describes the shape wanted, e.g. `"[batch, features]"`).
+pub fn leading_dim(t: &Tensor, expected: &str, what: &str) -> Result<i64> {
+    match t.size().first() {
+        Some(&n) => Ok(n),
+        None => Err(GmError::shape(what, expected, &t.size())),
+    }
+}
+
 /// Checks that `labels` are `[n]` integers in `0..classes`.
 pub fn check_labels(labels: &Tensor, n: i64, classes: i64, what: &str) -> Result<()> {
     if labels.size() != [n] {

@@ -6,7 +6,7 @@
 pub mod conformance;
 
 pub use conformance::{
-    assert_refuses_data, assert_states_identical, check_conformance, state_snapshot,
+    assert_refuses_data, assert_states_identical, check_conformance, example_data, state_snapshot,
     ConformanceCase,
 };
 

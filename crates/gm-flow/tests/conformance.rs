@@ -7,7 +7,7 @@ mod common;
 use gm_core::data::ValueKind;
 use gm_core::spec::{DataInfo, ModelSpec, Registry};
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::testing::{assert_refuses_data, check_conformance, ConformanceCase};
+use gm_core::testing::{assert_refuses_data, check_conformance, example_data, ConformanceCase};
 use gm_flow::{register, Architecture, FlowConfig, SHIPPED_CONFIGS};
 
 /// The same architecture at a size a CPU test affords.
@@ -30,20 +30,6 @@ fn shrink(mut config: FlowConfig) -> FlowConfig {
     config
 }
 
-fn data_for(info: &DataInfo, n: i64) -> Tensor {
-    gm_core::tch::manual_seed(42);
-    match info.values {
-        ValueKind::Continuous => gm_core::data::toy::ToyDataset::TwoMoons
-            .sample(n, Device::Cpu)
-            .unwrap(),
-        ValueKind::Discrete { levels } => {
-            let shape: Vec<i64> = std::iter::once(n)
-                .chain(info.event_shape.iter().copied())
-                .collect();
-            Tensor::randint(levels as i64, shape.as_slice(), (Kind::Float, Device::Cpu))
-        }
-    }
-}
 
 fn registry() -> Registry {
     let mut r = Registry::new();
@@ -61,7 +47,7 @@ fn every_shipped_flow_conforms() {
             .unwrap();
         let spec = shrink(config);
         let info = gm_core::data::named_info(&run.dataset).unwrap();
-        let x = data_for(&info, 32);
+        let x = example_data(&info, 32);
         let labels = Tensor::randint(10, [32], (Kind::Int64, Device::Cpu));
         check_conformance(&ConformanceCase {
             name,
@@ -86,7 +72,7 @@ fn conditional_flow_with_ema_conforms() {
         start_step: 1,
     });
     let info = DataInfo::new(&[2], ValueKind::Continuous, 3);
-    let x = data_for(&info, 32);
+    let x = example_data(&info, 32);
     gm_core::tch::manual_seed(3);
     let labels = Tensor::randint(3, [32], (Kind::Int64, Device::Cpu));
     check_conformance(&ConformanceCase {
@@ -186,7 +172,7 @@ fn ema_starts_after_actnorm_initialisation() {
     let info = gm_core::data::named_info("two_moons").unwrap();
     gm_core::tch::manual_seed(8);
     let mut model = spec.build(&info, Device::Cpu).unwrap();
-    let x = data_for(&info, 64) * 3.0 + 5.0;
+    let x = example_data(&info, 64) * 3.0 + 5.0;
     let sample = |m: &dyn gm_core::model::GenerativeModel, w| {
         m.sample_with(16, &gm_core::model::SampleOptions::new().seed(3).weights(w))
             .unwrap()

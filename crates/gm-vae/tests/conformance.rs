@@ -10,25 +10,11 @@ use gm_core::data::ValueKind;
 use gm_core::model::{GenerativeModel, LikelihoodKind};
 use gm_core::spec::{DataInfo, ModelSpec, Registry};
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::testing::{assert_refuses_data, check_conformance, ConformanceCase};
+use gm_core::testing::{assert_refuses_data, check_conformance, example_data, ConformanceCase};
 use gm_vae::{
     ContextConfig, LikelihoodConfig, NetworkConfig, VaeConfig, VqVae, VqVaeConfig, SHIPPED_CONFIGS,
 };
 
-fn data_for(info: &DataInfo, n: i64) -> Tensor {
-    gm_core::tch::manual_seed(42);
-    let shape: Vec<i64> = std::iter::once(n)
-        .chain(info.event_shape.iter().copied())
-        .collect();
-    match info.values {
-        ValueKind::Continuous => gm_core::data::toy::ToyDataset::TwoMoons
-            .sample(n, Device::Cpu)
-            .unwrap(),
-        ValueKind::Discrete { levels } => {
-            Tensor::randint(levels as i64, shape.as_slice(), (Kind::Float, Device::Cpu))
-        }
-    }
-}
 
 fn shrink_network(net: &mut NetworkConfig) {
     match net {
@@ -65,7 +51,7 @@ fn every_shipped_vae_conforms() {
     for (name, _) in SHIPPED_CONFIGS {
         let run = registry.load_run(&format!("vae/{name}")).unwrap();
         let info = gm_core::data::named_info(&run.dataset).unwrap();
-        let x = data_for(&info, 32);
+        let x = example_data(&info, 32);
         let labels = Tensor::randint(10, [32], (Kind::Int64, Device::Cpu));
         match run.family() {
             "vae" => {
@@ -104,7 +90,7 @@ fn conditional_vae_conforms() {
     c.eval_samples = 16;
     c.context = ContextConfig::Labels { classes: 10 };
     let info = gm_core::data::named_info("mnist_binary").unwrap();
-    let x = data_for(&info, 32);
+    let x = example_data(&info, 32);
     let labels = Tensor::randint(10, [32], (Kind::Int64, Device::Cpu));
     case_for("conditional mlp VAE", &c, &info, &x, &labels);
 }
@@ -138,7 +124,7 @@ fn vq_vae_saves_its_prior() {
     a.save(&path).unwrap();
     let mut b = with_prior(2);
     b.load(&path).unwrap();
-    let x = data_for(&gm_core::data::named_info("mnist_binary").unwrap(), 4).reshape([4, 784]);
+    let x = example_data(&gm_core::data::named_info("mnist_binary").unwrap(), 4).reshape([4, 784]);
     gm_core::tch::manual_seed(5);
     let la = a.log_likelihood(&x).unwrap().unwrap();
     gm_core::tch::manual_seed(5);

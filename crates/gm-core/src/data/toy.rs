@@ -149,7 +149,13 @@ impl ToyDataset {
         Ok((mean, se))
     }
 
-    fn eight_gaussians(&self, device: Device) -> Result<MixtureOfDiagNormals> {
+    /// For a mixture of equally weighted isotropic modes (`eight_gaussians`): the centres
+    /// `[modes, 2]` and their common standard deviation, for [`crate::metrics::mode_coverage`].
+    /// `None` for the other sets.
+    pub fn modes(&self, device: Device) -> Result<Option<(Tensor, f64)>> {
+        if *self != ToyDataset::EightGaussians {
+            return Ok(None);
+        }
         let centres: Vec<f32> = (0..8)
             .flat_map(|k| {
                 let a = k as f64 * PI / 4.0;
@@ -159,6 +165,13 @@ impl ToyDataset {
         let loc = Tensor::f_from_slice(&centres)?
             .f_reshape([8, 2])?
             .f_to_device(device)?;
+        Ok(Some((loc, EIGHT_SIGMA)))
+    }
+
+    fn eight_gaussians(&self, device: Device) -> Result<MixtureOfDiagNormals> {
+        let (loc, _) = self
+            .modes(device)?
+            .ok_or_else(|| GmError::Domain("eight_gaussians has modes".into()))?;
         let scale = loc.f_full_like(EIGHT_SIGMA)?;
         let logits = Tensor::f_zeros([8], (Kind::Float, device))?;
         MixtureOfDiagNormals::new(&logits, &loc, &scale)

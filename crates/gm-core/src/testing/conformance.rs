@@ -408,6 +408,27 @@ fn check_bad_input(case: &ConformanceCase) {
     }
 }
 
+/// `n` valid examples of a data set described by `info`, drawn after seeding libtorch with 42:
+/// two-moons points for continuous 2D data, standard Normal values for other continuous
+/// shapes, and uniform integers `0..levels` for discrete data.
+pub fn example_data(info: &DataInfo, n: i64) -> Tensor {
+    crate::device::seed_torch(42);
+    let shape: Vec<i64> = std::iter::once(n)
+        .chain(info.event_shape.iter().copied())
+        .collect();
+    match info.values {
+        ValueKind::Continuous if info.event_shape == [2] => {
+            crate::data::toy::ToyDataset::TwoMoons
+                .sample(n, Device::Cpu)
+                .expect("two-moons points")
+        }
+        ValueKind::Continuous => Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)),
+        ValueKind::Discrete { levels } => {
+            Tensor::randint(levels as i64, shape.as_slice(), (Kind::Float, Device::Cpu))
+        }
+    }
+}
+
 /// `spec` refuses to build for `data`, with an error that contains `needle` (e.g. the key).
 pub fn assert_refuses_data(spec: &dyn ModelSpec, data: &DataInfo, needle: &str) {
     match spec.build(data, Device::Cpu) {
