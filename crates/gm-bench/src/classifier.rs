@@ -19,8 +19,10 @@ use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
 /// Changes whenever the architecture or the training recipe does.
-const RECIPE: &str = "digit-classifier v1: conv3x3(1→32)-pool-conv3x3(32→64)-pool-fc(3136→128)-fc(128→10), relu, Adam 1e-3, 4 epochs, batch 128, seed 7, half the batches binarised";
-const EPOCHS: i64 = 4;
+const RECIPE: &str = "digit-classifier v2: conv3x3(1→32)-pool-conv3x3(32→64)-pool-fc(3136→128)-fc(128→10), relu, Adam 1e-3, 10 epochs, batch 128, seed 7, half the batches binarised, CPU";
+/// Ten passes over the 9,000 training digits: four left its held-out accuracy at 0.970, and
+/// the classifier's own accuracy caps the conditional accuracy it can measure.
+const EPOCHS: i64 = 10;
 const BATCH: i64 = 128;
 pub const FEATURES: i64 = 128;
 
@@ -64,7 +66,10 @@ impl DigitClassifier {
             gm_core::data::ValueKind::Continuous,
             "DigitClassifier input",
         )?;
-        let (lo, hi) = (x.f_min()?.f_double_value(&[])?, x.f_max()?.f_double_value(&[])?);
+        let (lo, hi) = (
+            x.f_min()?.f_double_value(&[])?,
+            x.f_max()?.f_double_value(&[])?,
+        );
         if lo < 0.0 || hi > 1.0 {
             return Err(GmError::Domain(format!(
                 "DigitClassifier input: values must lie in [0, 1], found [{lo}, {hi}]"
@@ -75,8 +80,16 @@ impl DigitClassifier {
 
     fn features_unchecked(&self, x: &Tensor) -> Result<Tensor> {
         use gm_core::tch::nn::Module;
-        let h = self.conv1.forward(x).f_relu()?.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
-        let h = self.conv2.forward(&h).f_relu()?.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
+        let h =
+            self.conv1
+                .forward(x)
+                .f_relu()?
+                .f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
+        let h =
+            self.conv2
+                .forward(&h)
+                .f_relu()?
+                .f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
         let n = h.size()[0];
         Ok(self.fc1.forward(&h.f_reshape([n, -1])?).f_relu()?)
     }
@@ -148,7 +161,13 @@ impl DigitClassifier {
                 }
                 let loss = model
                     .logits_unchecked(&xb)?
-                    .f_cross_entropy_loss::<Tensor>(&y.f_index_select(0, &idx)?, None, gm_core::tch::Reduction::Mean, -100, 0.0)?;
+                    .f_cross_entropy_loss::<Tensor>(
+                        &y.f_index_select(0, &idx)?,
+                        None,
+                        gm_core::tch::Reduction::Mean,
+                        -100,
+                        0.0,
+                    )?;
                 opt.backward_step(&loss, 1e-3)?;
                 step += 1;
             }
@@ -161,8 +180,7 @@ impl DigitClassifier {
     pub fn load_or_train(mnist: &Mnist) -> Result<Self> {
         let device = Device::Cpu;
         let to01 = |s: &gm_core::data::mnist::MnistSplit| -> Result<Tensor> {
-            Ok(s
-                .images_u8(device)?
+            Ok(s.images_u8(device)?
                 .f_reshape([-1, 1, 28, 28])?
                 .f_to_kind(Kind::Float)?
                 .f_div_scalar(255.0)?)
@@ -178,7 +196,11 @@ impl DigitClassifier {
         if !loaded {
             model = DigitClassifier::train(&train_x, &train_y)?;
             let meta = serde_json::json!({ "recipe": RECIPE });
-            save_tensors(&path, &gm_core::model::var_store_state(&model.vs, ""), &meta)?;
+            save_tensors(
+                &path,
+                &gm_core::model::var_store_state(&model.vs, ""),
+                &meta,
+            )?;
         }
         model.vs.freeze();
         model.test_accuracy = model.accuracy(&test_x, &test_y)?;
@@ -194,9 +216,18 @@ fn cache_path(mnist: &Mnist, images_u8: &Tensor, labels: &Tensor) -> Result<Path
     let mut hash = Sha256::new();
     hash.update(RECIPE.as_bytes());
     for t in [images_u8, labels] {
-        let bytes = Vec::<u8>::try_from(&t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Uint8)?.f_reshape([-1])?)?;
+        let bytes = Vec::<u8>::try_from(
+            &t.f_to_device(Device::Cpu)?
+                .f_to_kind(Kind::Uint8)?
+                .f_reshape([-1])?,
+        )?;
         hash.update(&bytes);
     }
-    let digest: String = hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let digest: String = hash
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(mnist.dir.join(format!("classifier-{digest}.safetensors")))
 }

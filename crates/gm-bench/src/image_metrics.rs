@@ -17,12 +17,19 @@ pub fn frechet_distance(a: &Tensor, b: &Tensor) -> Result<f64> {
     let stats = |x: &Tensor| -> Result<(Tensor, Tensor)> {
         let size = x.size();
         if size.len() != 2 || size[0] < 2 {
-            return Err(GmError::shape("frechet_distance", "[n ≥ 2, features]", &size));
+            return Err(GmError::shape(
+                "frechet_distance",
+                "[n ≥ 2, features]",
+                &size,
+            ));
         }
         let x = x.f_to_kind(Kind::Double)?;
         let mean = x.f_mean_dim(0, false, Kind::Double)?;
         let centred = x.f_sub(&mean)?;
-        let cov = centred.f_tr()?.f_matmul(&centred)?.f_div_scalar((size[0] - 1) as f64)?;
+        let cov = centred
+            .f_tr()?
+            .f_matmul(&centred)?
+            .f_div_scalar((size[0] - 1) as f64)?;
         Ok((mean, cov))
     };
     let ((m1, s1), (m2, s2)) = (stats(a)?, stats(b)?);
@@ -36,14 +43,24 @@ pub fn frechet_distance(a: &Tensor, b: &Tensor) -> Result<f64> {
     let sqrt_psd = |m: &Tensor| -> Result<Tensor> {
         let (values, vectors) = m.f_linalg_eigh("L")?;
         let roots = values.f_clamp_min(0.0)?.f_sqrt()?;
-        Ok(vectors.f_mul(&roots.f_unsqueeze(0)?)?.f_matmul(&vectors.f_tr()?)?)
+        Ok(vectors
+            .f_mul(&roots.f_unsqueeze(0)?)?
+            .f_matmul(&vectors.f_tr()?)?)
     };
     let root1 = sqrt_psd(&s1)?;
     let middle = root1.f_matmul(&s2)?.f_matmul(&root1)?;
     let middle = middle.f_add(&middle.f_tr()?)?.f_mul_scalar(0.5)?;
     let (values, _) = middle.f_linalg_eigh("L")?;
-    let cross = values.f_clamp_min(0.0)?.f_sqrt()?.f_sum(Kind::Double)?.f_double_value(&[])?;
-    let mean_term = m1.f_sub(&m2)?.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
+    let cross = values
+        .f_clamp_min(0.0)?
+        .f_sqrt()?
+        .f_sum(Kind::Double)?
+        .f_double_value(&[])?;
+    let mean_term = m1
+        .f_sub(&m2)?
+        .f_square()?
+        .f_sum(Kind::Double)?
+        .f_double_value(&[])?;
     let traces = s1.f_trace()?.f_double_value(&[])? + s2.f_trace()?.f_double_value(&[])?;
     Ok(mean_term + traces - 2.0 * cross)
 }
@@ -104,7 +121,9 @@ pub fn fidelity(real: &Tensor, fake: &Tensor, k: i64) -> Result<Fidelity> {
     let inside_real = d.f_le_tensor(&real_radii.f_unsqueeze(0)?)?; // fake i in real ball j
     let inside_fake = d.f_le_tensor(&fake_radii.f_unsqueeze(1)?)?; // real j in fake ball i
     let mean = |t: Tensor| -> Result<f64> {
-        Ok(t.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?)
+        Ok(t.f_to_kind(Kind::Double)?
+            .f_mean(Kind::Double)?
+            .f_double_value(&[])?)
     };
     Ok(Fidelity {
         precision: mean(inside_real.f_any_dim(1, false)?)?,
@@ -125,7 +144,9 @@ pub fn class_shares(predicted: &Tensor, classes: i64) -> Result<Vec<f64>> {
         return Err(GmError::Domain("class_shares: no predictions".into()));
     }
     gm_core::model::check_integers(predicted, classes, "class_shares", "predictions")?;
-    let counts = predicted.f_to_kind(Kind::Int64)?.f_bincount::<Tensor>(None, classes)?;
+    let counts = predicted
+        .f_to_kind(Kind::Int64)?
+        .f_bincount::<Tensor>(None, classes)?;
     Ok(Vec::<i64>::try_from(&counts.f_to_device(Device::Cpu)?)?
         .into_iter()
         .map(|c| c as f64 / n as f64)
@@ -156,7 +177,10 @@ pub struct ImageMetrics {
 
 /// `images` `[n, 1, 28, 28]` with values `0..=top` as `[0, 1]` floats.
 fn unit_range(images: &Tensor, top: f64) -> Result<Tensor> {
-    Ok(images.f_to_kind(Kind::Float)?.f_div_scalar(top)?.f_clamp(0.0, 1.0)?)
+    Ok(images
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(top)?
+        .f_clamp(0.0, 1.0)?)
 }
 
 /// Draws `n` samples of `model` (with labels `i mod classes` for a conditional one) and scores
@@ -178,7 +202,10 @@ pub fn image_metrics(
         })?;
         (s, Some(labels))
     } else {
-        (gm_core::tch::no_grad(|| model.sample_with(n, &options))?, None)
+        (
+            gm_core::tch::no_grad(|| model.sample_with(n, &options))?,
+            None,
+        )
     };
     let samples = unit_range(&samples, top)?;
     let test = unit_range(test, top)?;

@@ -1,10 +1,10 @@
 //! `gm`: the gm command-line tool.
 
 use clap::{Parser, Subcommand};
+use gm_bench::classifier::DigitClassifier;
 use gm_bench::report::{self, Report};
 use gm_bench::runner::{failed_result, run_entry, stored_result, RunResult};
 use gm_bench::suite::{registry, suite, suite_from, Entry, Profile};
-use gm_bench::classifier::DigitClassifier;
 use gm_core::data::{load_named, NamedData};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -170,7 +170,12 @@ fn bench_all(
         let judge = match &classifier {
             Some(Ok(c)) if data.toy.is_none() => Some(c),
             Some(Err(e)) if data.toy.is_none() => {
-                bar.suspend(|| eprintln!("{}: no image metrics: the digit classifier failed: {e}", entry.id));
+                bar.suspend(|| {
+                    eprintln!(
+                        "{}: no image metrics: the digit classifier failed: {e}",
+                        entry.id
+                    )
+                });
                 None
             }
             _ => None,

@@ -59,7 +59,11 @@ pub fn markdown(report: &Report) -> String {
         "| model | data set | test NLL | entropy | gap | steps | train s | params |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-    for r in report.results.iter().filter(|r| toy(r) && r.nll_nats.is_some()) {
+    for r in report
+        .results
+        .iter()
+        .filter(|r| toy(r) && r.nll_nats.is_some())
+    {
         let _ = writeln!(
             s,
             "| {} {} | {} | {} | {} ± {} | **{}** | {} | {:.0} | {} |",
@@ -121,13 +125,17 @@ pub fn markdown(report: &Report) -> String {
     }
     let _ = writeln!(s, "\n## MNIST (9,000 train / 1,000 test digits)\n");
     let _ = writeln!(s, "| model | data | test NLL (nats) | bits/dim | kind | Fréchet distance | precision / recall / density / coverage | class shares | conditional accuracy | samples/s | steps | train s | train ex/s | params |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in report
         .results
         .iter()
         .filter(|r| !toy(r) && r.status == "ok")
     {
-        let _ = writeln!(
+        let _ =
+            writeln!(
             s,
             "| {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.0} | {} |",
             r.family,
@@ -266,7 +274,9 @@ pub fn html(report: &Report) -> String {
             .as_ref()
             .map(|m| {
                 let modes = match (m.modes_covered, m.modes, m.high_quality_share) {
-                    (Some(c), Some(k), Some(q)) => format!("<br>modes {c}/{k}, high quality {q:.3}"),
+                    (Some(c), Some(k), Some(q)) => {
+                        format!("<br>modes {c}/{k}, high quality {q:.3}")
+                    }
                     _ => String::new(),
                 };
                 format!(
@@ -290,7 +300,11 @@ pub fn html(report: &Report) -> String {
             }
         }
         for w in &r.warnings {
-            let _ = write!(sample_cell, "<br><span class=\"failed\">{}</span>", escape(w));
+            let _ = write!(
+                sample_cell,
+                "<br><span class=\"failed\">{}</span>",
+                escape(w)
+            );
         }
         let img = r
             .samples_png

@@ -40,7 +40,10 @@ fn frechet_distance_matches_the_closed_form_for_gaussians() {
         + s2.trace().double_value(&[])
         - 2.0 * tr_sqrt;
     let got = frechet_distance(&a, &b).unwrap();
-    assert!((got - want).abs() < 1e-8, "Fréchet distance {got}, closed form {want}");
+    assert!(
+        (got - want).abs() < 1e-8,
+        "Fréchet distance {got}, closed form {want}"
+    );
     // Diagonal covariances: |Δμ|² + Σ (√a − √b)².
     let c = exact_sample(400, &[0.0, 0.0], &lower(&[3.0, 0.0, 0.0, 1.0]));
     let e = exact_sample(400, &[1.0, 0.0], &lower(&[1.0, 0.0, 0.0, 2.0]));
@@ -67,8 +70,13 @@ fn bars(labels: &Tensor) -> Tensor {
     let n = labels.size()[0];
     let rows = Tensor::arange(28, (Kind::Int64, Device::Cpu)).reshape([1, 28]);
     let start = (labels * 2 + 4).reshape([n, 1]);
-    let on = rows.ge_tensor(&start).logical_and(&rows.le_tensor(&(&start + 1)));
-    let image = on.to_kind(Kind::Float).reshape([n, 1, 28, 1]).repeat([1, 1, 1, 28]);
+    let on = rows
+        .ge_tensor(&start)
+        .logical_and(&rows.le_tensor(&(&start + 1)));
+    let image = on
+        .to_kind(Kind::Float)
+        .reshape([n, 1, 28, 1])
+        .repeat([1, 1, 1, 28]);
     (image * 0.8 + Tensor::rand([n, 1, 28, 28], (Kind::Float, Device::Cpu)) * 0.2).clamp(0.0, 1.0)
 }
 
@@ -82,13 +90,18 @@ fn the_classifier_learns_separable_digits_and_refuses_bad_images() {
     let test_y = Tensor::randint(10, [300], (Kind::Int64, Device::Cpu));
     let accuracy = classifier.accuracy(&bars(&test_y), &test_y).unwrap();
     assert!(accuracy > 0.95, "accuracy {accuracy}");
-    assert_eq!(classifier.features(&bars(&test_y)).unwrap().size(), [300, 128]);
+    assert_eq!(
+        classifier.features(&bars(&test_y)).unwrap().size(),
+        [300, 128]
+    );
     let msg = classifier
         .predict(&(bars(&test_y) * 255.0))
         .unwrap_err()
         .to_string();
     assert!(msg.contains("[0, 1]"), "{msg}");
-    assert!(classifier.predict(&Tensor::zeros([2, 784], (Kind::Float, Device::Cpu))).is_err());
+    assert!(classifier
+        .predict(&Tensor::zeros([2, 784], (Kind::Float, Device::Cpu)))
+        .is_err());
 }
 
 #[test]
@@ -98,14 +111,21 @@ fn fidelity_of_matching_disjoint_and_collapsed_sets() {
     // The same set: every point inside the other manifold, each fake in exactly k + 1 balls'
     // worth on average is not guaranteed, but precision, recall and coverage are 1.
     let same = fidelity(&real, &real, 5).unwrap();
-    assert_eq!((same.precision, same.recall, same.coverage), (1.0, 1.0, 1.0));
+    assert_eq!(
+        (same.precision, same.recall, same.coverage),
+        (1.0, 1.0, 1.0)
+    );
     assert!(same.density >= 1.0);
     // Far away: nothing inside anything.
     let far = fidelity(&real, &(&real + 100.0), 5).unwrap();
-    assert_eq!((far.precision, far.recall, far.density, far.coverage), (0.0, 0.0, 0.0, 0.0));
+    assert_eq!(
+        (far.precision, far.recall, far.density, far.coverage),
+        (0.0, 0.0, 0.0, 0.0)
+    );
     // Collapsed onto one real point: precise (it lies in real balls) but no recall and almost
     // no coverage.
-    let collapsed = real.narrow(0, 0, 1).repeat([300, 1]) + Tensor::randn([300, 4], (Kind::Double, Device::Cpu)) * 1e-6;
+    let collapsed = real.narrow(0, 0, 1).repeat([300, 1])
+        + Tensor::randn([300, 4], (Kind::Double, Device::Cpu)) * 1e-6;
     let c = fidelity(&real, &collapsed, 5).unwrap();
     assert_eq!(c.precision, 1.0);
     assert!(c.recall < 0.05 && c.coverage < 0.05, "{c:?}");

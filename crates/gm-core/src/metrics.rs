@@ -56,16 +56,26 @@ fn off_diagonal_mean(m: &Tensor) -> Result<f64> {
         return Ok(0.0);
     }
     let total = m.f_sum(Kind::Double)?.f_double_value(&[])?;
-    let diagonal = m.f_diagonal(0, 0, 1)?.f_sum(Kind::Double)?.f_double_value(&[])?;
+    let diagonal = m
+        .f_diagonal(0, 0, 1)?
+        .f_sum(Kind::Double)?
+        .f_double_value(&[])?;
     Ok((total - diagonal) / (n * (n - 1)) as f64)
 }
 
 /// Squared Euclidean distances `[n, m]` between rows.
 fn squared_distances(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    let xx = x.f_pow_tensor_scalar(2)?.f_sum_dim_intlist(1, true, Kind::Double)?;
-    let yy = y.f_pow_tensor_scalar(2)?.f_sum_dim_intlist(1, true, Kind::Double)?;
+    let xx = x
+        .f_pow_tensor_scalar(2)?
+        .f_sum_dim_intlist(1, true, Kind::Double)?;
+    let yy = y
+        .f_pow_tensor_scalar(2)?
+        .f_sum_dim_intlist(1, true, Kind::Double)?;
     let cross = x.f_matmul(&y.f_tr()?)?;
-    Ok(xx.f_add(&yy.f_tr()?)?.f_sub(&cross.f_mul_scalar(2.0)?)?.f_clamp_min(0.0)?)
+    Ok(xx
+        .f_add(&yy.f_tr()?)?
+        .f_sub(&cross.f_mul_scalar(2.0)?)?
+        .f_clamp_min(0.0)?)
 }
 
 /// The mean Euclidean distance between distinct rows of `x` `[n ≥ 2, ...]`, as a scalar
@@ -74,11 +84,17 @@ fn squared_distances(x: &Tensor, y: &Tensor) -> Result<Tensor> {
 pub fn mean_pairwise_distance(x: &Tensor) -> Result<Tensor> {
     let n = x.size().first().copied().unwrap_or(0);
     if n < 2 {
-        return Err(GmError::shape("mean_pairwise_distance", "[n ≥ 2, ...]", &x.size()));
+        return Err(GmError::shape(
+            "mean_pairwise_distance",
+            "[n ≥ 2, ...]",
+            &x.size(),
+        ));
     }
     let rows = x.f_reshape([n, -1])?.f_to_kind(Kind::Double)?;
     let d = squared_distances(&rows, &rows)?.f_sqrt()?;
-    let off_diagonal = d.f_sum(Kind::Double)?.f_sub(&d.f_diagonal(0, 0, 1)?.f_sum(Kind::Double)?)?;
+    let off_diagonal = d
+        .f_sum(Kind::Double)?
+        .f_sub(&d.f_diagonal(0, 0, 1)?.f_sum(Kind::Double)?)?;
     Ok(off_diagonal.f_div_scalar((n * (n - 1)) as f64)?)
 }
 
@@ -129,10 +145,12 @@ pub fn energy_distance(x: &Tensor, y: &Tensor) -> Result<f64> {
     let (x, y) = pair(x, y, "energy_distance")?;
     if x.size()[0] < 2 || y.size()[0] < 2 {
         return Err(GmError::Domain(
-            "energy_distance: each sample set needs at least 2 rows for the within-set means".into(),
+            "energy_distance: each sample set needs at least 2 rows for the within-set means"
+                .into(),
         ));
     }
-    let dist = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok(squared_distances(a, b)?.f_sqrt()?) };
+    let dist =
+        |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok(squared_distances(a, b)?.f_sqrt()?) };
     let xy = dist(&x, &y)?.f_mean(Kind::Double)?.f_double_value(&[])?;
     let xx = off_diagonal_mean(&dist(&x, &x)?)?;
     let yy = off_diagonal_mean(&dist(&y, &y)?)?;
@@ -198,7 +216,10 @@ pub struct ModeCoverage {
 pub fn mode_coverage(samples: &Tensor, centers: &Tensor, std: f64) -> Result<ModeCoverage> {
     let (x, c) = pair(samples, centers, "mode_coverage")?;
     if !(std.is_finite() && std > 0.0) {
-        return Err(GmError::config("std", format!("must be finite and positive, got {std}")));
+        return Err(GmError::config(
+            "std",
+            format!("must be finite and positive, got {std}"),
+        ));
     }
     let n = x.size()[0];
     let modes = c.size()[0];

@@ -91,6 +91,12 @@ impl Budget {
         self.designed_for
     }
 
+    /// `steps / designed_for`: how much longer (above 1) or shorter the run is than its config
+    /// was written for.
+    pub fn ratio(&self) -> f64 {
+        self.steps as f64 / self.designed_for as f64
+    }
+
     /// `length` (in steps) scaled to this budget, rounded to nearest; a positive length stays
     /// at least 1 and 0 stays 0.
     pub fn scale(&self, length: u64) -> u64 {

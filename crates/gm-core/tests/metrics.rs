@@ -37,15 +37,16 @@ fn mean_abs_normal(mu: f64, sigma: f64) -> f64 {
 fn libm_erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.26551223
-        + t * (1.00002368
-            + t * (0.37409196
-                + t * (0.09678418
-                    + t * (-0.18628806
-                        + t * (0.27886807
-                            + t * (-1.13520398
-                                + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-        .exp();
+    let r = t
+        * (-z * z - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398
+                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
     if x >= 0.0 {
         r
     } else {
@@ -64,7 +65,8 @@ fn energy_distance_of_shifted_normals_matches_the_closed_form() {
         let x = Tensor::randn([n, 1], (Kind::Double, Device::Cpu));
         let y = Tensor::randn([n, 1], (Kind::Double, Device::Cpu)) + delta;
         let got = energy_distance(&x, &y).unwrap();
-        let want = 2.0 * mean_abs_normal(delta, 2f64.sqrt()) - 2.0 * mean_abs_normal(0.0, 2f64.sqrt());
+        let want =
+            2.0 * mean_abs_normal(delta, 2f64.sqrt()) - 2.0 * mean_abs_normal(0.0, 2f64.sqrt());
         assert!(
             (got - want).abs() < 0.04,
             "δ = {delta}: energy distance {got}, closed form {want}"
@@ -116,12 +118,18 @@ fn mmd_is_near_zero_for_equal_distributions_and_grows_with_a_shift() {
     let same = Tensor::randn([n, 2], (Kind::Double, Device::Cpu));
     let bw = default_bandwidths(1.0);
     let floor = mmd_rbf(&x, &same, &bw).unwrap();
-    assert!(floor.abs() < 0.01, "MMD² of two samples of N(0, I): {floor}");
+    assert!(
+        floor.abs() < 0.01,
+        "MMD² of two samples of N(0, I): {floor}"
+    );
     let mut last = floor;
     for delta in [0.25, 0.5, 1.0] {
         let shifted = Tensor::randn([n, 2], (Kind::Double, Device::Cpu)) + delta;
         let m = mmd_rbf(&x, &shifted, &bw).unwrap();
-        assert!(m > last + 0.005, "MMD² must grow with the shift: {m} after {last}");
+        assert!(
+            m > last + 0.005,
+            "MMD² must grow with the shift: {m} after {last}"
+        );
         last = m;
     }
 }
@@ -139,7 +147,10 @@ fn sliced_wasserstein_in_one_dimension_is_the_exact_distance() {
     let shift = Tensor::from_slice(&[3.0f64, 0.0]);
     let got = sliced_wasserstein(&a, &(&a + &shift), 4096, 1).unwrap();
     let want = 3.0 / 2f64.sqrt();
-    assert!((got - want).abs() < 0.05 * want, "sliced W2 {got}, expected {want}");
+    assert!(
+        (got - want).abs() < 0.05 * want,
+        "sliced W2 {got}, expected {want}"
+    );
     // Reproducible from its seed.
     assert_eq!(
         sliced_wasserstein(&a, &(&a + &shift), 64, 9).unwrap(),
@@ -158,7 +169,10 @@ fn mode_coverage_counts_modes_and_near_samples() {
     assert_eq!(c.counts, vec![5, 5, 5, 5]);
     // Collapsed onto one mode, plus far-away points that count for nothing.
     let collapsed = Tensor::cat(
-        &[centres.narrow(0, 0, 1).repeat([6, 1]), rows(&[5.0, 5.0, 5.0, 4.0], 2)],
+        &[
+            centres.narrow(0, 0, 1).repeat([6, 1]),
+            rows(&[5.0, 5.0, 5.0, 4.0], 2),
+        ],
         0,
     );
     let c = mode_coverage(&collapsed, &centres, 0.5).unwrap();
@@ -166,7 +180,12 @@ fn mode_coverage_counts_modes_and_near_samples() {
     assert!((c.high_quality_share - 0.75).abs() < 1e-12);
     // A point just inside 3σ counts, one just outside does not.
     let edge = rows(&[1.49, 0.0, 1.51, 0.0], 2);
-    assert_eq!(mode_coverage(&edge, &centres, 0.5).unwrap().high_quality_share, 0.5);
+    assert_eq!(
+        mode_coverage(&edge, &centres, 0.5)
+            .unwrap()
+            .high_quality_share,
+        0.5
+    );
 }
 
 #[test]
@@ -176,9 +195,13 @@ fn mean_pairwise_distance_and_refusals() {
     assert!((d - 5.0).abs() < 1e-9);
     assert!(mean_pairwise_distance(&rows(&[1.0, 2.0], 2)).is_err());
     let nan = rows(&[f64::NAN, 0.0], 1);
-    let msg = energy_distance(&nan, &rows(&[1.0, 2.0], 1)).unwrap_err().to_string();
+    let msg = energy_distance(&nan, &rows(&[1.0, 2.0], 1))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("NaN"), "{msg}");
-    let msg = energy_distance(&x, &rows(&[1.0, 2.0], 1)).unwrap_err().to_string();
+    let msg = energy_distance(&x, &rows(&[1.0, 2.0], 1))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("features"), "{msg}");
     assert!(mmd_rbf(&x, &x, &[]).is_err());
     assert!(mmd_rbf(&x, &x, &[-1.0]).is_err());

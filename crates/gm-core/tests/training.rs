@@ -365,9 +365,34 @@ fn ema_follows_its_formula_by_name() {
         Vec::<f32>::try_from(fresh.averaged("bias").unwrap()).unwrap(),
         vec![1.0]
     );
-    // The start step scales with the budget; decays of 1 or more are refused.
+    // The start step and the averaging horizon 1/(1 − decay) scale with the budget; an
+    // unchanged budget keeps the decay bit for bit; decays of 1 or more are refused.
     let budget = gm_core::spec::Budget::new(100, 1000).unwrap();
     assert_eq!(config.scaled(&budget).start_step, 10);
+    let long = EmaConfig {
+        decay: 0.999,
+        start_step: 500,
+    };
+    let tenth = long.scaled(&gm_core::spec::Budget::new(5000, 500).unwrap());
+    assert_eq!(tenth.start_step, 50);
+    assert!(
+        (1.0 / (1.0 - tenth.decay) - 100.0).abs() < 1e-6,
+        "{}",
+        tenth.decay
+    );
+    let double = long.scaled(&gm_core::spec::Budget::new(5000, 10_000).unwrap());
+    assert!(
+        (1.0 / (1.0 - double.decay) - 2000.0).abs() < 1e-6,
+        "{}",
+        double.decay
+    );
+    assert_eq!(
+        long.scaled(&gm_core::spec::Budget::new(5000, 5000).unwrap()),
+        long
+    );
+    // A horizon shorter than one step copies the weights (decay 0).
+    let tiny = long.scaled(&gm_core::spec::Budget::new(1_000_000, 10).unwrap());
+    assert_eq!(tiny.decay, 0.0);
     assert!(EmaConfig {
         decay: 1.0,
         start_step: 0

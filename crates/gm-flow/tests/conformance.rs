@@ -30,7 +30,6 @@ fn shrink(mut config: FlowConfig) -> FlowConfig {
     config
 }
 
-
 fn registry() -> Registry {
     let mut r = Registry::new();
     register(&mut r);

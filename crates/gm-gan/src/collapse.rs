@@ -19,12 +19,22 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum CollapseSign {
     /// The discriminator tells real from fake almost perfectly.
-    DiscriminatorWins { accuracy: f64 },
+    DiscriminatorWins {
+        accuracy: f64,
+    },
     /// The discriminator calls almost every example the wrong way.
-    DiscriminatorFooled { accuracy: f64 },
-    GeneratorLossDiverging { earlier: f64, last: f64 },
+    DiscriminatorFooled {
+        accuracy: f64,
+    },
+    GeneratorLossDiverging {
+        earlier: f64,
+        last: f64,
+    },
     /// Mode collapse: samples of different noise draws became alike.
-    DiversityFalling { peak: f64, last: f64 },
+    DiversityFalling {
+        peak: f64,
+        last: f64,
+    },
 }
 
 impl std::fmt::Display for CollapseSign {
@@ -34,7 +44,10 @@ impl std::fmt::Display for CollapseSign {
                 write!(f, "the discriminator wins (accuracy {accuracy:.3})")
             }
             CollapseSign::DiscriminatorFooled { accuracy } => {
-                write!(f, "the discriminator is fooled everywhere (accuracy {accuracy:.3})")
+                write!(
+                    f,
+                    "the discriminator is fooled everywhere (accuracy {accuracy:.3})"
+                )
             }
             CollapseSign::GeneratorLossDiverging { earlier, last } => {
                 write!(f, "the generator loss diverges ({earlier:.3} → {last:.3})")
@@ -88,7 +101,10 @@ pub fn collapse_signs(points: &[(u64, Vec<(String, f64)>)]) -> Vec<CollapseSign>
         let q = g.len() / 4;
         let second = &g[q..2 * q];
         let earlier = median(second);
-        let spread = second.iter().map(|v| (v - earlier).abs()).fold(0.0, f64::max);
+        let spread = second
+            .iter()
+            .map(|v| (v - earlier).abs())
+            .fold(0.0, f64::max);
         let last = median(last_quarter(&g));
         if last > earlier + 5.0 * spread + 1.0 {
             signs.push(CollapseSign::GeneratorLossDiverging { earlier, last });

@@ -11,7 +11,12 @@ use gm_core::Result;
 
 /// `x / ‖x‖` (with a floor so a zero vector stays finite).
 fn normalize(x: &Tensor) -> Result<Tensor> {
-    Ok(x.f_div(&x.f_square()?.f_sum(Kind::Float)?.f_sqrt()?.f_add_scalar(1e-12)?)?)
+    Ok(x.f_div(
+        &x.f_square()?
+            .f_sum(Kind::Float)?
+            .f_sqrt()?
+            .f_add_scalar(1e-12)?,
+    )?)
 }
 
 /// The power-iteration state of one weight.
@@ -187,15 +192,9 @@ impl Layer {
             LayerKind::Conv { stride, padding } => {
                 x.f_conv2d(&w, Some(&self.bias), [stride], [padding], [1], 1)?
             }
-            LayerKind::ConvTranspose { stride, padding } => x.f_conv_transpose2d(
-                &w,
-                Some(&self.bias),
-                [stride],
-                [padding],
-                [0],
-                1,
-                [1],
-            )?,
+            LayerKind::ConvTranspose { stride, padding } => {
+                x.f_conv_transpose2d(&w, Some(&self.bias), [stride], [padding], [0], 1, [1])?
+            }
         })
     }
 }
@@ -221,7 +220,13 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_group_norm(self.groups, Some(&self.scale), Some(&self.shift), 1e-5, false)?)
+        Ok(x.f_group_norm(
+            self.groups,
+            Some(&self.scale),
+            Some(&self.shift),
+            1e-5,
+            false,
+        )?)
     }
 }
 

@@ -66,7 +66,11 @@ impl Gan {
         let g_vs = nn::VarStore::new(device);
         let d_vs = nn::VarStore::new(device);
         let bounded = matches!(data.values, ValueKind::Discrete { .. });
-        let conditioning = if classes > 0 { config.label_embedding } else { 0 };
+        let conditioning = if classes > 0 {
+            config.label_embedding
+        } else {
+            0
+        };
         let generator = config.generator.init(
             &(g_vs.root() / "net"),
             config.latent_dim,
@@ -103,7 +107,10 @@ impl Gan {
         } else {
             None
         };
-        let g_opt = Adam::new(g_vs.trainable_variables(), config.generator_optimizer.clone())?;
+        let g_opt = Adam::new(
+            g_vs.trainable_variables(),
+            config.generator_optimizer.clone(),
+        )?;
         let d_opt = Adam::new(
             d_vs.trainable_variables(),
             config.discriminator_optimizer.clone(),
@@ -208,7 +215,10 @@ impl Gan {
     }
 
     fn noise(&self, n: i64) -> Result<Tensor> {
-        Ok(Tensor::f_randn([n, self.config.latent_dim], (Kind::Float, self.device()))?)
+        Ok(Tensor::f_randn(
+            [n, self.config.latent_dim],
+            (Kind::Float, self.device()),
+        )?)
     }
 
     /// Runs `f` with the weights `choice` asks for: the average (once the generator has been
@@ -222,7 +232,12 @@ impl Gan {
 
     /// Checks a conditional GAN's labels for `n` examples (integers in `0..classes`), or
     /// `None` for an unconditional one (which ignores labels).
-    fn checked_labels(&self, labels: Option<&Tensor>, n: i64, what: &str) -> Result<Option<Tensor>> {
+    fn checked_labels(
+        &self,
+        labels: Option<&Tensor>,
+        n: i64,
+        what: &str,
+    ) -> Result<Option<Tensor>> {
         if self.classes == 0 {
             return Ok(None);
         }
@@ -242,7 +257,10 @@ impl Gan {
             return Ok(None);
         };
         let labels = if self.classes > 0 {
-            Some(Tensor::f_arange(noise.size()[0], (Kind::Int64, self.device()))?.f_remainder(self.classes)?)
+            Some(
+                Tensor::f_arange(noise.size()[0], (Kind::Int64, self.device()))?
+                    .f_remainder(self.classes)?,
+            )
         } else {
             None
         };
@@ -359,7 +377,8 @@ impl GenerativeModel for Gan {
         let threshold = loss.decision_threshold();
 
         // The discriminator: one pass over real and fake together (one power-iteration step).
-        let fake = gm_core::tch::no_grad(|| self.generate_trusted(&self.noise(b)?, labels.as_ref()))?;
+        let fake =
+            gm_core::tch::no_grad(|| self.generate_trusted(&self.noise(b)?, labels.as_ref()))?;
         let both_labels = match &labels {
             Some(l) => Some(Tensor::f_cat(&[l.shallow_clone(), l.shallow_clone()], 0)?),
             None => None,
@@ -371,7 +390,10 @@ impl GenerativeModel for Gan {
         )?;
         let (real_logits, fake_logits) = (logits.f_narrow(0, 0, b)?, logits.f_narrow(0, b, b)?);
         let mut d_loss = loss.discriminator(&real_logits, &fake_logits)?;
-        let critic = |p: &Tensor| self.discriminator.forward_trusted(p, labels.as_ref(), false);
+        let critic = |p: &Tensor| {
+            self.discriminator
+                .forward_trusted(p, labels.as_ref(), false)
+        };
         let penalty = match self.config.regularizer {
             RegularizerConfig::None => None,
             RegularizerConfig::GradientPenalty { weight } => {
@@ -384,7 +406,8 @@ impl GenerativeModel for Gan {
         if let Some(p) = &penalty {
             d_loss = d_loss.f_add(p)?;
         }
-        let accuracy = |t: Tensor| -> Result<Tensor> { Ok(t.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?) };
+        let accuracy =
+            |t: Tensor| -> Result<Tensor> { Ok(t.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?) };
         let mut out = StepOutput::new().with("discriminator_loss", &d_loss);
         out = if loss == GanLoss::Wasserstein {
             // A critic's values have no fixed offset, so accuracies at a threshold mean nothing;
@@ -408,7 +431,11 @@ impl GenerativeModel for Gan {
         // take no gradient here (its optimizer zeroes its gradients before its own update).
         if self.d_opt.steps() as u64 % self.config.n_critic == 0 {
             let fake = self.generate_trusted(&self.noise(b)?, labels.as_ref())?;
-            let g_loss = loss.generator(&self.discriminator.forward_trusted(&fake, labels.as_ref(), false)?)?;
+            let g_loss = loss.generator(&self.discriminator.forward_trusted(
+                &fake,
+                labels.as_ref(),
+                false,
+            )?)?;
             self.g_opt.backward_step(&g_loss, lr_g)?;
             if let Some(ema) = &mut self.ema {
                 ema.update(self.g_opt.steps() as u64)?;
@@ -441,7 +468,9 @@ impl GenerativeModel for Gan {
         };
         let z = self.noise(n)?.f_mul_scalar(options.temperature)?;
         let out = gm_core::tch::no_grad(|| {
-            self.with_weights(options.weights, || self.generate_trusted(&z, labels.as_ref()))
+            self.with_weights(options.weights, || {
+                self.generate_trusted(&z, labels.as_ref())
+            })
         })?;
         self.to_data_space(&out)
     }

@@ -118,7 +118,9 @@ impl GeneratorConfig {
     pub fn check_fits(&self, data_shape: &[i64]) -> Result<()> {
         match self {
             GeneratorConfig::Mlp { .. } => Ok(()),
-            GeneratorConfig::Dcgan { .. } => check_image_shape("generator.kind", data_shape).map(|_| ()),
+            GeneratorConfig::Dcgan { .. } => {
+                check_image_shape("generator.kind", data_shape).map(|_| ())
+            }
         }
     }
 
@@ -139,7 +141,12 @@ impl GeneratorConfig {
                 let mut layers = Vec::new();
                 let mut width = inputs;
                 for (i, &h) in hidden.iter().enumerate() {
-                    layers.push(Layer::linear(&(path / format!("layer{i}")), width, h, false)?);
+                    layers.push(Layer::linear(
+                        &(path / format!("layer{i}")),
+                        width,
+                        h,
+                        false,
+                    )?);
                     width = h;
                 }
                 layers.push(Layer::linear(&(path / "out"), width, elements, false)?);
@@ -152,7 +159,12 @@ impl GeneratorConfig {
                 let (c, h, w) = check_image_shape("generator.kind", data_shape)?;
                 let wide = 2 * channels;
                 GeneratorBody::Dcgan {
-                    project: Layer::linear(&(path / "project"), inputs, wide * (h / 4) * (w / 4), false)?,
+                    project: Layer::linear(
+                        &(path / "project"),
+                        inputs,
+                        wide * (h / 4) * (w / 4),
+                        false,
+                    )?,
                     norm0: GroupNorm::new(&(path / "norm0"), wide)?,
                     up1: Layer::conv_transpose(&(path / "up1"), wide, *channels, 4, 2, 1)?,
                     norm1: GroupNorm::new(&(path / "norm1"), *channels)?,
@@ -227,7 +239,9 @@ impl Generator {
                 up2,
                 start,
             } => {
-                let h = project.forward(input, false)?.f_reshape([b, start[0], start[1], start[2]])?;
+                let h = project
+                    .forward(input, false)?
+                    .f_reshape([b, start[0], start[1], start[2]])?;
                 let h = norm0.forward(&h)?.f_relu()?;
                 let h = norm1.forward(&up1.forward(&h, false)?)?.f_relu()?;
                 up2.forward(&h, false)?
@@ -280,9 +294,20 @@ impl DiscriminatorConfig {
                 let (c, h, w) = check_image_shape("discriminator.kind", data_shape)?;
                 let convs = vec![
                     Layer::conv(&(path / "conv1"), c, *channels, 4, 2, 1, *spectral_norm)?,
-                    Layer::conv(&(path / "conv2"), *channels, 2 * channels, 4, 2, 1, *spectral_norm)?,
+                    Layer::conv(
+                        &(path / "conv2"),
+                        *channels,
+                        2 * channels,
+                        4,
+                        2,
+                        1,
+                        *spectral_norm,
+                    )?,
                 ];
-                (DiscriminatorBody::Conv { convs }, 2 * channels * (h / 4) * (w / 4))
+                (
+                    DiscriminatorBody::Conv { convs },
+                    2 * channels * (h / 4) * (w / 4),
+                )
             }
         };
         let sn = match self {
@@ -377,10 +402,17 @@ impl Discriminator {
                 h.f_reshape([b, -1])?
             }
         };
-        let mut logit = self.head.forward(&features, update_spectral_norm)?.f_reshape([b])?;
+        let mut logit = self
+            .head
+            .forward(&features, update_spectral_norm)?
+            .f_reshape([b])?;
         if let (Some(table), Some(labels)) = (&self.projection, labels) {
             let embedded = table.f_index_select(0, labels)?;
-            logit = logit.f_add(&embedded.f_mul(&features)?.f_sum_dim_intlist(1, false, Kind::Float)?)?;
+            logit = logit.f_add(&embedded.f_mul(&features)?.f_sum_dim_intlist(
+                1,
+                false,
+                Kind::Float,
+            )?)?;
         }
         Ok(logit)
     }

@@ -41,12 +41,13 @@ fn input_gradient_norms_squared(
     let points = points.f_detach()?.f_set_requires_grad(true)?;
     let out = critic(&points)?;
     let grads = Tensor::f_run_backward(&[out.f_sum(out.kind())?], &[&points], true, true)?;
-    let g = grads
-        .into_iter()
-        .next()
-        .ok_or_else(|| GmError::Domain("the critic's output does not depend on its input".into()))?;
+    let g = grads.into_iter().next().ok_or_else(|| {
+        GmError::Domain("the critic's output does not depend on its input".into())
+    })?;
     let b = leading_dim(&g, "[batch, ...]", "penalty gradient")?;
-    Ok(g.f_reshape([b, -1])?.f_square()?.f_sum_dim_intlist(1, false, g.kind())?)
+    Ok(g.f_reshape([b, -1])?
+        .f_square()?
+        .f_sum_dim_intlist(1, false, g.kind())?)
 }
 
 /// `E[(‖∇D(x̂)‖ − 1)²]` at the given points `x̂` `[b, ...]`.
@@ -63,7 +64,11 @@ pub fn gradient_penalty_at(
 /// Random interpolates `α·real + (1 − α)·fake`, `α ~ U(0, 1)` per example.
 pub fn interpolates(real: &Tensor, fake: &Tensor) -> Result<Tensor> {
     if real.size() != fake.size() {
-        return Err(GmError::shape("interpolates fake", format!("{:?} like real", real.size()), &fake.size()));
+        return Err(GmError::shape(
+            "interpolates fake",
+            format!("{:?} like real", real.size()),
+            &fake.size(),
+        ));
     }
     let size = real.size();
     let mut alpha_shape = vec![leading_dim(real, "[batch, ...]", "interpolates real")?];

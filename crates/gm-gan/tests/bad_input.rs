@@ -41,7 +41,9 @@ fn bad_gan_configs_name_the_key() {
 fn oversized_models_and_batches_are_refused_before_allocation() {
     single_thread();
     let info = gm_core::data::named_info("eight_gaussians").unwrap();
-    let huge = GanConfig::from_toml_str("[generator]\nkind = \"mlp\"\nhidden = [2000000000, 2000000000]").unwrap();
+    let huge =
+        GanConfig::from_toml_str("[generator]\nkind = \"mlp\"\nhidden = [2000000000, 2000000000]")
+            .unwrap();
     let err = error_text(Gan::new(&huge, &info, Device::Cpu));
     assert!(err.contains("parameters"), "{err}");
     // A generator with one hidden layer of a million units: 4·10⁶ parameters, but 2·10⁶
@@ -103,10 +105,16 @@ fn bad_calls_are_refused_and_leave_the_model_unchanged() {
     }
     for (what, options) in [
         ("n = 0", (0, SampleOptions::new())),
-        ("a NaN temperature", (2, SampleOptions::new().temperature(f64::NAN))),
+        (
+            "a NaN temperature",
+            (2, SampleOptions::new().temperature(f64::NAN)),
+        ),
         (
             "a label out of range",
-            (2, SampleOptions::new().labels(Tensor::from_slice(&[3i64, 10]))),
+            (
+                2,
+                SampleOptions::new().labels(Tensor::from_slice(&[3i64, 10])),
+            ),
         ),
     ] {
         assert!(gan.sample_with(options.0, &options.1).is_err(), "{what}");

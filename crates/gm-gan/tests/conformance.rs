@@ -10,7 +10,6 @@ use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::testing::{assert_refuses_data, check_conformance, example_data, ConformanceCase};
 use gm_gan::{DiscriminatorConfig, GanConfig, GeneratorConfig, SHIPPED_CONFIGS};
 
-
 #[test]
 fn every_shipped_gan_conforms() {
     single_thread();

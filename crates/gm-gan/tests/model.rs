@@ -31,8 +31,12 @@ fn training_on_eight_gaussians_moves_samples_to_the_data() {
     gm_core::tch::manual_seed(0);
     let mut model = run.model.build(&info, Device::Cpu).unwrap();
     gm_core::tch::manual_seed(1);
-    let train = ToyDataset::EightGaussians.sample(20_000, Device::Cpu).unwrap();
-    let test = ToyDataset::EightGaussians.sample(1000, Device::Cpu).unwrap();
+    let train = ToyDataset::EightGaussians
+        .sample(20_000, Device::Cpu)
+        .unwrap();
+    let test = ToyDataset::EightGaussians
+        .sample(1000, Device::Cpu)
+        .unwrap();
     let score = |m: &dyn GenerativeModel| {
         let s = m.sample_with(1000, &SampleOptions::new().seed(3)).unwrap();
         energy_distance(&s, &test).unwrap()
@@ -55,8 +59,18 @@ fn training_on_eight_gaussians_moves_samples_to_the_data() {
         "energy distance to the data went from {before:.4} to {after:.4}"
     );
     // The collapse statistics are reported at every logged step.
-    let names: Vec<&str> = history.points[0].1.iter().map(|(n, _)| n.as_str()).collect();
-    for stat in ["discriminator_loss", "real_accuracy", "fake_accuracy", "generator_loss", "diversity"] {
+    let names: Vec<&str> = history.points[0]
+        .1
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    for stat in [
+        "discriminator_loss",
+        "real_accuracy",
+        "fake_accuracy",
+        "generator_loss",
+        "diversity",
+    ] {
         assert!(names.contains(&stat), "{stat} missing from {names:?}");
     }
 }
@@ -77,14 +91,21 @@ fn the_generator_updates_every_n_critic_steps_and_the_average_follows_it() {
     let mut gan = Gan::new(&c, &info, Device::Cpu).unwrap();
     let x = ToyDataset::EightGaussians.sample(32, Device::Cpu).unwrap();
     let fixed = SampleOptions::new().seed(5);
-    let raw = |g: &Gan| g.sample_with(8, &SampleOptions::new().seed(5).weights(WeightChoice::Raw)).unwrap();
+    let raw = |g: &Gan| {
+        g.sample_with(8, &SampleOptions::new().seed(5).weights(WeightChoice::Raw))
+            .unwrap()
+    };
     let before = raw(&gan);
     for step in 1..=12 {
         let out = gan.train_step(&Batch::new(x.shallow_clone())).unwrap();
         // A Wasserstein critic reports its gap and the generator's objective, not accuracies.
         let has = |name: &str| out.losses.iter().any(|(n, _)| n == name);
         let has_g = has("generator_objective");
-        assert_eq!(has_g, step % 5 == 0, "step {step}: generator update {has_g}");
+        assert_eq!(
+            has_g,
+            step % 5 == 0,
+            "step {step}: generator update {has_g}"
+        );
         assert!(has("penalty") && has("critic_gap") && !has("real_accuracy"));
     }
     assert_eq!(gan.updates(), (12, 2));
@@ -109,9 +130,11 @@ fn a_conditional_gan_follows_its_labels_and_samples_lie_in_the_data_space() {
     let with = |label: i64| {
         gan.sample_with(
             4,
-            &SampleOptions::new()
-                .seed(1)
-                .labels(Tensor::full([4], label, (Kind::Int64, Device::Cpu))),
+            &SampleOptions::new().seed(1).labels(Tensor::full(
+                [4],
+                label,
+                (Kind::Int64, Device::Cpu),
+            )),
         )
         .unwrap()
     };
@@ -124,7 +147,10 @@ fn a_conditional_gan_follows_its_labels_and_samples_lie_in_the_data_space() {
     assert!(three.min().double_value(&[]) >= 0.0 && three.max().double_value(&[]) <= 255.0);
     // Wrong labels are refused with what was expected.
     let msg = gan
-        .sample_with(4, &SampleOptions::new().labels(Tensor::zeros([3], (Kind::Int64, Device::Cpu))))
+        .sample_with(
+            4,
+            &SampleOptions::new().labels(Tensor::zeros([3], (Kind::Int64, Device::Cpu))),
+        )
         .unwrap_err()
         .to_string();
     assert!(msg.contains("[4]"), "{msg}");
@@ -143,7 +169,9 @@ fn interpolation_runs_from_one_noise_to_the_other() {
     let latent = c.latent_dim;
     let z0 = Tensor::randn([latent], (Kind::Float, Device::Cpu));
     let z1 = Tensor::randn([latent], (Kind::Float, Device::Cpu));
-    let path = gan.interpolate(&z0, &z1, 5, Some(7), WeightChoice::Ema).unwrap();
+    let path = gan
+        .interpolate(&z0, &z1, 5, Some(7), WeightChoice::Ema)
+        .unwrap();
     assert_eq!(path.size(), [5, 1, 28, 28]);
     let seven = Tensor::full([1], 7, (Kind::Int64, Device::Cpu));
     let end = |z: &Tensor| {
@@ -153,12 +181,21 @@ fn interpolation_runs_from_one_noise_to_the_other() {
     assert!(path.narrow(0, 0, 1).equal(&end(&z0)));
     assert!(path.narrow(0, 4, 1).allclose(&end(&z1), 0.0, 1.0, false));
     // Refusals: wrong shape, too few points, a label out of range, a NaN.
-    assert!(gan.interpolate(&z0.narrow(0, 0, 2), &z1, 5, Some(1), WeightChoice::Ema).is_err());
-    assert!(gan.interpolate(&z0, &z1, 1, Some(1), WeightChoice::Ema).is_err());
-    assert!(gan.interpolate(&z0, &z1, 5, Some(10), WeightChoice::Ema).is_err());
+    assert!(gan
+        .interpolate(&z0.narrow(0, 0, 2), &z1, 5, Some(1), WeightChoice::Ema)
+        .is_err());
+    assert!(gan
+        .interpolate(&z0, &z1, 1, Some(1), WeightChoice::Ema)
+        .is_err());
+    assert!(gan
+        .interpolate(&z0, &z1, 5, Some(10), WeightChoice::Ema)
+        .is_err());
     let nan = z0.copy();
     let _ = nan.get(0).fill_(f64::NAN);
-    let msg = gan.interpolate(&nan, &z1, 5, Some(1), WeightChoice::Ema).unwrap_err().to_string();
+    let msg = gan
+        .interpolate(&nan, &z1, 5, Some(1), WeightChoice::Ema)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("NaN"), "{msg}");
 }
 
@@ -181,7 +218,9 @@ fn history(rows: &[(f64, f64, f64, f64)]) -> Vec<(u64, Vec<(String, f64)>)> {
 
 #[test]
 fn collapse_signs_name_each_failure_and_stay_quiet_on_a_healthy_run() {
-    let healthy: Vec<_> = (0..20).map(|i| (0.6, 0.55, 0.7 + 0.01 * (i % 3) as f64, 2.5)).collect();
+    let healthy: Vec<_> = (0..20)
+        .map(|i| (0.6, 0.55, 0.7 + 0.01 * (i % 3) as f64, 2.5))
+        .collect();
     assert!(collapse_signs(&history(&healthy)).is_empty());
     // The discriminator wins for the last quarter and the generator loss runs away.
     let mut wins = healthy.clone();
@@ -189,8 +228,14 @@ fn collapse_signs_name_each_failure_and_stay_quiet_on_a_healthy_run() {
         *row = (1.0, 1.0, 5.0 + i as f64, 2.5);
     }
     let signs = collapse_signs(&history(&wins));
-    assert!(matches!(signs[0], CollapseSign::DiscriminatorWins { .. }), "{signs:?}");
-    assert!(matches!(signs[1], CollapseSign::GeneratorLossDiverging { .. }), "{signs:?}");
+    assert!(
+        matches!(signs[0], CollapseSign::DiscriminatorWins { .. }),
+        "{signs:?}"
+    );
+    assert!(
+        matches!(signs[1], CollapseSign::GeneratorLossDiverging { .. }),
+        "{signs:?}"
+    );
     assert_eq!(signs.len(), 2);
     // Fooled everywhere.
     let mut fooled = healthy.clone();
@@ -209,7 +254,13 @@ fn collapse_signs_name_each_failure_and_stay_quiet_on_a_healthy_run() {
     }
     let signs = collapse_signs(&history(&collapsed));
     assert_eq!(signs.len(), 1);
-    assert!(signs[0].to_string().contains("diversity fell from 2.500 to 0.300"), "{}", signs[0]);
+    assert!(
+        signs[0]
+            .to_string()
+            .contains("diversity fell from 2.500 to 0.300"),
+        "{}",
+        signs[0]
+    );
     // Too short a history says nothing.
     assert!(collapse_signs(&history(&wins[..3])).is_empty());
 }
@@ -245,7 +296,12 @@ fn spectral_norm_steps_once_per_training_step() {
         g.discriminator()
             .spectral_layers()
             .iter()
-            .map(|l| (l.weight().detach().copy(), l.spectral_norm().unwrap().u().copy()))
+            .map(|l| {
+                (
+                    l.weight().detach().copy(),
+                    l.spectral_norm().unwrap().u().copy(),
+                )
+            })
             .collect()
     };
     let before = layers(&gan);
@@ -257,7 +313,10 @@ fn spectral_norm_steps_once_per_training_step() {
         let v = normalized(&w.tr().mv(u));
         let want = normalized(&w.mv(&v));
         let diff = (&u_after - &want).abs().max().double_value(&[]);
-        assert!(diff < 1e-6, "u after one step differs from one power iteration by {diff}");
+        assert!(
+            diff < 1e-6,
+            "u after one step differs from one power iteration by {diff}"
+        );
     }
     let after = layers(&gan);
     let _ = gan.sample_with(3, &SampleOptions::new().seed(1)).unwrap();
@@ -280,11 +339,17 @@ fn the_r1_penalty_enters_the_loss_with_half_its_weight() {
     let mut gan = Gan::new(&c, &info, Device::Cpu).unwrap();
     let x = ToyDataset::EightGaussians.sample(16, Device::Cpu).unwrap();
     let critic = |p: &Tensor| gan.discriminator().forward(p, None, false);
-    let want = 1.5 * gm_gan::regularizer::r1_penalty(&critic, &x).unwrap().double_value(&[]);
+    let want = 1.5
+        * gm_gan::regularizer::r1_penalty(&critic, &x)
+            .unwrap()
+            .double_value(&[]);
     let out = gan.train_step(&Batch::new(x)).unwrap();
     let (_, penalty) = out.losses.iter().find(|(n, _)| n == "penalty").unwrap();
     let got = penalty.double_value(&[]);
-    assert!((got - want).abs() < 1e-6 * want.abs().max(1.0), "penalty {got}, expected {want}");
+    assert!(
+        (got - want).abs() < 1e-6 * want.abs().max(1.0),
+        "penalty {got}, expected {want}"
+    );
 }
 
 /// The midpoint of an interpolation is the spherical one, `(z₀ + z₁) · sin(ω/2) / sin ω`.
@@ -298,7 +363,9 @@ fn interpolation_is_spherical() {
     let gan = Gan::new(&c, &info, Device::Cpu).unwrap();
     let z0 = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0]);
     let z1 = Tensor::from_slice(&[0.0f32, 2.0, 0.0, 0.0]);
-    let path = gan.interpolate(&z0, &z1, 3, None, WeightChoice::Raw).unwrap();
+    let path = gan
+        .interpolate(&z0, &z1, 3, None, WeightChoice::Raw)
+        .unwrap();
     // ω = π/2: the midpoint is (z₀ + z₁)·sin(π/4), norm between |z₀| and |z₁| (linear
     // interpolation would give (z₀ + z₁)/2 instead).
     let mid = (&z0 + &z1) * (std::f64::consts::FRAC_PI_4).sin();

@@ -29,7 +29,8 @@ fn by_hand(loss: GanLoss) -> (f64, f64) {
     let f = || FAKE.iter().copied();
     match loss {
         GanLoss::Minimax => (
-            mean(r.map(|x| -log_sigmoid(x))) + mean(f().map(|x| -(1.0 - 1.0 / (1.0 + (-x).exp())).ln())),
+            mean(r.map(|x| -log_sigmoid(x)))
+                + mean(f().map(|x| -(1.0 - 1.0 / (1.0 + (-x).exp())).ln())),
             mean(f().map(|x| (1.0 - 1.0 / (1.0 + (-x).exp())).ln())),
         ),
         GanLoss::NonSaturating => (
@@ -58,10 +59,19 @@ fn every_loss_matches_its_formula_on_hand_computed_logits() {
         GanLoss::Wasserstein,
     ] {
         let (d, g) = by_hand(loss);
-        let got_d = loss.discriminator(&t(&REAL), &t(&FAKE)).unwrap().double_value(&[]);
+        let got_d = loss
+            .discriminator(&t(&REAL), &t(&FAKE))
+            .unwrap()
+            .double_value(&[]);
         let got_g = loss.generator(&t(&FAKE)).unwrap().double_value(&[]);
-        assert!((got_d - d).abs() < 1e-12, "{loss:?} discriminator: {got_d} vs {d}");
-        assert!((got_g - g).abs() < 1e-12, "{loss:?} generator: {got_g} vs {g}");
+        assert!(
+            (got_d - d).abs() < 1e-12,
+            "{loss:?} discriminator: {got_d} vs {d}"
+        );
+        assert!(
+            (got_g - g).abs() < 1e-12,
+            "{loss:?} generator: {got_g} vs {g}"
+        );
     }
 }
 
@@ -117,10 +127,14 @@ fn gradient_penalty_equals_the_closed_form_and_trains_the_critic() {
     let g = q.gradients(&points);
     let norms = g.square().sum_dim_intlist(1, false, Kind::Double).sqrt();
     let want = (&norms - 1.0).square().mean(Kind::Double).double_value(&[]);
-    assert!((gp.double_value(&[]) - want).abs() < 1e-9, "{gp:?} vs {want}");
+    assert!(
+        (gp.double_value(&[]) - want).abs() < 1e-9,
+        "{gp:?} vs {want}"
+    );
     // Double back-propagation: d GP / d w = mean over examples of 2(‖g‖ − 1) g / ‖g‖.
     gp.backward();
-    let want_grad = (g * ((&norms - 1.0) * 2.0 / &norms).unsqueeze(1)).mean_dim(0, false, Kind::Double);
+    let want_grad =
+        (g * ((&norms - 1.0) * 2.0 / &norms).unsqueeze(1)).mean_dim(0, false, Kind::Double);
     let diff = (q.w.grad() - want_grad).abs().max().double_value(&[]);
     assert!(diff < 1e-9, "gradient of the penalty off by {diff}");
 }
@@ -150,7 +164,10 @@ fn interpolates_lie_on_the_segments_between_pairs() {
     let first = alpha.narrow(1, 0, 1);
     assert!((&alpha - &first).abs().max().double_value(&[]) < 1e-9);
     assert!(first.min().double_value(&[]) >= 0.0 && first.max().double_value(&[]) <= 1.0);
-    assert!(first.std(true).double_value(&[]) > 0.1, "α must vary per example");
+    assert!(
+        first.std(true).double_value(&[]) > 0.1,
+        "α must vary per example"
+    );
 }
 
 fn largest_singular_value(w: &Tensor) -> f64 {

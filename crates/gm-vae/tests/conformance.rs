@@ -15,7 +15,6 @@ use gm_vae::{
     ContextConfig, LikelihoodConfig, NetworkConfig, VaeConfig, VqVae, VqVaeConfig, SHIPPED_CONFIGS,
 };
 
-
 fn shrink_network(net: &mut NetworkConfig) {
     match net {
         NetworkConfig::Mlp(m) => m.hidden = vec![16],

@@ -417,11 +417,9 @@ pub fn example_data(info: &DataInfo, n: i64) -> Tensor {
         .chain(info.event_shape.iter().copied())
         .collect();
     match info.values {
-        ValueKind::Continuous if info.event_shape == [2] => {
-            crate::data::toy::ToyDataset::TwoMoons
-                .sample(n, Device::Cpu)
-                .expect("two-moons points")
-        }
+        ValueKind::Continuous if info.event_shape == [2] => crate::data::toy::ToyDataset::TwoMoons
+            .sample(n, Device::Cpu)
+            .expect("two-moons points"),
         ValueKind::Continuous => Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)),
         ValueKind::Discrete { levels } => {
             Tensor::randint(levels as i64, shape.as_slice(), (Kind::Float, Device::Cpu))

@@ -46,10 +46,20 @@ impl Config for EmaConfig {
 }
 
 impl EmaConfig {
-    /// The same average for another step budget (the start step keeps its share of the run).
+    /// The same average for another step budget: the start step keeps its share of the run,
+    /// and so does the averaging horizon `1 / (1 − decay)` (a length in steps too), so a
+    /// shortened run does not average over more steps than it has. An unchanged budget keeps
+    /// the decay exactly.
     pub fn scaled(&self, budget: &Budget) -> EmaConfig {
+        let ratio = budget.ratio();
+        let decay = if ratio == 1.0 {
+            self.decay
+        } else {
+            let horizon = (ratio / (1.0 - self.decay)).max(1.0);
+            1.0 - 1.0 / horizon
+        };
         EmaConfig {
-            decay: self.decay,
+            decay,
             start_step: budget.scale(self.start_step),
         }
     }
