@@ -283,7 +283,7 @@ impl Gan {
         for (name, z) in [("z0", z0), ("z1", z1)] {
             if z.size() != [latent] {
                 return Err(GmError::shape(
-                    &format!("Gan.interpolate {name}"),
+                    format!("Gan.interpolate {name}"),
                     format!("[{latent}]"),
                     &z.size(),
                 ));

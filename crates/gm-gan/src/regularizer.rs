@@ -72,7 +72,7 @@ pub fn interpolates(real: &Tensor, fake: &Tensor) -> Result<Tensor> {
     }
     let size = real.size();
     let mut alpha_shape = vec![leading_dim(real, "[batch, ...]", "interpolates real")?];
-    alpha_shape.extend(std::iter::repeat(1).take(size.len() - 1));
+    alpha_shape.extend(std::iter::repeat_n(1, size.len() - 1));
     let alpha = Tensor::f_rand(alpha_shape.as_slice(), (real.kind(), real.device()))?;
     Ok(fake.f_detach()?.f_lerp_tensor(&real.f_detach()?, &alpha)?)
 }
