@@ -4,6 +4,7 @@
 //! held-out digits scored against the training digits give the reference row.
 
 use crate::classifier::DigitClassifier;
+use gm_core::metrics::pairwise_distances;
 use gm_core::model::{GenerativeModel, SampleOptions};
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::{GmError, Result};
@@ -80,23 +81,11 @@ pub struct Fidelity {
     pub coverage: f64,
 }
 
-/// Euclidean distances `[n, m]` between the rows of `a` and `b`, in double precision.
-fn distances(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (a, b) = (a.f_to_kind(Kind::Double)?, b.f_to_kind(Kind::Double)?);
-    let aa = a.f_square()?.f_sum_dim_intlist(1, true, Kind::Double)?;
-    let bb = b.f_square()?.f_sum_dim_intlist(1, true, Kind::Double)?;
-    Ok(aa
-        .f_add(&bb.f_tr()?)?
-        .f_sub(&a.f_matmul(&b.f_tr()?)?.f_mul_scalar(2.0)?)?
-        .f_clamp_min(0.0)?
-        .f_sqrt()?)
-}
-
 /// The distance from each row to its `k`-th nearest other row.
 fn knn_radii(x: &Tensor, k: i64) -> Result<Tensor> {
     // The row itself is its own nearest neighbour at distance 0 (set exactly: rounding could
     // otherwise put it behind a near-duplicate), hence `k + 1`.
-    let mut d = distances(x, x)?;
+    let mut d = pairwise_distances(x, x)?;
     let _ = d.f_fill_diagonal_(0.0, false)?;
     let (values, _) = d.f_topk(k + 1, 1, false, true)?;
     Ok(values.f_select(1, k)?)
@@ -117,7 +106,7 @@ pub fn fidelity(real: &Tensor, fake: &Tensor, k: i64) -> Result<Fidelity> {
     }
     let real_radii = knn_radii(real, k)?;
     let fake_radii = knn_radii(fake, k)?;
-    let d = distances(fake, real)?; // [m, n]
+    let d = pairwise_distances(fake, real)?; // [m, n]
     let inside_real = d.f_le_tensor(&real_radii.f_unsqueeze(0)?)?; // fake i in real ball j
     let inside_fake = d.f_le_tensor(&fake_radii.f_unsqueeze(1)?)?; // real j in fake ball i
     let mean = |t: Tensor| -> Result<f64> {

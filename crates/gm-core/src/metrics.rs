@@ -78,6 +78,12 @@ fn squared_distances(x: &Tensor, y: &Tensor) -> Result<Tensor> {
         .f_clamp_min(0.0)?)
 }
 
+/// Euclidean distances `[n, m]` between the rows of `x` `[n, d]` and `y` `[m, d]`, in double
+/// precision (through the expansion `|a|² + |b|² − 2a·b`, clamped at 0 against rounding).
+pub fn pairwise_distances(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    Ok(squared_distances(&x.f_to_kind(Kind::Double)?, &y.f_to_kind(Kind::Double)?)?.f_sqrt()?)
+}
+
 /// The mean Euclidean distance between distinct rows of `x` `[n ≥ 2, ...]`, as a scalar
 /// tensor on `x`'s device (no host read): the spread of a sample set, whose fall during GAN
 /// training is a sign of mode collapse.
@@ -91,7 +97,7 @@ pub fn mean_pairwise_distance(x: &Tensor) -> Result<Tensor> {
         ));
     }
     let rows = x.f_reshape([n, -1])?.f_to_kind(Kind::Double)?;
-    let d = squared_distances(&rows, &rows)?.f_sqrt()?;
+    let d = pairwise_distances(&rows, &rows)?;
     let off_diagonal = d
         .f_sum(Kind::Double)?
         .f_sub(&d.f_diagonal(0, 0, 1)?.f_sum(Kind::Double)?)?;
@@ -149,11 +155,11 @@ pub fn energy_distance(x: &Tensor, y: &Tensor) -> Result<f64> {
                 .into(),
         ));
     }
-    let dist =
-        |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok(squared_distances(a, b)?.f_sqrt()?) };
-    let xy = dist(&x, &y)?.f_mean(Kind::Double)?.f_double_value(&[])?;
-    let xx = off_diagonal_mean(&dist(&x, &x)?)?;
-    let yy = off_diagonal_mean(&dist(&y, &y)?)?;
+    let xy = pairwise_distances(&x, &y)?
+        .f_mean(Kind::Double)?
+        .f_double_value(&[])?;
+    let xx = off_diagonal_mean(&pairwise_distances(&x, &x)?)?;
+    let yy = off_diagonal_mean(&pairwise_distances(&y, &y)?)?;
     Ok(2.0 * xy - xx - yy)
 }
 
