@@ -4,8 +4,9 @@
 //! held-out digits scored against the training digits give the reference row.
 
 use crate::classifier::DigitClassifier;
+use crate::suite::SamplerVariant;
 use gm_core::metrics::pairwise_distances;
-use gm_core::model::{GenerativeModel, SampleOptions};
+use gm_core::model::GenerativeModel;
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::{GmError, Result};
 use serde::{Deserialize, Serialize};
@@ -172,8 +173,9 @@ fn unit_range(images: &Tensor, top: f64) -> Result<Tensor> {
         .f_clamp(0.0, 1.0)?)
 }
 
-/// Draws `n` samples of `model` (with labels `i mod classes` for a conditional one) and scores
-/// them against `test` and `train` digits (values `0..=top`, `[m, 1, 28, 28]`).
+/// Draws `n` samples of `model` (with labels `i mod classes` for a conditional one), the way
+/// `variant` says (the model's defaults for `None`), and scores them against `test` and `train`
+/// digits (values `0..=top`, `[m, 1, 28, 28]`).
 pub fn image_metrics(
     model: &dyn GenerativeModel,
     classifier: &DigitClassifier,
@@ -181,18 +183,19 @@ pub fn image_metrics(
     test: &Tensor,
     top: f64,
     n: i64,
+    variant: Option<&SamplerVariant>,
 ) -> Result<ImageMetrics> {
     let classes = model.label_classes();
-    let options = SampleOptions::new();
+    let options = || variant.map(|v| v.options()).unwrap_or_default();
     let (samples, labels) = if classes > 0 {
         let labels = Tensor::f_arange(n, (Kind::Int64, Device::Cpu))?.f_remainder(classes)?;
         let s = gm_core::tch::no_grad(|| {
-            model.sample_with(n, &SampleOptions::new().labels(labels.shallow_clone()))
+            model.sample_with(n, &options().labels(labels.shallow_clone()))
         })?;
         (s, Some(labels))
     } else {
         (
-            gm_core::tch::no_grad(|| model.sample_with(n, &options))?,
+            gm_core::tch::no_grad(|| model.sample_with(n, &options()))?,
             None,
         )
     };

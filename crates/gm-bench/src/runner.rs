@@ -59,10 +59,48 @@ pub struct RunResult {
     /// Signs of a failing run read from its training statistics (e.g. a GAN's collapse).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The suite's further samplers, each judged on vector data sets like the default samples.
+    #[serde(default)]
+    pub samplers: Vec<SamplerResult>,
 }
 
+/// Samples drawn one further way (see [`crate::suite::SamplerVariant`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SamplerResult {
+    pub label: String,
+    /// Wall time to draw 10,000 samples, from the time of the run's draw.
+    pub seconds_per_10k: f64,
+    /// Why this way of sampling failed (the run's other results stand).
+    #[serde(default)]
+    pub error: Option<String>,
+    pub sample_metrics: Option<SampleMetrics>,
+    /// Image samples drawn this way, judged by the digit classifier (MNIST data sets).
+    #[serde(default)]
+    pub image_metrics: Option<ImageMetrics>,
+}
+
+/// The hash of what defines an entry's training (its id and run), naming its run folder and
+/// checkpoint: the same training resumes there.
 pub fn config_hash(entry: &Entry) -> String {
-    let digest = Sha256::digest(format!("{}\n{}", entry.id, entry.config_text).as_bytes());
+    short_hash(&format!("{}\n{}", entry.id, entry.config_text))
+}
+
+/// The hash of everything that defines an entry's *result*: the training and the further
+/// samplers. A changed sampler list re-evaluates the trained model without retraining it.
+pub fn result_hash(entry: &Entry) -> String {
+    if entry.samplers.is_empty() {
+        return config_hash(entry);
+    }
+    short_hash(&format!(
+        "{}\n{}\n{}",
+        entry.id,
+        entry.config_text,
+        serde_json::to_string(&entry.samplers).unwrap_or_default()
+    ))
+}
+
+fn short_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -73,8 +111,8 @@ fn run_dir(out: &Path, entry: &Entry, hash: &str) -> PathBuf {
 
 /// The finished result stored for `entry` under `out`, if a run of the same config succeeded.
 pub fn stored_result(entry: &Entry, out: &Path) -> Option<RunResult> {
-    let hash = config_hash(entry);
-    let cached = run_dir(out, entry, &hash).join("result.json");
+    let cached = run_dir(out, entry, &config_hash(entry)).join("result.json");
+    let hash = result_hash(entry);
     std::fs::read(&cached)
         .ok()
         .and_then(|b| serde_json::from_slice::<RunResult>(&b).ok())
@@ -111,7 +149,7 @@ pub fn run_entry(
             failed_result(entry, format!("panicked: {}", msg.unwrap_or_default()))
         }
     };
-    result.config_hash = hash;
+    result.config_hash = result_hash(entry);
     if std::fs::create_dir_all(&dir).is_ok() {
         let _ = std::fs::write(
             &cached,
@@ -128,7 +166,7 @@ pub fn failed_result(entry: &Entry, error: String) -> RunResult {
         family: entry.family.clone(),
         model: entry.model.clone(),
         dataset: entry.dataset.clone(),
-        config_hash: config_hash(entry),
+        config_hash: result_hash(entry),
         status: "failed".into(),
         error: Some(error),
         nll_nats: None,
@@ -148,6 +186,7 @@ pub fn failed_result(entry: &Entry, error: String) -> RunResult {
         image_metrics: None,
         final_stats: vec![],
         warnings: vec![],
+        samplers: vec![],
     }
 }
 
@@ -214,6 +253,18 @@ fn train_and_evaluate(
         )?),
         None => None,
     };
+    let mut samplers = Vec::new();
+    for (i, variant) in entry.samplers.iter().enumerate() {
+        let seed = gm_core::device::derive_seed(entry.run.train.seed, 0x5A3C + i as u64);
+        let judged = judge_variant(variant, seed, model.as_ref(), data, n_samples, device, classifier);
+        samplers.push(judged.unwrap_or_else(|e| SamplerResult {
+            label: variant.label(),
+            seconds_per_10k: 0.0,
+            error: Some(e.to_string()),
+            sample_metrics: None,
+            image_metrics: None,
+        }));
+    }
     let image_metrics = match (classifier, data.values) {
         (Some(c), gm_core::data::ValueKind::Discrete { levels })
             if data.toy.is_none() && data.event_shape == [1, 28, 28] =>
@@ -226,6 +277,7 @@ fn train_and_evaluate(
                 &data.test.x,
                 (levels - 1) as f64,
                 1000,
+                None,
             )?)
         }
         _ => None,
@@ -284,5 +336,57 @@ fn train_and_evaluate(
             .iter()
             .map(|sign| sign.to_string())
             .collect(),
+        samplers,
+    })
+}
+
+/// Draws `n_samples` the way `variant` says (timed) and judges them like the default samples:
+/// distances to held-out data on toy sets, the digit classifier's metrics on 1,000 more for
+/// digits.
+fn judge_variant(
+    variant: &crate::suite::SamplerVariant,
+    seed: u64,
+    model: &dyn gm_core::model::GenerativeModel,
+    data: &NamedData,
+    n_samples: i64,
+    device: Device,
+    classifier: Option<&DigitClassifier>,
+) -> Result<SamplerResult> {
+    let options = variant.options().seed(seed);
+    let started = Instant::now();
+    let drawn = gm_core::tch::no_grad(|| model.sample_with(n_samples, &options))?;
+    let seconds_per_10k = started.elapsed().as_secs_f64() * 10_000.0 / n_samples as f64;
+    let sample_metrics = match data.toy {
+        Some(set) => Some(crate::metrics::sample_metrics(
+            &drawn,
+            &data.train.x,
+            &data.test.x,
+            set.modes(device)?.as_ref(),
+        )?),
+        None => None,
+    };
+    let image_metrics = match (classifier, data.values) {
+        (Some(c), gm_core::data::ValueKind::Discrete { levels })
+            if data.toy.is_none() && data.event_shape == [1, 28, 28] =>
+        {
+            gm_core::device::seed_torch(seed);
+            Some(image_metrics(
+                model,
+                c,
+                &data.train.x,
+                &data.test.x,
+                (levels - 1) as f64,
+                1000,
+                Some(variant),
+            )?)
+        }
+        _ => None,
+    };
+    Ok(SamplerResult {
+        label: variant.label(),
+        seconds_per_10k,
+        error: None,
+        sample_metrics,
+        image_metrics,
     })
 }

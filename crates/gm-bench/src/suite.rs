@@ -16,6 +16,7 @@ pub fn registry() -> Registry {
     gm_flow::register(&mut registry);
     gm_vae::register(&mut registry);
     gm_gan::register(&mut registry);
+    gm_diffusion::register(&mut registry);
     registry
 }
 
@@ -63,6 +64,47 @@ struct SuiteEntry {
     #[serde(default)]
     datasets: Vec<String>,
     steps: ProfileSteps,
+    /// Further ways to sample the trained model, each judged like its default samples.
+    #[serde(default)]
+    samplers: Vec<SamplerVariant>,
+}
+
+/// One way to draw samples from a trained model (the `SampleOptions` a suite can set); fields
+/// left out keep the model's defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerVariant {
+    pub solver: Option<String>,
+    pub steps: Option<usize>,
+    pub eta: Option<f64>,
+    pub guidance: Option<f64>,
+}
+
+impl SamplerVariant {
+    /// `solver-steps` with η and guidance where set, e.g. `ddim-50` or `ddpm-1000`.
+    pub fn label(&self) -> String {
+        let mut label = self.solver.clone().unwrap_or_else(|| "default".into());
+        if let Some(steps) = self.steps {
+            label.push_str(&format!("-{steps}"));
+        }
+        if let Some(eta) = self.eta {
+            label.push_str(&format!(" η={eta}"));
+        }
+        if let Some(g) = self.guidance {
+            label.push_str(&format!(" guidance {g}"));
+        }
+        label
+    }
+
+    /// The options that draw this way.
+    pub fn options(&self) -> gm_core::model::SampleOptions {
+        let mut options = gm_core::model::SampleOptions::new();
+        options.solver = self.solver.clone();
+        options.steps = self.steps;
+        options.eta = self.eta;
+        options.guidance = self.guidance;
+        options
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +138,8 @@ pub struct Entry {
     /// Everything that determines the run (the canonical TOML of `run`), hashed to name its
     /// folder: a changed config starts afresh and an unchanged one resumes.
     pub config_text: String,
+    /// Further ways to sample the trained model (part of the result's hash).
+    pub samplers: Vec<SamplerVariant>,
 }
 
 /// The built-in suite for a profile.
@@ -141,6 +185,7 @@ pub fn suite_from(
                 dataset,
                 config_text: run.to_toml_string()?,
                 run,
+                samplers: item.samplers.clone(),
             });
         }
     }

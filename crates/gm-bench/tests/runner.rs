@@ -1,7 +1,7 @@
 //! The runner survives failing entries, resumes finished ones, and the report says what happened.
 
 use gm_bench::report::{self, Report};
-use gm_bench::runner::{config_hash, run_entry};
+use gm_bench::runner::{config_hash, result_hash, run_entry};
 use gm_bench::suite::{suite, Entry, Profile};
 use gm_core::data::load_named;
 use gm_core::model::GenerativeModel;
@@ -37,6 +37,7 @@ impl ModelSpec for BrokenSpec {
 
 fn entry(id: &str, panics: bool) -> Entry {
     Entry {
+        samplers: vec![],
         id: id.into(),
         family: "test".into(),
         model: "m".into(),
@@ -123,6 +124,47 @@ fn a_real_entry_trains_and_is_reused() {
     assert_ne!(h1, config_hash(&e));
 }
 
+/// An entry's further samplers are each drawn and judged, and are part of the result's hash.
+#[test]
+fn sampler_variants_are_judged_and_hashed() {
+    let data = load_named("eight_gaussians", Device::Cpu, 256, 256, 0).unwrap();
+    let out = out_dir("samplers");
+    let text = "[[entry]]\nmodel = \"ddpm\"\nconfig = \"diffusion/toy_mlp\"\ndatasets = [\"eight_gaussians\"]\nsteps = { quick = 3, default = 3, full = 3 }\nsamplers = [{ solver = \"ddpm\", steps = 20 }, { solver = \"dpm_solver_2m\", steps = 4 }, { solver = \"ddim\", steps = 5, eta = 1.0 }]";
+    let registry = gm_bench::suite::registry();
+    let mut e = gm_bench::suite::suite_from(text, "t", Profile::Quick, &registry)
+        .unwrap()
+        .remove(0);
+    e.run.train.batch_size = 32;
+    let result = run_entry(&e, &data, &out, Device::Cpu, None);
+    assert_eq!(result.status, "ok", "{:?}", result.error);
+    let labels: Vec<&str> = result.samplers.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(labels, ["ddpm-20", "dpm_solver_2m-4", "ddim-5 η=1"]);
+    for s in &result.samplers {
+        let m = s.sample_metrics.as_ref().expect("toy data are judged");
+        assert!(m.energy_distance.is_finite() && s.seconds_per_10k > 0.0);
+        assert_eq!(m.modes, Some(8));
+    }
+    // A changed sampler list is a new result of the same training: the checkpoint is reused.
+    let (config, hash) = (config_hash(&e), result_hash(&e));
+    e.samplers.pop();
+    assert_eq!(config, config_hash(&e), "a sampler is not part of the training");
+    assert_ne!(hash, result_hash(&e), "dropping a sampler must change the result's hash");
+    // A sampler the model does not know fails alone, with its error; the run stands.
+    e.samplers.push(gm_bench::suite::SamplerVariant {
+        solver: Some("euler".into()),
+        steps: None,
+        eta: None,
+        guidance: None,
+    });
+    let again = run_entry(&e, &data, &out, Device::Cpu, None);
+    assert_eq!(again.status, "ok", "{:?}", again.error);
+    assert_eq!(again.steps, result.steps);
+    let failed = again.samplers.last().unwrap();
+    assert!(failed.error.as_deref().unwrap_or("").contains("euler"), "{failed:?}");
+    let bad = text.replace("eta = 1.0", "eta = 1.0, temperature = 2.0");
+    assert!(gm_bench::suite::suite_from(&bad, "t", Profile::Quick, &registry).is_err());
+}
+
 #[test]
 fn every_profile_builds_a_suite() {
     for p in ["quick", "default", "full"] {
@@ -175,6 +217,18 @@ fn budgets_are_applied_by_the_specs() {
                             e.id,
                             ema.start_step,
                             steps / c.n_critic
+                        );
+                    }
+                    c.lr_schedule
+                }
+                "diffusion" => {
+                    let c: gm_diffusion::DiffusionConfig = e.run.model_config().unwrap();
+                    if let Some(ema) = &c.ema {
+                        assert!(
+                            ema.start_step < steps,
+                            "{}: EMA start {} of {steps} steps",
+                            e.id,
+                            ema.start_step
                         );
                     }
                     c.lr_schedule

@@ -129,6 +129,12 @@ pub struct SampleOptions {
     /// The solver of an iterative sampler, by name (e.g. `ddim`, `heun`); `None` for the
     /// model's default.
     pub solver: Option<String>,
+    /// The stochasticity of a DDIM-style sampler: 0 deterministic, 1 ancestral; `None` for the
+    /// model's default.
+    pub eta: Option<f64>,
+    /// The classifier-free guidance scale of a conditional diffusion model (1 samples the
+    /// conditional model, above 1 pushes towards the label); `None` for the model's default.
+    pub guidance: Option<f64>,
     /// EMA or raw weights.
     pub weights: WeightChoice,
     /// Seeds libtorch's generator before sampling, for reproducible draws.
@@ -143,6 +149,8 @@ impl Default for SampleOptions {
             temperature: 1.0,
             steps: None,
             solver: None,
+            eta: None,
+            guidance: None,
             weights: WeightChoice::Ema,
             seed: None,
         }
@@ -179,6 +187,16 @@ impl SampleOptions {
         self
     }
 
+    pub fn eta(mut self, eta: f64) -> Self {
+        self.eta = Some(eta);
+        self
+    }
+
+    pub fn guidance(mut self, scale: f64) -> Self {
+        self.guidance = Some(scale);
+        self
+    }
+
     pub fn weights(mut self, weights: WeightChoice) -> Self {
         self.weights = weights;
         self
@@ -206,6 +224,18 @@ impl SampleOptions {
         }
         if self.steps == Some(0) {
             return Err(GmError::config("steps", "must be at least 1"));
+        }
+        if let Some(eta) = self.eta.filter(|e| !(0.0..=1.0).contains(e)) {
+            return Err(GmError::config(
+                "eta",
+                format!("must lie in [0, 1], got {eta}"),
+            ));
+        }
+        if let Some(g) = self.guidance.filter(|g| !g.is_finite() || *g < 0.0) {
+            return Err(GmError::config(
+                "guidance",
+                format!("must be finite and non-negative, got {g}"),
+            ));
         }
         if let Some(seed) = self.seed {
             crate::device::seed_torch(seed);

@@ -51,6 +51,22 @@ impl DataInfo {
         }
     }
 
+    /// The label classes a model conditions on: the data set's for a `conditional` model (an
+    /// error naming the `conditional` key if the set has none), 0 otherwise. `model` names the
+    /// model in the message ("a conditional GAN").
+    pub fn condition_classes(&self, conditional: bool, model: &str) -> Result<i64> {
+        if !conditional {
+            return Ok(0);
+        }
+        if self.classes < 1 {
+            return Err(GmError::config(
+                "conditional",
+                format!("{model} needs a data set with class labels; this one has none"),
+            ));
+        }
+        Ok(self.classes)
+    }
+
     /// Values per example.
     pub fn elements(&self) -> i64 {
         self.event_shape.iter().product()

@@ -123,8 +123,10 @@ fn flows_refuse_data_they_cannot_describe() {
         )
         .unwrap();
     assert_eq!(toy.likelihood_kind(), gm_core::model::LikelihoodKind::Exact);
-    let mut conditional = FlowConfig::default();
-    conditional.context_classes = 4;
+    let conditional = FlowConfig {
+        context_classes: 4,
+        ..FlowConfig::default()
+    };
     assert_refuses_data(
         &conditional,
         &DataInfo::new(&[2], ValueKind::Continuous, 10),

@@ -4,6 +4,7 @@ use crate::config::GanConfig;
 use crate::loss::GanLoss;
 use crate::network::{Discriminator, Generator};
 use crate::regularizer::{gradient_penalty, r1_penalty, RegularizerConfig};
+use gm_core::data::transforms::{levels_to_symmetric, symmetric_to_levels};
 use gm_core::data::ValueKind;
 use gm_core::model::{
     check_data, check_labels, load_var_store, var_store_state, Batch, GenerativeModel,
@@ -48,17 +49,7 @@ impl Gan {
         config.validate()?;
         config.generator.check_fits(&data.event_shape)?;
         config.discriminator.check_fits(&data.event_shape)?;
-        let classes = if config.conditional {
-            if data.classes < 1 {
-                return Err(GmError::config(
-                    "conditional",
-                    "a conditional GAN needs a data set with class labels; this one has none",
-                ));
-            }
-            data.classes
-        } else {
-            0
-        };
+        let classes = data.condition_classes(config.conditional, "a conditional GAN")?;
         gm_core::nn::check_parameter_budget(
             config.parameters(&data.event_shape, classes),
             "this GAN",
@@ -155,27 +146,18 @@ impl Gan {
 
     /// Data values in the networks' space.
     fn to_network_space(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self.data.values {
-            ValueKind::Discrete { levels } => x
-                .f_to_kind(Kind::Float)?
-                .f_mul_scalar(2.0 / (levels - 1).max(1) as f64)?
-                .f_sub_scalar(1.0)?,
-            ValueKind::Continuous => x.f_to_kind(Kind::Float)?,
-        })
+        match self.data.values {
+            ValueKind::Discrete { levels } => levels_to_symmetric(x, levels),
+            ValueKind::Continuous => Ok(x.f_to_kind(Kind::Float)?),
+        }
     }
 
     /// Generator outputs mapped into the data space (discrete values rounded to levels).
     fn to_data_space(&self, y: &Tensor) -> Result<Tensor> {
-        Ok(match self.data.values {
-            ValueKind::Discrete { levels } => {
-                let top = (levels - 1).max(1) as f64;
-                y.f_add_scalar(1.0)?
-                    .f_mul_scalar(top / 2.0)?
-                    .f_round()?
-                    .f_clamp(0.0, top)?
-            }
-            ValueKind::Continuous => y.shallow_clone(),
-        })
+        match self.data.values {
+            ValueKind::Discrete { levels } => symmetric_to_levels(y, levels),
+            ValueKind::Continuous => Ok(y.shallow_clone()),
+        }
     }
 
     /// The generator's input for noise `z` `[b, latent]` and labels `[b]`.

@@ -183,6 +183,8 @@ impl GeneratorConfig {
 }
 
 #[derive(Debug)]
+// One body per generator, built once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum GeneratorBody {
     Mlp {
         layers: Vec<Layer>,

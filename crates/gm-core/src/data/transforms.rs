@@ -31,6 +31,25 @@ pub fn to_unit_interval(pixels: &Tensor) -> Result<Tensor> {
     Ok(pixels.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?)
 }
 
+/// Discrete values `0..levels` mapped linearly onto `[-1, 1]` (0 → −1, levels − 1 → 1), as
+/// float: the space of networks that end in tanh and of diffusion processes.
+pub fn levels_to_symmetric(x: &Tensor, levels: u32) -> Result<Tensor> {
+    let top = (levels as i64 - 1).max(1) as f64;
+    Ok(x.f_to_kind(Kind::Float)?
+        .f_mul_scalar(2.0 / top)?
+        .f_sub_scalar(1.0)?)
+}
+
+/// The inverse of [`levels_to_symmetric`] for any real values: rounded to the nearest level and
+/// clamped into `0..levels`, so the result lies in the data space.
+pub fn symmetric_to_levels(y: &Tensor, levels: u32) -> Result<Tensor> {
+    let top = (levels as i64 - 1).max(1) as f64;
+    Ok(y.f_add_scalar(1.0)?
+        .f_mul_scalar(top / 2.0)?
+        .f_round()?
+        .f_clamp(0.0, top)?)
+}
+
 fn check_u8(pixels: &Tensor, what: &str) -> Result<()> {
     if pixels.kind() != Kind::Uint8 {
         return Err(GmError::Domain(format!(
@@ -62,5 +81,20 @@ mod tests {
         let s = binarize_stochastic(&Tensor::from_slice(&[0u8, 255])).unwrap();
         assert_eq!(Vec::<f32>::try_from(&s).unwrap(), vec![0.0, 1.0]);
         assert!(binarize_threshold(&Tensor::from_slice(&[0.5f32])).is_err());
+    }
+
+    #[test]
+    fn symmetric_levels_round_trip() {
+        for levels in [2u32, 4, 256] {
+            let x = Tensor::arange(levels as i64, (Kind::Float, tch::Device::Cpu));
+            let y = levels_to_symmetric(&x, levels).unwrap();
+            assert_eq!(y.min().double_value(&[]), -1.0);
+            assert_eq!(y.max().double_value(&[]), 1.0);
+            assert!(symmetric_to_levels(&y, levels).unwrap().equal(&x));
+            // Off-grid and out-of-range values land on the nearest level inside the space.
+            let off = Tensor::from_slice(&[-3.0f32, 0.99 * 2.0 / (levels - 1) as f32 - 1.0, 7.0]);
+            let back = Vec::<f32>::try_from(&symmetric_to_levels(&off, levels).unwrap()).unwrap();
+            assert_eq!(back, vec![0.0, 1.0, (levels - 1) as f32]);
+        }
     }
 }

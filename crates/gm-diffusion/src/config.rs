@@ -1,0 +1,171 @@
+//! [`DiffusionConfig`]: everything that defines a diffusion model, as the `[model]` table of a
+//! run file.
+
+use crate::denoiser::DenoiserConfig;
+use crate::prediction::Prediction;
+use crate::process::{Solver, Variance};
+use crate::schedule::ScheduleConfig;
+use gm_core::train::config::{check_positive, check_range, in_section, Config};
+use gm_core::train::{AdamConfig, EmaConfig, LrSchedule};
+use gm_core::{GmError, Result};
+use serde::{Deserialize, Serialize};
+
+/// The default sampler of a model (each call may override it through `SampleOptions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerConfig {
+    pub solver: Solver,
+    /// Denoiser calls per sample (capped at T); `None` for T.
+    pub steps: Option<usize>,
+    /// DDIM's η.
+    pub eta: f64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            solver: Solver::Ddim,
+            steps: Some(50),
+            eta: 0.0,
+        }
+    }
+}
+
+impl Config for SamplerConfig {
+    fn validate(&self) -> Result<()> {
+        if self.steps == Some(0) {
+            return Err(GmError::config("steps", "must be at least 1"));
+        }
+        check_range("eta", self.eta, 0.0, 1.0)
+    }
+}
+
+/// A denoising diffusion model. The data shape comes from the data set the spec is built for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiffusionConfig {
+    /// T, the number of noising steps.
+    pub timesteps: i64,
+    pub schedule: ScheduleConfig,
+    pub prediction: Prediction,
+    pub variance: Variance,
+    /// λ of the hybrid loss L_simple + λ L_vlb (learned variances only, Nichol & Dhariwal 2021):
+    /// L_vlb, the sum of the bound's T terms per data value in nats, is estimated by T times the
+    /// term of each example's drawn step, with the mean's gradient stopped so the bound trains
+    /// the variances only.
+    pub hybrid_weight: f64,
+    pub denoiser: DenoiserConfig,
+    /// Condition on the data set's class labels (added to the step embedding).
+    pub conditional: bool,
+    /// The probability of training a conditional model without its label, so the same network
+    /// is also the unconditional model that classifier-free guidance and the unconditional
+    /// likelihood need.
+    pub label_dropout: f64,
+    /// The default classifier-free guidance scale (1: the conditional model itself).
+    pub guidance: f64,
+    /// Continuous data are divided by this before diffusing (the process assumes values of
+    /// unit scale); the likelihood accounts for it. Discrete data always map to [-1, 1].
+    pub data_scale: f64,
+    pub sampler: SamplerConfig,
+    /// Strata of the likelihood estimate (steps evaluated per example); 0 evaluates all T.
+    pub likelihood_strata: i64,
+    pub optimizer: AdamConfig,
+    pub lr_schedule: LrSchedule,
+    /// The weight average, used for sampling and evaluation by default.
+    pub ema: Option<EmaConfig>,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        DiffusionConfig {
+            timesteps: 1000,
+            schedule: ScheduleConfig::default(),
+            prediction: Prediction::Epsilon,
+            variance: Variance::Small,
+            hybrid_weight: 0.001,
+            denoiser: DenoiserConfig::default(),
+            conditional: false,
+            label_dropout: 0.1,
+            guidance: 1.0,
+            data_scale: 1.0,
+            sampler: SamplerConfig::default(),
+            likelihood_strata: 100,
+            optimizer: AdamConfig {
+                lr: 1e-3,
+                grad_clip_norm: Some(1.0),
+                ..AdamConfig::default()
+            },
+            lr_schedule: LrSchedule::Constant,
+            ema: Some(EmaConfig {
+                decay: 0.999,
+                start_step: 0,
+            }),
+        }
+    }
+}
+
+impl Config for DiffusionConfig {
+    fn validate(&self) -> Result<()> {
+        if !(2..=100_000).contains(&self.timesteps) {
+            return Err(GmError::config(
+                "timesteps",
+                format!("must be in [2, 100000], got {}", self.timesteps),
+            ));
+        }
+        check_range("hybrid_weight", self.hybrid_weight, 0.0, 1e3)?;
+        check_range("label_dropout", self.label_dropout, 0.0, 1.0)?;
+        if self.label_dropout >= 1.0 {
+            return Err(GmError::config(
+                "label_dropout",
+                "must be below 1 (a model that never sees its labels is not conditional)",
+            ));
+        }
+        check_range("guidance", self.guidance, 0.0, 100.0)?;
+        if self.conditional && self.guidance != 1.0 && self.label_dropout == 0.0 {
+            return Err(GmError::config(
+                "guidance",
+                "classifier-free guidance needs the unconditional model: set label_dropout > 0",
+            ));
+        }
+        check_positive("data_scale", self.data_scale)?;
+        check_range("data_scale", self.data_scale, 1e-6, 1e6)?;
+        if !(0..=self.timesteps).contains(&self.likelihood_strata) {
+            return Err(GmError::config(
+                "likelihood_strata",
+                format!(
+                    "must be 0 (all T steps) or in [1, timesteps = {}], got {}",
+                    self.timesteps, self.likelihood_strata
+                ),
+            ));
+        }
+        in_section("schedule", self.schedule.validate())?;
+        in_section("denoiser", self.denoiser.validate())?;
+        in_section("sampler", self.sampler.validate())?;
+        in_section("optimizer", self.optimizer.validate())?;
+        in_section("lr_schedule", self.lr_schedule.validate())?;
+        if let Some(ema) = &self.ema {
+            in_section("ema", ema.validate())?;
+        }
+        Ok(())
+    }
+}
+
+impl DiffusionConfig {
+    /// Predictions per data value: the mean's, and the variance's when learned.
+    pub fn outputs_per_value(&self) -> i64 {
+        if self.variance == Variance::Learned {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Steps evaluated per example by the likelihood estimate.
+    pub fn strata(&self) -> i64 {
+        if self.likelihood_strata == 0 {
+            self.timesteps
+        } else {
+            self.likelihood_strata
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! [`Diffusion`]: a trainable diffusion model behind the model interface (likelihood kind
+//! "lower bound").
+
+use crate::config::DiffusionConfig;
+use crate::denoiser::Denoiser;
+use crate::process::{Decoder, DenoiseFn, DenoiserOutput, Process, Solver, Variance};
+use crate::schedule::Schedule;
+use gm_core::data::transforms::{levels_to_symmetric, symmetric_to_levels};
+use gm_core::data::ValueKind;
+use gm_core::model::{
+    check_data, load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind,
+    SampleOptions, StepOutput, WeightChoice,
+};
+use gm_core::spec::DataInfo;
+use gm_core::tch::{nn, Device, Kind, Tensor};
+use gm_core::train::{Adam, Config, Ema, StateDict};
+use gm_core::{GmError, Result};
+
+/// Chains of at least this many denoiser calls show a progress bar (on a terminal).
+const PROGRESS_FROM_STEPS: usize = 100;
+
+/// A diffusion model: a denoiser with its optimizer and weight average, and the process it
+/// reverses. One [`GenerativeModel::train_step`] draws a step per example, noises the batch
+/// in closed form and regresses the denoiser's prediction on its target (plus λ times the
+/// bound's term for learned variances).
+///
+/// Discrete data `0..levels` are mapped to [-1, 1] (and samples rounded back to levels);
+/// continuous data are divided by `data_scale`. The likelihood is the variational bound with a
+/// discretised Gaussian last step for discrete data (so it is a bound on the probability of the
+/// discrete values, comparable with every other family's), in nats.
+#[derive(Debug)]
+pub struct Diffusion {
+    config: DiffusionConfig,
+    data: DataInfo,
+    /// Label classes of a conditional model, 0 otherwise.
+    classes: i64,
+    vs: nn::VarStore,
+    denoiser: Denoiser,
+    process: Process,
+    optimizer: Adam,
+    ema: Option<Ema>,
+}
+
+impl Diffusion {
+    /// A model for data described by `data`, with weights on `device`.
+    pub fn new(config: &DiffusionConfig, data: &DataInfo, device: Device) -> Result<Self> {
+        config.validate()?;
+        config.denoiser.check_fits(&data.event_shape)?;
+        let classes = data.condition_classes(config.conditional, "a conditional diffusion model")?;
+        let label_rows = if classes > 0 { classes + 1 } else { 0 };
+        gm_core::nn::check_parameter_budget(
+            config
+                .denoiser
+                .parameters(&data.event_shape, config.outputs_per_value(), label_rows),
+            "this diffusion model",
+        )?;
+        let vs = nn::VarStore::new(device);
+        let denoiser = config.denoiser.init(
+            &(vs.root() / "denoiser"),
+            &data.event_shape,
+            config.outputs_per_value(),
+            classes,
+        )?;
+        let schedule = Schedule::new(&config.schedule, config.timesteps, device)?;
+        let clip = match data.values {
+            ValueKind::Discrete { .. } => Some(1.0),
+            ValueKind::Continuous => None,
+        };
+        let process = Process {
+            schedule,
+            prediction: config.prediction,
+            variance: config.variance,
+            clip,
+        };
+        let optimizer = Adam::new(vs.trainable_variables(), config.optimizer.clone())?;
+        let ema = config.ema.as_ref().map(|e| e.init(&vs)).transpose()?;
+        Ok(Diffusion {
+            config: config.clone(),
+            data: data.clone(),
+            classes,
+            vs,
+            denoiser,
+            process,
+            optimizer,
+            ema,
+        })
+    }
+
+    pub fn config(&self) -> &DiffusionConfig {
+        &self.config
+    }
+
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    pub fn denoiser(&self) -> &Denoiser {
+        &self.denoiser
+    }
+
+    fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    fn decoder(&self) -> Decoder {
+        match self.data.values {
+            ValueKind::Discrete { levels } => Decoder::Discrete {
+                levels: levels as i64,
+            },
+            ValueKind::Continuous => Decoder::Continuous,
+        }
+    }
+
+    /// Data values in the model's space.
+    pub fn to_model_space(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.f_to_device(self.device())?;
+        match self.data.values {
+            ValueKind::Discrete { levels } => levels_to_symmetric(&x, levels),
+            ValueKind::Continuous => Ok(x
+                .f_to_kind(Kind::Float)?
+                .f_div_scalar(self.config.data_scale)?),
+        }
+    }
+
+    /// Model-space values in the data space (discrete values rounded to levels).
+    pub fn to_data_space(&self, y: &Tensor) -> Result<Tensor> {
+        match self.data.values {
+            ValueKind::Discrete { levels } => symmetric_to_levels(y, levels),
+            ValueKind::Continuous => Ok(y.f_mul_scalar(self.config.data_scale)?),
+        }
+    }
+
+    /// The log-density change of the map into the model's space, per example: continuous data
+    /// divided by `data_scale` gain −D ln(scale); discrete probabilities do not change.
+    fn log_jacobian(&self) -> f64 {
+        match self.data.values {
+            ValueKind::Discrete { .. } => 0.0,
+            ValueKind::Continuous => -(self.data.elements() as f64) * self.config.data_scale.ln(),
+        }
+    }
+
+    /// The denoiser at `(xt, t)` with `labels` (`[b]`, `classes` meaning none) split into its
+    /// prediction and variance outputs (live weights; inputs trusted, in the model's space).
+    pub fn denoise(&self, xt: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<DenoiserOutput> {
+        let b = xt.size()[0];
+        let scale = 1000.0 / self.config.timesteps as f64;
+        let t_scaled = t.f_to_kind(Kind::Float)?.f_mul_scalar(scale)?;
+        let out = self.denoiser.forward(xt, &t_scaled, labels)?;
+        let k = self.config.outputs_per_value();
+        let parts = out.f_reshape([b, k, -1])?;
+        let shape = xt.size();
+        let prediction = parts.f_select(1, 0)?.f_reshape(shape.as_slice())?;
+        let variance = if k == 2 {
+            Some(parts.f_select(1, 1)?.f_reshape(shape.as_slice())?)
+        } else {
+            None
+        };
+        Ok(DenoiserOutput {
+            prediction,
+            variance,
+        })
+    }
+
+    /// The denoiser with classifier-free guidance at scale `w`: the prediction
+    /// `u + w (c − u)` from the unconditional (`u`, "no label") and conditional (`c`) outputs,
+    /// in one batched call; the variance output is the conditional one. A prediction that is an
+    /// affine function of ε with x_t's coefficient fixed makes this the same mix of ε's.
+    pub fn guided(&self, xt: &Tensor, t: &Tensor, labels: &Tensor, w: f64) -> Result<DenoiserOutput> {
+        if w == 1.0 {
+            return self.denoise(xt, t, Some(labels));
+        }
+        let b = xt.size()[0];
+        let none = labels.f_full_like(self.classes)?;
+        let out = self.denoise(
+            &Tensor::f_cat(&[xt, xt], 0)?,
+            &Tensor::f_cat(&[t, t], 0)?,
+            Some(&Tensor::f_cat(&[labels, &none], 0)?),
+        )?;
+        let (c, u) = (
+            out.prediction.f_narrow(0, 0, b)?,
+            out.prediction.f_narrow(0, b, b)?,
+        );
+        Ok(DenoiserOutput {
+            prediction: u.f_add(&c.f_sub(&u)?.f_mul_scalar(w)?)?,
+            variance: out.variance.map(|v| v.f_narrow(0, 0, b)).transpose()?,
+        })
+    }
+
+    /// Runs `f` with the weights `choice` asks for: the average (once trained) or the live ones.
+    fn with_weights<R>(&self, choice: WeightChoice, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        match (&self.ema, choice) {
+            (Some(ema), WeightChoice::Ema) if self.optimizer.steps() > 0 => ema.with_averaged(f),
+            _ => f(),
+        }
+    }
+
+    /// The labels the likelihood conditions on: the given ones for a conditional model (checked),
+    /// "no label" when none are given and the model was trained with label dropout (its
+    /// unconditional model), and `None` for an unconditional model.
+    fn likelihood_labels(&self, labels: Option<&Tensor>, b: i64, what: &str) -> Result<Option<Tensor>> {
+        if self.classes == 0 {
+            return Ok(None);
+        }
+        match labels {
+            Some(l) => {
+                gm_core::model::check_labels(l, b, self.classes, what)?;
+                Ok(Some(l.f_to_kind(Kind::Int64)?.f_to_device(self.device())?))
+            }
+            None if self.config.label_dropout > 0.0 => Ok(Some(Tensor::f_full(
+                [b],
+                self.classes,
+                (Kind::Int64, self.device()),
+            )?)),
+            None => Err(GmError::Domain(format!(
+                "{what}: this conditional model was trained without label dropout, so it has no unconditional likelihood; pass labels"
+            ))),
+        }
+    }
+
+    fn checked(&self, x: &Tensor, what: &str) -> Result<Tensor> {
+        check_data(x, &self.data.event_shape, self.data.values, what)
+    }
+
+    /// The estimate of the NLL bound per example in nats `[b]` with `strata` steps each (see
+    /// [`Process::nll_bound`]), for data `x` and optional labels, with the chosen weights.
+    pub fn nll_bound(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        strata: i64,
+        weights: WeightChoice,
+    ) -> Result<Tensor> {
+        let x = self.checked(x, "Diffusion.nll_bound x")?;
+        let b = x.size()[0];
+        gm_core::nn::check_activation_budget(
+            b,
+            self.config.denoiser.activations_per_example(&self.data.event_shape),
+            "Diffusion.nll_bound",
+        )?;
+        let labels = self.likelihood_labels(labels, b, "Diffusion.nll_bound labels")?;
+        let y = self.to_model_space(&x)?;
+        let denoise = |xt: &Tensor, t: &Tensor| self.denoise(xt, t, labels.as_ref());
+        let nll = gm_core::tch::no_grad(|| {
+            self.with_weights(weights, || {
+                self.process.nll_bound(&y, &denoise, self.decoder(), strata)
+            })
+        })?;
+        Ok(nll.f_sub_scalar(self.log_jacobian())?)
+    }
+
+    /// Every term of the bound per example `[b, T + 1]` in nats (column 0 the prior, column t
+    /// step t's term; for continuous data the scale's log-Jacobian is in column 0).
+    pub fn bound_terms(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let x = self.checked(x, "Diffusion.bound_terms x")?;
+        let b = x.size()[0];
+        gm_core::nn::check_activation_budget(
+            b,
+            self.config.denoiser.activations_per_example(&self.data.event_shape),
+            "Diffusion.bound_terms",
+        )?;
+        let labels = self.likelihood_labels(labels, b, "Diffusion.bound_terms labels")?;
+        let y = self.to_model_space(&x)?;
+        let denoise = |xt: &Tensor, t: &Tensor| self.denoise(xt, t, labels.as_ref());
+        let terms = gm_core::tch::no_grad(|| {
+            self.with_weights(WeightChoice::Ema, || {
+                self.process.all_terms(&y, &denoise, self.decoder())
+            })
+        })?;
+        let shift = Tensor::f_zeros([self.config.timesteps + 1], (Kind::Double, self.device()))?;
+        let _ = shift.f_get(0)?.f_fill_(-self.log_jacobian())?;
+        Ok(terms.f_add(&shift)?)
+    }
+
+    /// The sampler, steps and η `options` ask for, or the config's defaults.
+    fn sampler_choice(&self, options: &SampleOptions) -> Result<(Solver, usize, f64)> {
+        let solver = match &options.solver {
+            Some(name) => name.parse()?,
+            None => self.config.sampler.solver,
+        };
+        let steps = options
+            .steps
+            .or(self.config.sampler.steps)
+            .unwrap_or(self.config.timesteps as usize);
+        let eta = options.eta.unwrap_or(self.config.sampler.eta);
+        Ok((solver, steps, eta))
+    }
+}
+
+fn progress_bar(steps: usize) -> Option<indicatif::ProgressBar> {
+    (steps >= PROGRESS_FROM_STEPS).then(|| {
+        let bar = indicatif::ProgressBar::new(steps as u64);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("sampling {bar:30} {pos}/{len} steps {elapsed}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    })
+}
+
+impl GenerativeModel for Diffusion {
+    fn family(&self) -> &'static str {
+        "diffusion"
+    }
+
+    /// One step: per-example steps t ~ U{1..T}, x_t from q(x_t | x_0), the simple loss (mean
+    /// squared error of the prediction against its target) plus, for learned variances, λ times
+    /// the bound's term per value with the mean's gradient stopped. Conditional models drop each
+    /// label with probability `label_dropout`. Reports `loss`, `mse` and (learned variances)
+    /// `vlb_term`.
+    fn train_step(&mut self, batch: &Batch) -> Result<StepOutput> {
+        let x = self.checked(&batch.x, "Diffusion.train_step x")?;
+        let b = x.size()[0];
+        gm_core::nn::check_activation_budget(
+            b,
+            self.config.denoiser.activations_per_example(&self.data.event_shape),
+            "Diffusion.train_step",
+        )?;
+        let device = self.device();
+        let labels = if self.classes > 0 {
+            let labels = batch.labels.as_ref().ok_or_else(|| {
+                GmError::Domain("Diffusion.train_step labels: a conditional model needs labels, got none".into())
+            })?;
+            gm_core::model::check_labels(labels, b, self.classes, "Diffusion.train_step labels")?;
+            let labels = labels.f_to_kind(Kind::Int64)?.f_to_device(device)?;
+            let drop = Tensor::f_rand([b], (Kind::Float, device))?.f_lt(self.config.label_dropout)?;
+            Some(labels.f_full_like(self.classes)?.f_where_self(&drop, &labels)?)
+        } else {
+            None
+        };
+        let y = self.to_model_space(&x)?;
+        let t = Tensor::f_randint_low(1, self.config.timesteps + 1, [b], (Kind::Int64, device))?;
+        let noise = y.f_randn_like()?;
+        let xt = self.process.schedule.q_sample(&y, &t, &noise)?;
+        let out = self.denoise(&xt, &t, labels.as_ref())?;
+        let ab = self.process.schedule.alpha_bar(&t)?;
+        let target = self.config.prediction.target(&y, &noise, &ab)?;
+        let mse = out
+            .prediction
+            .f_sub(&target)?
+            .f_square()?
+            .f_mean(Kind::Float)?;
+        let mut vlb_term = None;
+        let loss = if self.config.variance == Variance::Learned {
+            // The bound trains the variance only: the mean's prediction is detached.
+            let detached = DenoiserOutput {
+                prediction: out.prediction.f_detach()?,
+                variance: out.variance.as_ref().map(|v| v.shallow_clone()),
+            };
+            let term = self.process.term(&y, &xt, &t, &detached, self.decoder())?;
+            let per_value = term
+                .f_mean(Kind::Double)?
+                .f_div_scalar(self.data.elements() as f64)?
+                .f_to_kind(Kind::Float)?;
+            // λ weighs the whole bound, the sum of T terms, of which T times one uniformly
+            // drawn term is the unbiased estimate.
+            let weight = self.config.hybrid_weight * self.config.timesteps as f64;
+            let loss = mse.f_add(&per_value.f_mul_scalar(weight)?)?;
+            vlb_term = Some(per_value);
+            loss
+        } else {
+            mse.shallow_clone()
+        };
+        let lr = self
+            .config
+            .lr_schedule
+            .lr(self.config.optimizer.lr, self.optimizer.steps().max(0) as u64);
+        self.optimizer.backward_step(&loss, lr)?;
+        if let Some(ema) = &mut self.ema {
+            ema.update(self.optimizer.steps() as u64)?;
+        }
+        let mut out = StepOutput::new().with("loss", &loss).with("mse", &mse);
+        if let Some(v) = &vlb_term {
+            out = out.with("vlb_term", v);
+        }
+        Ok(out)
+    }
+
+    /// Reads `labels` (conditional models; drawn uniformly when absent), `guidance` (the
+    /// classifier-free guidance scale; the config's by default), `solver` (`ddpm`, `ddim`,
+    /// `dpm_solver_2m`), `steps` (denoiser calls), `eta` (DDIM), `temperature` (scales the
+    /// initial and injected noise), `weights` and `seed`.
+    fn sample_with(&self, n: i64, options: &SampleOptions) -> Result<Tensor> {
+        options.begin(n)?;
+        let (solver, steps, eta) = self.sampler_choice(options)?;
+        let guidance = options.guidance.unwrap_or(self.config.guidance);
+        if self.classes > 0 && guidance != 1.0 && self.config.label_dropout == 0.0 {
+            return Err(GmError::config(
+                "guidance",
+                "classifier-free guidance needs a model trained with label_dropout > 0",
+            ));
+        }
+        let per_example = self.config.denoiser.activations_per_example(&self.data.event_shape);
+        let factor = if guidance != 1.0 { 2 } else { 1 };
+        gm_core::nn::check_activation_budget(
+            n.saturating_mul(factor),
+            per_example / 2,
+            "Diffusion.sample_with",
+        )?;
+        let device = self.device();
+        let labels = if self.classes > 0 {
+            Some(options.labels_for(n, self.classes, device)?)
+        } else {
+            None
+        };
+        let shape: Vec<i64> = std::iter::once(n)
+            .chain(self.data.event_shape.iter().copied())
+            .collect();
+        let noise = Tensor::f_randn(shape.as_slice(), (Kind::Float, device))?
+            .f_mul_scalar(options.temperature)?;
+        let denoise = |xt: &Tensor, t: &Tensor| match &labels {
+            Some(l) => self.guided(xt, t, l, guidance),
+            None => self.denoise(xt, t, None),
+        };
+        let calls = self.process.schedule.sampling_steps(steps).len() - 1;
+        let bar = progress_bar(calls);
+        let report = |done: usize, _total: usize| {
+            if let Some(b) = &bar {
+                b.set_position(done as u64);
+            }
+        };
+        let y = gm_core::tch::no_grad(|| {
+            self.with_weights(options.weights, || {
+                self.process.sample(
+                    &noise,
+                    &denoise as &DenoiseFn,
+                    solver,
+                    steps,
+                    eta,
+                    options.temperature,
+                    Some(&report),
+                )
+            })
+        })?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        self.to_data_space(&y)
+    }
+
+    fn likelihood_kind(&self) -> LikelihoodKind {
+        LikelihoodKind::LowerBound
+    }
+
+    /// The variational bound (an unbiased stratified estimate, `likelihood_strata` steps per
+    /// example) with the EMA weights; a conditional model trained with label dropout gives its
+    /// unconditional bound.
+    fn log_likelihood(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        self.log_likelihood_given(x, None)
+    }
+
+    fn log_likelihood_given(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Option<Tensor>> {
+        Ok(Some(
+            self.nll_bound(x, labels, self.config.strata(), WeightChoice::Ema)?
+                .f_neg()?
+                .f_to_kind(Kind::Float)?,
+        ))
+    }
+
+    fn label_classes(&self) -> i64 {
+        self.classes
+    }
+
+    /// The deterministic DDIM latent x_T (unconditional models; the config's sampler steps),
+    /// which DDIM with η = 0 maps back to about `x`.
+    fn encode(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.classes > 0 {
+            return Ok(None);
+        }
+        let x = self.checked(x, "Diffusion.encode x")?;
+        gm_core::nn::check_activation_budget(
+            x.size()[0],
+            self.config.denoiser.activations_per_example(&self.data.event_shape) / 2,
+            "Diffusion.encode",
+        )?;
+        let y = self.to_model_space(&x)?;
+        let steps = self
+            .config
+            .sampler
+            .steps
+            .unwrap_or(self.config.timesteps as usize);
+        let denoise = |xt: &Tensor, t: &Tensor| self.denoise(xt, t, None);
+        gm_core::tch::no_grad(|| {
+            self.with_weights(WeightChoice::Ema, || {
+                Ok(Some(self.process.ddim_encode(&y, &denoise, steps, 2)?))
+            })
+        })
+    }
+
+    fn spec_fingerprint(&self) -> Option<String> {
+        gm_core::spec::ModelSpec::fingerprint(&self.config).ok()
+    }
+
+    fn num_parameters(&self) -> i64 {
+        gm_core::nn::count_parameters(&self.vs.trainable_variables())
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut state = var_store_state(&self.vs, "model.");
+        state.extend(self.optimizer.state("adam."));
+        if let Some(ema) = &self.ema {
+            state.extend(ema.state("ema."));
+        }
+        state
+    }
+
+    fn load_state(&mut self, state: &mut StateDict) -> Result<()> {
+        load_var_store(&self.vs, "model.", state)?;
+        self.optimizer.load_state("adam.", state)?;
+        if let Some(ema) = &mut self.ema {
+            ema.load_state("ema.", state)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,44 @@
+//! [`DiffusionConfig`] as a gm-core model spec, and the family's registration.
+
+use crate::config::DiffusionConfig;
+use crate::model::Diffusion;
+use gm_core::model::GenerativeModel;
+use gm_core::spec::{Budget, DataInfo, ModelSpec, Registry};
+use gm_core::tch::Device;
+use gm_core::Result;
+
+/// The TOML run files shipped in `configs/`, by file stem; registered as `diffusion/<stem>`.
+pub const SHIPPED_CONFIGS: [(&str, &str); 4] = [
+    ("toy_mlp", include_str!("../configs/toy_mlp.toml")),
+    ("toy_learned", include_str!("../configs/toy_learned.toml")),
+    ("mnist_unet", include_str!("../configs/mnist_unet.toml")),
+    (
+        "mnist_unet_conditional",
+        include_str!("../configs/mnist_unet_conditional.toml"),
+    ),
+];
+
+/// Registers the `diffusion` family and the shipped run files (`diffusion/toy_mlp`, ...).
+pub fn register(registry: &mut Registry) {
+    registry.add_family::<DiffusionConfig>("diffusion");
+    for (name, text) in SHIPPED_CONFIGS {
+        registry.add_shipped(format!("diffusion/{name}"), text);
+    }
+}
+
+impl ModelSpec for DiffusionConfig {
+    fn family(&self) -> &'static str {
+        "diffusion"
+    }
+
+    fn scale_to_budget(&mut self, budget: &Budget) {
+        self.lr_schedule = self.lr_schedule.scaled(budget);
+        if let Some(ema) = &mut self.ema {
+            *ema = ema.scaled(budget);
+        }
+    }
+
+    fn build(&self, data: &DataInfo, device: Device) -> Result<Box<dyn GenerativeModel>> {
+        Ok(Box::new(Diffusion::new(self, data, device)?))
+    }
+}

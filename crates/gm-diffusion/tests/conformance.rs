@@ -1,0 +1,68 @@
+//! The conformance harness of gm-core on every shipped diffusion config (shrunk to a tiny size)
+//! and on every prediction and variance choice, and the data-space checks of the spec.
+
+mod common;
+
+use common::{registry, shipped, shrink, single_thread};
+use gm_core::data::ValueKind;
+use gm_core::spec::DataInfo;
+use gm_core::tch::{Device, Kind, Tensor};
+use gm_core::testing::{assert_refuses_data, check_conformance, example_data, ConformanceCase};
+use gm_diffusion::{DiffusionConfig, SHIPPED_CONFIGS};
+
+#[test]
+fn every_shipped_diffusion_model_conforms() {
+    single_thread();
+    let registry = registry();
+    for (name, _) in SHIPPED_CONFIGS {
+        let run = registry.load_run(&format!("diffusion/{name}")).unwrap();
+        assert_eq!(run.family(), "diffusion");
+        let mut c: DiffusionConfig = run.model_config().unwrap();
+        shrink(&mut c);
+        let info = gm_core::data::named_info(&run.dataset).unwrap();
+        let x = example_data(&info, 16);
+        let labels = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));
+        check_conformance(&ConformanceCase {
+            name,
+            spec: &c,
+            data: &info,
+            x: &x,
+            labels: (info.classes > 0).then_some(&labels),
+            batch_size: 4,
+            steps: 4,
+        });
+    }
+}
+
+/// Every prediction and variance choice passes the laws on binary digits (the learned variance
+/// trains through the bound's term, so resume covers its random draws too).
+#[test]
+fn every_prediction_and_variance_conforms() {
+    single_thread();
+    let info = gm_core::data::named_info("mnist_binary").unwrap();
+    let x = example_data(&info, 16);
+    for (prediction, variance) in [("x0", "large"), ("v", "learned"), ("epsilon", "small")] {
+        let text = format!(
+            "timesteps = 10\nprediction = \"{prediction}\"\nvariance = \"{variance}\"\nlikelihood_strata = 3\n[denoiser]\nkind = \"mlp\"\nhidden = [8]\ntime_embedding = 4\n"
+        );
+        let c: DiffusionConfig = gm_core::train::Config::from_toml_str(&text).unwrap();
+        check_conformance(&ConformanceCase {
+            name: &format!("{prediction} prediction, {variance} variance"),
+            spec: &c,
+            data: &info,
+            x: &x,
+            labels: None,
+            batch_size: 4,
+            steps: 4,
+        });
+    }
+}
+
+#[test]
+fn specs_refuse_data_they_cannot_describe() {
+    let (unet, _) = shipped("mnist_unet");
+    assert_refuses_data(&unet, &DataInfo::new(&[2], ValueKind::Continuous, 0), "denoiser");
+    assert_refuses_data(&unet, &DataInfo::new(&[1, 27, 27], ValueKind::Discrete { levels: 256 }, 0), "divisible");
+    let (conditional, _) = shipped("mnist_unet_conditional");
+    assert_refuses_data(&conditional, &DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 0), "class labels");
+}
