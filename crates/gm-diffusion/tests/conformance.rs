@@ -66,3 +66,21 @@ fn specs_refuse_data_they_cannot_describe() {
     let (conditional, _) = shipped("mnist_unet_conditional");
     assert_refuses_data(&conditional, &DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 0), "class labels");
 }
+
+/// The parameter count checked against the budget before allocation is the built model's.
+#[test]
+fn parameter_estimate_matches_the_built_model() {
+    use gm_core::model::GenerativeModel;
+    let registry = registry();
+    for (name, _) in SHIPPED_CONFIGS {
+        let run = registry.load_run(&format!("diffusion/{name}")).unwrap();
+        let c: DiffusionConfig = run.model_config().unwrap();
+        let info = gm_core::data::named_info(&run.dataset).unwrap();
+        let model = gm_diffusion::Diffusion::new(&c, &info, Device::Cpu).unwrap();
+        let rows = if c.conditional { info.classes + 1 } else { 0 };
+        let estimate = c
+            .denoiser
+            .parameters(&info.event_shape, c.outputs_per_value(), rows);
+        assert_eq!(estimate, model.num_parameters() as i128, "{name}");
+    }
+}
