@@ -256,7 +256,15 @@ fn train_and_evaluate(
     let mut samplers = Vec::new();
     for (i, variant) in entry.samplers.iter().enumerate() {
         let seed = gm_core::device::derive_seed(entry.run.train.seed, 0x5A3C + i as u64);
-        let judged = judge_variant(variant, seed, model.as_ref(), data, n_samples, device, classifier);
+        let judged = judge_variant(
+            variant,
+            seed,
+            model.as_ref(),
+            data,
+            n_samples,
+            device,
+            classifier,
+        );
         samplers.push(judged.unwrap_or_else(|e| SamplerResult {
             label: variant.label(),
             seconds_per_10k: 0.0,

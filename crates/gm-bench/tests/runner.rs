@@ -147,8 +147,16 @@ fn sampler_variants_are_judged_and_hashed() {
     // A changed sampler list is a new result of the same training: the checkpoint is reused.
     let (config, hash) = (config_hash(&e), result_hash(&e));
     e.samplers.pop();
-    assert_eq!(config, config_hash(&e), "a sampler is not part of the training");
-    assert_ne!(hash, result_hash(&e), "dropping a sampler must change the result's hash");
+    assert_eq!(
+        config,
+        config_hash(&e),
+        "a sampler is not part of the training"
+    );
+    assert_ne!(
+        hash,
+        result_hash(&e),
+        "dropping a sampler must change the result's hash"
+    );
     // A sampler the model does not know fails alone, with its error; the run stands.
     e.samplers.push(gm_bench::suite::SamplerVariant {
         solver: Some("euler".into()),
@@ -160,7 +168,10 @@ fn sampler_variants_are_judged_and_hashed() {
     assert_eq!(again.status, "ok", "{:?}", again.error);
     assert_eq!(again.steps, result.steps);
     let failed = again.samplers.last().unwrap();
-    assert!(failed.error.as_deref().unwrap_or("").contains("euler"), "{failed:?}");
+    assert!(
+        failed.error.as_deref().unwrap_or("").contains("euler"),
+        "{failed:?}"
+    );
     let bad = text.replace("eta = 1.0", "eta = 1.0, temperature = 2.0");
     assert!(gm_bench::suite::suite_from(&bad, "t", Profile::Quick, &registry).is_err());
 }

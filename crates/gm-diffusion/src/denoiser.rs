@@ -54,7 +54,9 @@ impl Config for DenoiserConfig {
                 if hidden.is_empty() || hidden.iter().any(|&h| !(1..=1 << 20).contains(&h)) {
                     return Err(GmError::config(
                         "hidden",
-                        format!("need at least one layer, each of width in [1, 2^20], got {hidden:?}"),
+                        format!(
+                            "need at least one layer, each of width in [1, 2^20], got {hidden:?}"
+                        ),
                     ));
                 }
                 if !(2..=1 << 16).contains(time_embedding) || time_embedding % 2 != 0 {
@@ -72,7 +74,9 @@ impl Config for DenoiserConfig {
                 if !(GROUPS..=4096).contains(channels) || channels % GROUPS != 0 {
                     return Err(GmError::config(
                         "channels",
-                        format!("must be a multiple of {GROUPS} in [{GROUPS}, 4096], got {channels}"),
+                        format!(
+                            "must be a multiple of {GROUPS} in [{GROUPS}, 4096], got {channels}"
+                        ),
                     ));
                 }
                 if !(1..=5).contains(&multipliers.len())
@@ -80,7 +84,9 @@ impl Config for DenoiserConfig {
                 {
                     return Err(GmError::config(
                         "multipliers",
-                        format!("need 1 to 5 levels, each a multiplier in [1, 16], got {multipliers:?}"),
+                        format!(
+                            "need 1 to 5 levels, each a multiplier in [1, 16], got {multipliers:?}"
+                        ),
                     ));
                 }
             }
@@ -146,7 +152,11 @@ impl DenoiserConfig {
             } => {
                 let c_in = event_shape.first().copied().unwrap_or(1);
                 let res = |i: i64, o: i64| {
-                    2 * i as i128 + conv(i, o, 3) + linear(emb, o) + 2 * o as i128 + conv(o, o, 3)
+                    2 * i as i128
+                        + conv(i, o, 3)
+                        + linear(emb, o)
+                        + 2 * o as i128
+                        + conv(o, o, 3)
                         + if i != o { conv(i, o, 1) } else { 0 }
                 };
                 let widths: Vec<i64> = multipliers.iter().map(|m| m * channels).collect();
@@ -203,7 +213,8 @@ impl DenoiserConfig {
                 if *attention {
                     let last = multipliers.len() - 1;
                     let pixels = (h >> last) * (w >> last);
-                    total += 2 * pixels * pixels + 6 * pixels * (multipliers[last] * channels) as i128;
+                    total +=
+                        2 * pixels * pixels + 6 * pixels * (multipliers[last] * channels) as i128;
                 }
                 total
             }
@@ -366,7 +377,12 @@ impl Denoiser {
     /// (float), steps `t_scaled` `[b]` (on a 1000-step scale) and, for a conditional network,
     /// labels `[b]` in `0..=classes` (`classes` meaning none). Inputs are trusted: the model
     /// checks them at its boundary.
-    pub fn forward(&self, x: &Tensor, t_scaled: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t_scaled: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let b = x.size()[0];
         let mut emb = self.time.forward(t_scaled)?;
         if let (Some(table), Some(labels)) = (&self.labels, labels) {
@@ -478,7 +494,9 @@ impl ResBlock {
 
     fn forward(&self, x: &Tensor, emb_act: &Tensor) -> Result<Tensor> {
         let h = conv(&self.conv1, &norm(&self.norm1, x)?.f_silu()?)?;
-        let t = linear(&self.time, emb_act)?.f_unsqueeze(-1)?.f_unsqueeze(-1)?;
+        let t = linear(&self.time, emb_act)?
+            .f_unsqueeze(-1)?
+            .f_unsqueeze(-1)?;
         let h = conv(&self.conv2, &norm(&self.norm2, &h.f_add(&t)?)?.f_silu()?)?;
         let skip = match &self.skip {
             Some(s) => conv(s, x)?,
@@ -501,14 +519,20 @@ impl Attention {
         let size = x.size();
         let (b, c) = (size[0], size[1]);
         let qkv = conv(&self.qkv, &norm(&self.norm, x)?)?.f_reshape([b, 3, c, -1])?;
-        let (q, k, v) = (qkv.f_select(1, 0)?, qkv.f_select(1, 1)?, qkv.f_select(1, 2)?);
+        let (q, k, v) = (
+            qkv.f_select(1, 0)?,
+            qkv.f_select(1, 1)?,
+            qkv.f_select(1, 2)?,
+        );
         // [b, pixels, pixels]: each query pixel's weights over key pixels.
         let weights = q
             .f_transpose(1, 2)?
             .f_matmul(&k)?
             .f_mul_scalar(1.0 / (c as f64).sqrt())?
             .f_softmax(-1, Kind::Float)?;
-        let attended = v.f_matmul(&weights.f_transpose(1, 2)?)?.f_reshape(size.as_slice())?;
+        let attended = v
+            .f_matmul(&weights.f_transpose(1, 2)?)?
+            .f_reshape(size.as_slice())?;
         Ok(x.f_add(&conv(&self.out, &attended)?)?)
     }
 }
@@ -540,7 +564,8 @@ impl Unet {
         let mut down = Vec::new();
         for (i, &w) in widths.iter().enumerate() {
             let block = ResBlock::new(path / format!("down{i}"), width, w, emb);
-            let sample = (i + 1 < levels).then(|| conv2d(path / format!("downsample{i}"), w, w, 3, 2));
+            let sample =
+                (i + 1 < levels).then(|| conv2d(path / format!("downsample{i}"), w, w, 3, 2));
             down.push((block, sample));
             width = w;
         }
@@ -600,7 +625,10 @@ impl Unet {
             h = block.forward(&Tensor::f_cat(&[h, skip], 1)?, &emb_act)?;
             if let Some(s) = sample {
                 let size = h.size();
-                h = conv(s, &h.f_upsample_nearest2d([2 * size[2], 2 * size[3]], None, None)?)?;
+                h = conv(
+                    s,
+                    &h.f_upsample_nearest2d([2 * size[2], 2 * size[3]], None, None)?,
+                )?;
             }
         }
         conv(&self.conv_out, &norm(&self.norm_out, &h)?.f_silu()?)

@@ -15,11 +15,10 @@ pub fn log_normal_interval(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (log_lo, log_hi) = (lo.f_special_log_ndtr()?, hi.f_special_log_ndtr()?);
     // ln(1 − e^d) for d ≤ 0, through expm1 or log1p as the size of d asks.
     let d = log_lo.f_sub(&log_hi)?;
-    let log1m_exp = d
-        .f_expm1()?
-        .f_neg()?
-        .f_log()?
-        .f_where_self(&d.f_gt(-std::f64::consts::LN_2)?, &d.f_exp()?.f_neg()?.f_log1p()?)?;
+    let log1m_exp = d.f_expm1()?.f_neg()?.f_log()?.f_where_self(
+        &d.f_gt(-std::f64::consts::LN_2)?,
+        &d.f_exp()?.f_neg()?.f_log1p()?,
+    )?;
     Ok(log_hi.f_add(&log1m_exp)?)
 }
 

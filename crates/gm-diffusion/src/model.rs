@@ -46,7 +46,8 @@ impl Diffusion {
     pub fn new(config: &DiffusionConfig, data: &DataInfo, device: Device) -> Result<Self> {
         config.validate()?;
         config.denoiser.check_fits(&data.event_shape)?;
-        let classes = data.condition_classes(config.conditional, "a conditional diffusion model")?;
+        let classes =
+            data.condition_classes(config.conditional, "a conditional diffusion model")?;
         let label_rows = if classes > 0 { classes + 1 } else { 0 };
         gm_core::nn::check_parameter_budget(
             config
@@ -141,7 +142,12 @@ impl Diffusion {
 
     /// The denoiser at `(xt, t)` with `labels` (`[b]`, `classes` meaning none) split into its
     /// prediction and variance outputs (live weights; inputs trusted, in the model's space).
-    pub fn denoise(&self, xt: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<DenoiserOutput> {
+    pub fn denoise(
+        &self,
+        xt: &Tensor,
+        t: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<DenoiserOutput> {
         let b = xt.size()[0];
         let scale = 1000.0 / self.config.timesteps as f64;
         let t_scaled = t.f_to_kind(Kind::Float)?.f_mul_scalar(scale)?;
@@ -165,7 +171,13 @@ impl Diffusion {
     /// `u + w (c − u)` from the unconditional (`u`, "no label") and conditional (`c`) outputs,
     /// in one batched call; the variance output is the conditional one. A prediction that is an
     /// affine function of ε with x_t's coefficient fixed makes this the same mix of ε's.
-    pub fn guided(&self, xt: &Tensor, t: &Tensor, labels: &Tensor, w: f64) -> Result<DenoiserOutput> {
+    pub fn guided(
+        &self,
+        xt: &Tensor,
+        t: &Tensor,
+        labels: &Tensor,
+        w: f64,
+    ) -> Result<DenoiserOutput> {
         if w == 1.0 {
             return self.denoise(xt, t, Some(labels));
         }
@@ -197,7 +209,12 @@ impl Diffusion {
     /// The labels the likelihood conditions on: the given ones for a conditional model (checked),
     /// "no label" when none are given and the model was trained with label dropout (its
     /// unconditional model), and `None` for an unconditional model.
-    fn likelihood_labels(&self, labels: Option<&Tensor>, b: i64, what: &str) -> Result<Option<Tensor>> {
+    fn likelihood_labels(
+        &self,
+        labels: Option<&Tensor>,
+        b: i64,
+        what: &str,
+    ) -> Result<Option<Tensor>> {
         if self.classes == 0 {
             return Ok(None);
         }
@@ -234,7 +251,9 @@ impl Diffusion {
         let b = x.size()[0];
         gm_core::nn::check_activation_budget(
             b,
-            self.config.denoiser.activations_per_example(&self.data.event_shape),
+            self.config
+                .denoiser
+                .activations_per_example(&self.data.event_shape),
             "Diffusion.nll_bound",
         )?;
         let labels = self.likelihood_labels(labels, b, "Diffusion.nll_bound labels")?;
@@ -255,7 +274,9 @@ impl Diffusion {
         let b = x.size()[0];
         gm_core::nn::check_activation_budget(
             b,
-            self.config.denoiser.activations_per_example(&self.data.event_shape),
+            self.config
+                .denoiser
+                .activations_per_example(&self.data.event_shape),
             "Diffusion.bound_terms",
         )?;
         let labels = self.likelihood_labels(labels, b, "Diffusion.bound_terms labels")?;
@@ -313,18 +334,28 @@ impl GenerativeModel for Diffusion {
         let b = x.size()[0];
         gm_core::nn::check_activation_budget(
             b,
-            self.config.denoiser.activations_per_example(&self.data.event_shape),
+            self.config
+                .denoiser
+                .activations_per_example(&self.data.event_shape),
             "Diffusion.train_step",
         )?;
         let device = self.device();
         let labels = if self.classes > 0 {
             let labels = batch.labels.as_ref().ok_or_else(|| {
-                GmError::Domain("Diffusion.train_step labels: a conditional model needs labels, got none".into())
+                GmError::Domain(
+                    "Diffusion.train_step labels: a conditional model needs labels, got none"
+                        .into(),
+                )
             })?;
             gm_core::model::check_labels(labels, b, self.classes, "Diffusion.train_step labels")?;
             let labels = labels.f_to_kind(Kind::Int64)?.f_to_device(device)?;
-            let drop = Tensor::f_rand([b], (Kind::Float, device))?.f_lt(self.config.label_dropout)?;
-            Some(labels.f_full_like(self.classes)?.f_where_self(&drop, &labels)?)
+            let drop =
+                Tensor::f_rand([b], (Kind::Float, device))?.f_lt(self.config.label_dropout)?;
+            Some(
+                labels
+                    .f_full_like(self.classes)?
+                    .f_where_self(&drop, &labels)?,
+            )
         } else {
             None
         };
@@ -361,10 +392,10 @@ impl GenerativeModel for Diffusion {
         } else {
             mse.shallow_clone()
         };
-        let lr = self
-            .config
-            .lr_schedule
-            .lr(self.config.optimizer.lr, self.optimizer.steps().max(0) as u64);
+        let lr = self.config.lr_schedule.lr(
+            self.config.optimizer.lr,
+            self.optimizer.steps().max(0) as u64,
+        );
         self.optimizer.backward_step(&loss, lr)?;
         if let Some(ema) = &mut self.ema {
             ema.update(self.optimizer.steps() as u64)?;
@@ -390,7 +421,10 @@ impl GenerativeModel for Diffusion {
                 "classifier-free guidance needs a model trained with label_dropout > 0",
             ));
         }
-        let per_example = self.config.denoiser.activations_per_example(&self.data.event_shape);
+        let per_example = self
+            .config
+            .denoiser
+            .activations_per_example(&self.data.event_shape);
         let factor = if guidance != 1.0 { 2 } else { 1 };
         gm_core::nn::check_activation_budget(
             n.saturating_mul(factor),
@@ -470,7 +504,10 @@ impl GenerativeModel for Diffusion {
         let x = self.checked(x, "Diffusion.encode x")?;
         gm_core::nn::check_activation_budget(
             x.size()[0],
-            self.config.denoiser.activations_per_example(&self.data.event_shape) / 2,
+            self.config
+                .denoiser
+                .activations_per_example(&self.data.event_shape)
+                / 2,
             "Diffusion.encode",
         )?;
         let y = self.to_model_space(&x)?;

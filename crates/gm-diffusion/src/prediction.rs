@@ -46,7 +46,12 @@ impl Prediction {
     }
 
     /// (x̂_0, ε̂) from the prediction `out` at `xt` and ᾱ.
-    pub fn to_x0_eps(self, out: &Tensor, xt: &Tensor, alpha_bar: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn to_x0_eps(
+        self,
+        out: &Tensor,
+        xt: &Tensor,
+        alpha_bar: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (a, s) = roots(alpha_bar, xt)?;
         Ok(match self {
             Prediction::Epsilon => (xt.f_sub(&out.f_mul(&s)?)?.f_div(&a)?, out.shallow_clone()),

@@ -118,8 +118,12 @@ impl Process {
             }
             (Variance::Learned, Some(v)) => {
                 let frac = v.f_add_scalar(1.0)?.f_mul_scalar(0.5)?;
-                let (hi, lo) = (per_example(&jump_beta.f_log()?, v)?, per_example(&small, v)?);
-                frac.f_mul(&hi)?.f_add(&frac.f_neg()?.f_add_scalar(1.0)?.f_mul(&lo)?)?
+                let (hi, lo) = (
+                    per_example(&jump_beta.f_log()?, v)?,
+                    per_example(&small, v)?,
+                );
+                frac.f_mul(&hi)?
+                    .f_add(&frac.f_neg()?.f_add_scalar(1.0)?.f_mul(&lo)?)?
             }
             (Variance::Learned, None) => {
                 return Err(GmError::Domain(
@@ -189,7 +193,10 @@ impl Process {
         let (x0_hat, _) = self.predict_x0_eps(&out, &xt, t, true)?;
         let s = t.f_sub_scalar(1)?;
         let jump = self.schedule.jump(t, &s)?;
-        let (cx0, cxt) = (per_example(&jump.coef_x0, &x0)?, per_example(&jump.coef_xt, &x0)?);
+        let (cx0, cxt) = (
+            per_example(&jump.coef_x0, &x0)?,
+            per_example(&jump.coef_xt, &x0)?,
+        );
         let true_mean = x0.f_mul(&cx0)?.f_add(&xt.f_mul(&cxt)?)?;
         let model_mean = x0_hat.f_mul(&cx0)?.f_add(&xt.f_mul(&cxt)?)?;
         let true_lv = per_example(&self.schedule.clipped_log_posterior_variance(t)?, &x0)?
@@ -374,8 +381,7 @@ impl Process {
             // DDIM's step t → s is x_s = √ᾱ_s x̂₀ + √(1 − ᾱ_s) ε̂ with x̂₀ from (x_t, ε̂); solved
             // for x_t given ε̂: x_t = √ᾱ_t (x_s − √(1 − ᾱ_s) ε̂)/√ᾱ_s + √(1 − ᾱ_t) ε̂.
             let step_up = |eps: &Tensor| -> Result<Tensor> {
-                Ok(x
-                    .f_sub(&eps.f_mul_scalar((1.0 - ab_s).sqrt())?)?
+                Ok(x.f_sub(&eps.f_mul_scalar((1.0 - ab_s).sqrt())?)?
                     .f_mul_scalar((ab_t / ab_s).sqrt())?
                     .f_add(&eps.f_mul_scalar((1.0 - ab_t).sqrt())?)?)
             };
@@ -397,5 +403,6 @@ impl Process {
 /// Sums every dimension but the first: `[b, ...]` to `[b]`.
 pub fn sum_per_example(x: &Tensor) -> Result<Tensor> {
     let b = x.size()[0];
-    Ok(x.f_reshape([b, -1])?.f_sum_dim_intlist(1, false, None::<Kind>)?)
+    Ok(x.f_reshape([b, -1])?
+        .f_sum_dim_intlist(1, false, None::<Kind>)?)
 }

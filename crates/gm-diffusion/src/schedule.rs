@@ -43,9 +43,7 @@ impl Config for ScheduleConfig {
                 if !(*beta_start > 0.0 && beta_start <= beta_end) {
                     return Err(GmError::config(
                         "beta_start",
-                        format!(
-                            "need 0 < beta_start <= beta_end, got {beta_start} and {beta_end}"
-                        ),
+                        format!("need 0 < beta_start <= beta_end, got {beta_start} and {beta_end}"),
                     ));
                 }
                 Ok(())

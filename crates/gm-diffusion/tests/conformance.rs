@@ -61,10 +61,22 @@ fn every_prediction_and_variance_conforms() {
 #[test]
 fn specs_refuse_data_they_cannot_describe() {
     let (unet, _) = shipped("mnist_unet");
-    assert_refuses_data(&unet, &DataInfo::new(&[2], ValueKind::Continuous, 0), "denoiser");
-    assert_refuses_data(&unet, &DataInfo::new(&[1, 27, 27], ValueKind::Discrete { levels: 256 }, 0), "divisible");
+    assert_refuses_data(
+        &unet,
+        &DataInfo::new(&[2], ValueKind::Continuous, 0),
+        "denoiser",
+    );
+    assert_refuses_data(
+        &unet,
+        &DataInfo::new(&[1, 27, 27], ValueKind::Discrete { levels: 256 }, 0),
+        "divisible",
+    );
     let (conditional, _) = shipped("mnist_unet_conditional");
-    assert_refuses_data(&conditional, &DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 0), "class labels");
+    assert_refuses_data(
+        &conditional,
+        &DataInfo::new(&[1, 28, 28], ValueKind::Discrete { levels: 256 }, 0),
+        "class labels",
+    );
 }
 
 /// The parameter count checked against the budget before allocation is the built model's.

@@ -30,9 +30,16 @@ fn untrained_model_has_the_loss_of_predicting_zero() {
     }
     gm_core::device::seed_torch(1);
     let mut model = Diffusion::new(&c, &info, Device::Cpu).unwrap();
-    let losses = model.train_step(&Batch::new(x)).unwrap().to_host(0).unwrap();
+    let losses = model
+        .train_step(&Batch::new(x))
+        .unwrap()
+        .to_host(0)
+        .unwrap();
     let mse = losses.iter().find(|(n, _)| n == "mse").unwrap().1;
-    assert!((mse - 1.0).abs() < 0.03, "untrained simple loss {mse}, expected 1 ± 0.03");
+    assert!(
+        (mse - 1.0).abs() < 0.03,
+        "untrained simple loss {mse}, expected 1 ± 0.03"
+    );
 }
 
 /// Every term of the bound is non-negative (KLs, and −ln of a probability for discrete data),
@@ -91,8 +98,14 @@ fn guidance_scale_zero_ignores_labels_and_one_does_not() {
             )
             .unwrap()
     };
-    assert!(draw(0, 0.0).equal(&draw(7, 0.0)), "guidance 0 depends on the label");
-    assert!(!draw(0, 1.0).equal(&draw(7, 1.0)), "the conditional model ignores its label");
+    assert!(
+        draw(0, 0.0).equal(&draw(7, 0.0)),
+        "guidance 0 depends on the label"
+    );
+    assert!(
+        !draw(0, 1.0).equal(&draw(7, 1.0)),
+        "the conditional model ignores its label"
+    );
 }
 
 /// Guidance mixes the two halves' predictions as u + w (c − u), u the "no label" row's.
@@ -114,11 +127,17 @@ fn guidance_mixes_conditional_and_unconditional_predictions() {
     let none = Tensor::full([3], 10, (Kind::Int64, Device::Cpu));
     let c_out = model.denoise(&xt, &t, Some(&labels)).unwrap().prediction;
     let u_out = model.denoise(&xt, &t, Some(&none)).unwrap().prediction;
-    assert!(!c_out.allclose(&u_out, 1e-6, 1e-6, false), "the halves agree, so the check could not fail");
+    assert!(
+        !c_out.allclose(&u_out, 1e-6, 1e-6, false),
+        "the halves agree, so the check could not fail"
+    );
     for w in [0.0, 2.5] {
         let guided = model.guided(&xt, &t, &labels, w).unwrap().prediction;
         let expected = &u_out + (&c_out - &u_out) * w;
-        assert!(guided.allclose(&expected, 1e-5, 1e-5, false), "guidance {w}");
+        assert!(
+            guided.allclose(&expected, 1e-5, 1e-5, false),
+            "guidance {w}"
+        );
     }
 }
 
@@ -142,7 +161,10 @@ fn data_scale_enters_the_likelihood_with_its_jacobian() {
     let scaled = score(2.0, &x);
     let plain = score(1.0, &(&x / 2.0));
     let expected = plain - 2.0 * 2f64.ln();
-    assert!(scaled.allclose(&expected, 1e-4, 1e-4, false), "{scaled} vs {expected}");
+    assert!(
+        scaled.allclose(&expected, 1e-4, 1e-4, false),
+        "{scaled} vs {expected}"
+    );
 }
 
 /// Discrete levels map onto [-1, 1] end to end and back.
@@ -154,7 +176,13 @@ fn discrete_levels_map_onto_the_unit_interval_and_back() {
     let model = Diffusion::new(&c, &info, Device::Cpu).unwrap();
     let x = Tensor::from_slice(&[0f32, 1.0, 127.0, 128.0, 255.0]);
     let y = model.to_model_space(&x).unwrap();
-    let expected = Tensor::from_slice(&[-1f32, 2.0 / 255.0 - 1.0, 254.0 / 255.0 - 1.0, 256.0 / 255.0 - 1.0, 1.0]);
+    let expected = Tensor::from_slice(&[
+        -1f32,
+        2.0 / 255.0 - 1.0,
+        254.0 / 255.0 - 1.0,
+        256.0 / 255.0 - 1.0,
+        1.0,
+    ]);
     assert!(y.allclose(&expected, 1e-6, 1e-6, false), "{y}");
     assert!(model.to_data_space(&y).unwrap().equal(&x));
 }
@@ -170,10 +198,15 @@ fn bad_options_and_configs_are_refused_with_their_names() {
     for solver in ["ddpm", "ddim", "dpm_solver_2m"] {
         let text = format!("[sampler]\nsolver = \"{solver}\"");
         <DiffusionConfig as gm_core::train::Config>::from_toml_str(&text).unwrap();
-        let _ = model.sample_with(2, &SampleOptions::new().solver(solver)).unwrap();
+        let _ = model
+            .sample_with(2, &SampleOptions::new().solver(solver))
+            .unwrap();
     }
     let msg = error_text(model.sample_with(2, &SampleOptions::new().solver("euler")));
-    assert!(msg.contains("unknown solver") && msg.contains("euler"), "{msg}");
+    assert!(
+        msg.contains("unknown solver") && msg.contains("euler"),
+        "{msg}"
+    );
     let msg = error_text(model.sample_with(2, &SampleOptions::new().eta(1.5)));
     assert!(msg.contains("eta"), "{msg}");
     let msg = error_text(model.sample_with(2, &SampleOptions::new().guidance(f64::NAN)));
@@ -183,14 +216,25 @@ fn bad_options_and_configs_are_refused_with_their_names() {
         ("label_dropout = 1.0", "label_dropout"),
         ("likelihood_strata = 5000", "likelihood_strata"),
         ("data_scale = 0.0", "data_scale"),
-        ("conditional = true\nlabel_dropout = 0.0\nguidance = 2.0", "guidance"),
-        ("[schedule]\nkind = \"linear\"\nbeta_start = 0.1\nbeta_end = 0.01", "beta_start"),
-        ("[denoiser]\nkind = \"unet\"\nchannels = 12\nmultipliers = [1]\nattention = false", "channels"),
+        (
+            "conditional = true\nlabel_dropout = 0.0\nguidance = 2.0",
+            "guidance",
+        ),
+        (
+            "[schedule]\nkind = \"linear\"\nbeta_start = 0.1\nbeta_end = 0.01",
+            "beta_start",
+        ),
+        (
+            "[denoiser]\nkind = \"unet\"\nchannels = 12\nmultipliers = [1]\nattention = false",
+            "channels",
+        ),
         ("[sampler]\nsolver = \"rk4\"", "solver"),
         ("[sampler]\nsteps = 0", "steps"),
         ("noise_schedule = \"cosine\"", "noise_schedule"),
     ] {
-        let msg = error_text(<DiffusionConfig as gm_core::train::Config>::from_toml_str(text));
+        let msg = error_text(<DiffusionConfig as gm_core::train::Config>::from_toml_str(
+            text,
+        ));
         assert!(msg.contains(needle), "{text:?}: {msg}");
     }
 }
@@ -210,5 +254,8 @@ fn a_conditional_likelihood_without_dropout_needs_labels() {
     let msg = error_text(model.log_likelihood(&x));
     assert!(msg.contains("pass labels"), "{msg}");
     let labels = Tensor::from_slice(&[1i64, 2]);
-    assert!(model.log_likelihood_given(&x, Some(&labels)).unwrap().is_some());
+    assert!(model
+        .log_likelihood_given(&x, Some(&labels))
+        .unwrap()
+        .is_some());
 }

@@ -57,21 +57,33 @@ fn closed_form_marginal_matches_iterating_the_one_step_process() {
         let mut x = Tensor::full([n], x0, (Kind::Double, Device::Cpu));
         for t in 1..=600usize {
             let beta = s.betas()[t];
-            x = x * (1.0 - beta).sqrt() + Tensor::randn([n], (Kind::Double, Device::Cpu)) * beta.sqrt();
+            x = x * (1.0 - beta).sqrt()
+                + Tensor::randn([n], (Kind::Double, Device::Cpu)) * beta.sqrt();
             if [1, 50, 300, 600].contains(&t) {
                 let ab = s.alpha_bars()[t];
-                let (mean, var) = (x.mean(Kind::Double).double_value(&[]), x.var(true).double_value(&[]));
+                let (mean, var) = (
+                    x.mean(Kind::Double).double_value(&[]),
+                    x.var(true).double_value(&[]),
+                );
                 let (true_mean, true_var) = (ab.sqrt() * x0, 1.0 - ab);
                 let se_mean = (true_var / n as f64).sqrt();
                 let se_var = true_var * (2.0 / n as f64).sqrt();
-                assert!((mean - true_mean).abs() < 5.0 * se_mean, "{name} t={t}: mean {mean} vs {true_mean}");
-                assert!((var - true_var).abs() < 5.0 * se_var, "{name} t={t}: variance {var} vs {true_var}");
+                assert!(
+                    (mean - true_mean).abs() < 5.0 * se_mean,
+                    "{name} t={t}: mean {mean} vs {true_mean}"
+                );
+                assert!(
+                    (var - true_var).abs() < 5.0 * se_var,
+                    "{name} t={t}: variance {var} vs {true_var}"
+                );
             }
         }
         // And q_sample draws from the same law.
         let t = Tensor::full([n], 300, (Kind::Int64, Device::Cpu));
         let x0t = Tensor::full([n], x0, (Kind::Double, Device::Cpu));
-        let xt = s.q_sample(&x0t, &t, &Tensor::randn([n], (Kind::Double, Device::Cpu))).unwrap();
+        let xt = s
+            .q_sample(&x0t, &t, &Tensor::randn([n], (Kind::Double, Device::Cpu)))
+            .unwrap();
         let ab = s.alpha_bars()[300];
         let mean = xt.mean(Kind::Double).double_value(&[]);
         assert!((mean - ab.sqrt() * x0).abs() < 5.0 * ((1.0 - ab) / n as f64).sqrt());
@@ -85,7 +97,15 @@ fn posterior_matches_bayes_formula() {
     for (name, config) in schedules() {
         let s = Schedule::new(&config, 1000, Device::Cpu).unwrap();
         let ab = s.alpha_bars();
-        for (t, u) in [(2, 1), (10, 9), (500, 499), (1000, 999), (700, 300), (1000, 1), (40, 0)] {
+        for (t, u) in [
+            (2, 1),
+            (10, 9),
+            (500, 499),
+            (1000, 999),
+            (700, 300),
+            (1000, 1),
+            (40, 0),
+        ] {
             let jump = s
                 .jump(
                     &Tensor::from_slice(&[t as i64]),
@@ -101,12 +121,21 @@ fn posterior_matches_bayes_formula() {
             } else {
                 let precision = 1.0 / prior_var + a / like_var;
                 let var = 1.0 / precision;
-                (var * (ab[u].sqrt() * x0 / prior_var + a.sqrt() * xt / like_var), var)
+                (
+                    var * (ab[u].sqrt() * x0 / prior_var + a.sqrt() * xt / like_var),
+                    var,
+                )
             };
             let got_mean = f64s(&jump.coef_x0)[0] * x0 + f64s(&jump.coef_xt)[0] * xt;
             let got_var = f64s(&jump.posterior_variance)[0];
-            assert!((got_mean - mean).abs() < 1e-9 * (1.0 + mean.abs()), "{name} {t}->{u}: mean {got_mean} vs {mean}");
-            assert!((got_var - var).abs() < 1e-9 * (1.0 + var), "{name} {t}->{u}: variance {got_var} vs {var}");
+            assert!(
+                (got_mean - mean).abs() < 1e-9 * (1.0 + mean.abs()),
+                "{name} {t}->{u}: mean {got_mean} vs {mean}"
+            );
+            assert!(
+                (got_var - var).abs() < 1e-9 * (1.0 + var),
+                "{name} {t}->{u}: variance {got_var} vs {var}"
+            );
         }
     }
 }
@@ -126,8 +155,18 @@ fn the_three_predictions_convert_exactly() {
         assert!(x0_hat.allclose(&x0, 1e-9, 1e-9, false), "{p:?}: x0");
         assert!(eps_hat.allclose(&eps, 1e-9, 1e-9, false), "{p:?}: eps");
         // from_x0 and from_eps invert to_x0_eps.
-        assert!(p.from_x0(&x0, &xt, &ab).unwrap().allclose(&target, 1e-8, 1e-8, false), "{p:?}: from_x0");
-        assert!(p.from_eps(&eps, &xt, &ab).unwrap().allclose(&target, 1e-8, 1e-8, false), "{p:?}: from_eps");
+        assert!(
+            p.from_x0(&x0, &xt, &ab)
+                .unwrap()
+                .allclose(&target, 1e-8, 1e-8, false),
+            "{p:?}: from_x0"
+        );
+        assert!(
+            p.from_eps(&eps, &xt, &ab)
+                .unwrap()
+                .allclose(&target, 1e-8, 1e-8, false),
+            "{p:?}: from_eps"
+        );
     }
 }
 
@@ -135,14 +174,26 @@ fn the_three_predictions_convert_exactly() {
 fn discretized_gaussian_sums_to_one_and_matches_its_integral() {
     let levels = 256i64;
     let x = Tensor::arange(levels, (Kind::Double, Device::Cpu)) * (2.0 / 255.0) - 1.0;
-    for (mean, log_var) in [(0.0, -2.0), (0.93, -9.0), (-1.4, 0.5), (0.3, -14.0), (5.0, -3.0)] {
+    for (mean, log_var) in [
+        (0.0, -2.0),
+        (0.93, -9.0),
+        (-1.4, 0.5),
+        (0.3, -14.0),
+        (5.0, -3.0),
+    ] {
         let m = Tensor::full([levels], mean, (Kind::Double, Device::Cpu));
         let lv = Tensor::full([levels], log_var, (Kind::Double, Device::Cpu));
         let lp = discretized_gaussian_log_prob(&x, &m, &lv, levels).unwrap();
         let v = f64s(&lp);
-        assert!(v.iter().all(|l| l.is_finite() && *l <= 0.0), "mean {mean}, lv {log_var}: {v:?}");
+        assert!(
+            v.iter().all(|l| l.is_finite() && *l <= 0.0),
+            "mean {mean}, lv {log_var}: {v:?}"
+        );
         let total: f64 = v.iter().map(|l| l.exp()).sum();
-        assert!((total - 1.0).abs() < 1e-9, "mean {mean}, lv {log_var}: probabilities sum to {total}");
+        assert!(
+            (total - 1.0).abs() < 1e-9,
+            "mean {mean}, lv {log_var}: probabilities sum to {total}"
+        );
         // An inner bin against Φ(b) − Φ(a) by the error function, where no cancellation occurs.
         let std = (0.5 * log_var).exp();
         let k = 128usize;
@@ -150,7 +201,12 @@ fn discretized_gaussian_sums_to_one_and_matches_its_integral() {
         let cdf = |z: f64| 0.5 * (1.0 + erf(z / std::f64::consts::SQRT_2));
         let p = cdf((xk + 1.0 / 255.0 - mean) / std) - cdf((xk - 1.0 / 255.0 - mean) / std);
         if p > 1e-6 {
-            assert!((v[k] - p.ln()).abs() < 1e-6, "bin {k}: {} vs {}", v[k], p.ln());
+            assert!(
+                (v[k] - p.ln()).abs() < 1e-6,
+                "bin {k}: {} vs {}",
+                v[k],
+                p.ln()
+            );
         }
     }
 }
@@ -210,9 +266,16 @@ struct Gaussian1d {
 }
 
 impl Gaussian1d {
-    fn denoiser<'a>(&'a self, process: &'a Process) -> impl Fn(&Tensor, &Tensor) -> gm_core::Result<DenoiserOutput> + 'a {
+    fn denoiser<'a>(
+        &'a self,
+        process: &'a Process,
+    ) -> impl Fn(&Tensor, &Tensor) -> gm_core::Result<DenoiserOutput> + 'a {
         move |xt: &Tensor, t: &Tensor| {
-            let ab = process.schedule.alpha_bar(t)?.to_kind(xt.kind()).view([-1, 1]);
+            let ab = process
+                .schedule
+                .alpha_bar(t)?
+                .to_kind(xt.kind())
+                .view([-1, 1]);
             let var = &ab * (self.std * self.std) + (ab.neg() + 1.0);
             let one_minus: Tensor = ab.neg() + 1.0;
             let eps = one_minus.sqrt() * (xt - ab.sqrt() * self.mean) / var;
@@ -226,7 +289,10 @@ impl Gaussian1d {
     /// The optimal denoiser with the true reverse variance of each one-step jump,
     /// β̃_t + c_t² Var(x_0 | x_t) (c_t the posterior mean's coefficient on x_0), given as the
     /// learned-variance output v of the jump t → t − 1.
-    fn exact_denoiser<'a>(&'a self, process: &'a Process) -> impl Fn(&Tensor, &Tensor) -> gm_core::Result<DenoiserOutput> + 'a {
+    fn exact_denoiser<'a>(
+        &'a self,
+        process: &'a Process,
+    ) -> impl Fn(&Tensor, &Tensor) -> gm_core::Result<DenoiserOutput> + 'a {
         move |xt: &Tensor, t: &Tensor| {
             let mean_only = self.denoiser(process)(xt, t)?;
             let s = &process.schedule;
@@ -282,7 +348,10 @@ fn mean_std(x: &Tensor) -> (f64, f64) {
 #[test]
 fn bound_of_the_optimal_denoiser_equals_the_true_nll() {
     gm_core::device::seed_torch(5);
-    let data = Gaussian1d { mean: 0.4, std: 0.5 };
+    let data = Gaussian1d {
+        mean: 0.4,
+        std: 0.5,
+    };
     let n = 8_000;
     for (name, config) in schedules() {
         let x0 = data.sample(n);
@@ -294,7 +363,10 @@ fn bound_of_the_optimal_denoiser_equals_the_true_nll() {
         let (gap, gap_std) = mean_std(&(&bound - &nll));
         let se = gap_std / (n as f64).sqrt();
         println!("{name}, exact variances: gap {gap} ± {se}");
-        assert!(gap.abs() < 1e-3 + 4.0 * se, "{name}: the exact reverse process's bound is off the NLL by {gap} ± {se}");
+        assert!(
+            gap.abs() < 1e-3 + 4.0 * se,
+            "{name}: the exact reverse process's bound is off the NLL by {gap} ± {se}"
+        );
 
         let small = process(config, 1000, Variance::Small);
         let bound = small
@@ -303,8 +375,14 @@ fn bound_of_the_optimal_denoiser_equals_the_true_nll() {
         let (gap, gap_std) = mean_std(&(&bound - &nll));
         let se = gap_std / (n as f64).sqrt();
         println!("{name}, posterior variances: gap {gap} ± {se}");
-        assert!(gap > -4.0 * se, "{name}: the bound {gap} ± {se} lies below the NLL");
-        assert!(gap < 1.0, "{name}: the bound exceeds the NLL by {gap} ± {se} nats");
+        assert!(
+            gap > -4.0 * se,
+            "{name}: the bound {gap} ± {se} lies below the NLL"
+        );
+        assert!(
+            gap < 1.0,
+            "{name}: the bound exceeds the NLL by {gap} ± {se} nats"
+        );
     }
 }
 
@@ -314,32 +392,61 @@ fn bound_of_the_optimal_denoiser_equals_the_true_nll() {
 #[test]
 fn stratified_bound_is_unbiased() {
     gm_core::device::seed_torch(11);
-    let data = Gaussian1d { mean: 0.0, std: 0.7 };
-    let p = process(ScheduleConfig::Linear { beta_start: 1e-4, beta_end: 0.02 }, 20, Variance::Small);
+    let data = Gaussian1d {
+        mean: 0.0,
+        std: 0.7,
+    };
+    let p = process(
+        ScheduleConfig::Linear {
+            beta_start: 1e-4,
+            beta_end: 0.02,
+        },
+        20,
+        Variance::Small,
+    );
     let x0 = data.sample(640_000);
     let denoise = data.denoiser(&p);
     let full = p.nll_bound(&x0, &denoise, Decoder::Continuous, 20).unwrap();
     for strata in [4, 10] {
-        let few = p.nll_bound(&x0, &denoise, Decoder::Continuous, strata).unwrap();
+        let few = p
+            .nll_bound(&x0, &denoise, Decoder::Continuous, strata)
+            .unwrap();
         let (mean_full, sd_full) = mean_std(&full);
         let (mean_few, sd_few) = mean_std(&few);
         let se = (sd_full.powi(2) + sd_few.powi(2)).sqrt() / 640_000f64.sqrt();
         println!("{strata} strata: {mean_few} against all terms {mean_full} ± {se}");
-        assert!((mean_few - mean_full).abs() < 4.0 * se, "{strata} strata: {mean_few} against {mean_full} ± {se}");
-        assert!(se < 0.05, "the check is too weak to see a misplaced term: se {se}");
+        assert!(
+            (mean_few - mean_full).abs() < 4.0 * se,
+            "{strata} strata: {mean_few} against {mean_full} ± {se}"
+        );
+        assert!(
+            se < 0.05,
+            "the check is too weak to see a misplaced term: se {se}"
+        );
     }
 }
 
-fn sampled(p: &Process, data: &Gaussian1d, solver: Solver, steps: usize, eta: f64, seed: u64) -> Tensor {
+fn sampled(
+    p: &Process,
+    data: &Gaussian1d,
+    solver: Solver,
+    steps: usize,
+    eta: f64,
+    seed: u64,
+) -> Tensor {
     gm_core::device::seed_torch(seed);
     let noise = Tensor::randn([10_000, 1], (Kind::Double, Device::Cpu));
     let denoise = data.denoiser(p);
-    p.sample(&noise, &denoise, solver, steps, eta, 1.0, None).unwrap()
+    p.sample(&noise, &denoise, solver, steps, eta, 1.0, None)
+        .unwrap()
 }
 
 #[test]
 fn samplers_with_the_optimal_denoiser_draw_the_data_distribution() {
-    let data = Gaussian1d { mean: 0.4, std: 0.5 };
+    let data = Gaussian1d {
+        mean: 0.4,
+        std: 0.5,
+    };
     for (name, config) in schedules() {
         let p = process(config, 1000, Variance::Small);
         for (solver, steps, eta) in [
@@ -354,8 +461,14 @@ fn samplers_with_the_optimal_denoiser_draw_the_data_distribution() {
             let x = sampled(&p, &data, solver, steps, eta, 6);
             let (m, s) = mean_std(&x);
             // Standard errors at n = 10000: 0.005 for the mean, 0.0035 for the std.
-            assert!((m - data.mean).abs() < 0.02, "{name} {solver:?} {steps}: mean {m}");
-            assert!((s - data.std).abs() < 0.02, "{name} {solver:?} {steps}: std {s}");
+            assert!(
+                (m - data.mean).abs() < 0.02,
+                "{name} {solver:?} {steps}: mean {m}"
+            );
+            assert!(
+                (s - data.std).abs() < 0.02,
+                "{name} {solver:?} {steps}: std {s}"
+            );
         }
     }
 }
@@ -364,61 +477,106 @@ fn samplers_with_the_optimal_denoiser_draw_the_data_distribution() {
 /// same draws give the same samples as DDPM's, up to rounding.
 #[test]
 fn ddim_with_eta_one_is_ddpm() {
-    let data = Gaussian1d { mean: -0.3, std: 0.8 };
-    let p = process(ScheduleConfig::Cosine { offset: 0.008 }, 1000, Variance::Small);
+    let data = Gaussian1d {
+        mean: -0.3,
+        std: 0.8,
+    };
+    let p = process(
+        ScheduleConfig::Cosine { offset: 0.008 },
+        1000,
+        Variance::Small,
+    );
     let ddpm = sampled(&p, &data, Solver::Ddpm, 1000, 0.0, 7);
     let ddim = sampled(&p, &data, Solver::Ddim, 1000, 1.0, 7);
     let diff = (&ddpm - &ddim).abs().max().double_value(&[]);
     assert!(diff < 1e-8, "DDIM(η = 1) and DDPM differ by {diff}");
     let (m, s) = mean_std(&ddpm);
-    assert!((m - data.mean).abs() < 0.02 && (s - data.std).abs() < 0.02, "{m} {s}");
+    assert!(
+        (m - data.mean).abs() < 0.02 && (s - data.std).abs() < 0.02,
+        "{m} {s}"
+    );
 }
 
 /// The same identity on a respaced process: DDIM(η = 1) over 100 of the 1000 steps is
 /// ancestral sampling of the respaced process with its posterior variances.
 #[test]
 fn respaced_ddim_with_eta_one_is_respaced_ddpm() {
-    let data = Gaussian1d { mean: 0.5, std: 0.3 };
-    let p = process(ScheduleConfig::Linear { beta_start: 1e-4, beta_end: 0.02 }, 1000, Variance::Small);
+    let data = Gaussian1d {
+        mean: 0.5,
+        std: 0.3,
+    };
+    let p = process(
+        ScheduleConfig::Linear {
+            beta_start: 1e-4,
+            beta_end: 0.02,
+        },
+        1000,
+        Variance::Small,
+    );
     let ddpm = sampled(&p, &data, Solver::Ddpm, 100, 0.0, 12);
     let ddim = sampled(&p, &data, Solver::Ddim, 100, 1.0, 12);
     let diff = (&ddpm - &ddim).abs().max().double_value(&[]);
-    assert!(diff < 1e-8, "respaced DDIM(η = 1) and DDPM differ by {diff}");
+    assert!(
+        diff < 1e-8,
+        "respaced DDIM(η = 1) and DDPM differ by {diff}"
+    );
 }
 
 #[test]
 fn schedules_refuse_betas_outside_the_unit_interval() {
-    let bad = ScheduleConfig::Linear { beta_start: 0.3, beta_end: 0.9 };
+    let bad = ScheduleConfig::Linear {
+        beta_start: 0.3,
+        beta_end: 0.9,
+    };
     let msg = gm_core::testing::error_text(Schedule::new(&bad, 10, Device::Cpu));
     assert!(msg.contains("(0, 1)"), "{msg}");
 }
 
 #[test]
 fn ddim_with_eta_zero_is_deterministic_and_inverts() {
-    let data = Gaussian1d { mean: 0.2, std: 0.6 };
-    let p = process(ScheduleConfig::Cosine { offset: 0.008 }, 1000, Variance::Small);
+    let data = Gaussian1d {
+        mean: 0.2,
+        std: 0.6,
+    };
+    let p = process(
+        ScheduleConfig::Cosine { offset: 0.008 },
+        1000,
+        Variance::Small,
+    );
     let denoise = data.denoiser(&p);
     gm_core::device::seed_torch(8);
     let noise = Tensor::randn([500, 1], (Kind::Double, Device::Cpu));
     gm_core::device::seed_torch(9);
-    let a = p.sample(&noise, &denoise, Solver::Ddim, 100, 0.0, 1.0, None).unwrap();
+    let a = p
+        .sample(&noise, &denoise, Solver::Ddim, 100, 0.0, 1.0, None)
+        .unwrap();
     gm_core::device::seed_torch(10);
-    let b = p.sample(&noise, &denoise, Solver::Ddim, 100, 0.0, 1.0, None).unwrap();
+    let b = p
+        .sample(&noise, &denoise, Solver::Ddim, 100, 0.0, 1.0, None)
+        .unwrap();
     assert!(a.equal(&b), "DDIM with η = 0 depends on the random state");
     // Encoding then decoding recovers the data.
     let x0 = data.sample(500);
     let error = |refinements: usize| {
         let latent = p.ddim_encode(&x0, &denoise, 100, refinements).unwrap();
-        let back = p.sample(&latent, &denoise, Solver::Ddim, 100, 0.0, 1.0, None).unwrap();
+        let back = p
+            .sample(&latent, &denoise, Solver::Ddim, 100, 0.0, 1.0, None)
+            .unwrap();
         ((&back - &x0).abs().max().double_value(&[]), latent)
     };
     let (plain, _) = error(0);
     let (err, latent) = error(3);
     println!("DDIM encode/decode error: {plain} without refinement, {err} with 3");
-    assert!(err < 5e-3 && err < plain / 4.0, "DDIM encode/decode error {err} ({plain} without refinement)");
+    assert!(
+        err < 5e-3 && err < plain / 4.0,
+        "DDIM encode/decode error {err} ({plain} without refinement)"
+    );
     // The latents are standard Normal, as they should be for data of this law.
     let (m, s) = mean_std(&latent);
-    assert!(m.abs() < 0.15 && (s - 1.0).abs() < 0.1, "latent mean {m}, std {s}");
+    assert!(
+        m.abs() < 0.15 && (s - 1.0).abs() < 0.1,
+        "latent mean {m}, std {s}"
+    );
 }
 
 /// DPM-Solver++ 2M is a second-order solver: at the same number of denoiser calls its samples'
@@ -426,13 +584,20 @@ fn ddim_with_eta_zero_is_deterministic_and_inverts() {
 /// Gaussian: 0.023 against 0.070 at 20 linear-schedule steps, 0.001 against 0.030 at 50).
 #[test]
 fn dpm_solver_beats_ddim_at_equal_steps() {
-    let data = Gaussian1d { mean: 0.4, std: 0.5 };
+    let data = Gaussian1d {
+        mean: 0.4,
+        std: 0.5,
+    };
     for (name, config) in schedules() {
         let p = process(config, 1000, Variance::Small);
         for steps in [20, 50] {
-            let error = |solver| (mean_std(&sampled(&p, &data, solver, steps, 0.0, 6)).1 - data.std).abs();
+            let error =
+                |solver| (mean_std(&sampled(&p, &data, solver, steps, 0.0, 6)).1 - data.std).abs();
             let (ddim, dpm) = (error(Solver::Ddim), error(Solver::DpmSolver2m));
-            assert!(dpm < ddim / 2.5, "{name}, {steps} steps: DPM-Solver++ off by {dpm}, DDIM by {ddim}");
+            assert!(
+                dpm < ddim / 2.5,
+                "{name}, {steps} steps: DPM-Solver++ off by {dpm}, DDIM by {ddim}"
+            );
         }
     }
 }
