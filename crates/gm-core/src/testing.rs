@@ -6,8 +6,8 @@
 pub mod conformance;
 
 pub use conformance::{
-    assert_refuses_data, assert_states_identical, check_conformance, example_data, state_snapshot,
-    ConformanceCase,
+    assert_refuses_data, assert_states_identical, check_conformance, check_conformance_on,
+    example_data, state_snapshot, ConformanceCase,
 };
 
 use crate::bijectors::{autograd_jacobian, autograd_log_abs_det, Bijector};

@@ -6,7 +6,8 @@ mod common;
 use common::{registry, shipped, shrink, single_thread};
 use gm_core::data::ValueKind;
 use gm_core::spec::DataInfo;
-use gm_core::tch::{Device, Kind, Tensor};
+use gm_core::tch::Device;
+use gm_core::testing::check_conformance_on;
 use gm_core::testing::{assert_refuses_data, check_conformance, example_data, ConformanceCase};
 use gm_diffusion::{DiffusionConfig, SHIPPED_CONFIGS};
 
@@ -19,18 +20,7 @@ fn every_shipped_diffusion_model_conforms() {
         assert_eq!(run.family(), "diffusion");
         let mut c: DiffusionConfig = run.model_config().unwrap();
         shrink(&mut c);
-        let info = gm_core::data::named_info(&run.dataset).unwrap();
-        let x = example_data(&info, 16);
-        let labels = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));
-        check_conformance(&ConformanceCase {
-            name,
-            spec: &c,
-            data: &info,
-            x: &x,
-            labels: (info.classes > 0).then_some(&labels),
-            batch_size: 4,
-            steps: 4,
-        });
+        check_conformance_on(name, &c, &run.dataset, 16, 4, 4);
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 use gm_core::data::ValueKind;
 use gm_core::spec::{DataInfo, ModelSpec, Registry};
 use gm_core::tch::{Device, Kind, Tensor};
+use gm_core::testing::check_conformance_on;
 use gm_core::testing::{assert_refuses_data, check_conformance, example_data, ConformanceCase};
 use gm_flow::{register, Architecture, FlowConfig, SHIPPED_CONFIGS};
 
@@ -45,18 +46,7 @@ fn every_shipped_flow_conforms() {
             .try_into()
             .unwrap();
         let spec = shrink(config);
-        let info = gm_core::data::named_info(&run.dataset).unwrap();
-        let x = example_data(&info, 32);
-        let labels = Tensor::randint(10, [32], (Kind::Int64, Device::Cpu));
-        check_conformance(&ConformanceCase {
-            name,
-            spec: &spec,
-            data: &info,
-            x: &x,
-            labels: (info.classes > 0).then_some(&labels),
-            batch_size: 8,
-            steps: 4,
-        });
+        check_conformance_on(name, &spec, &run.dataset, 32, 8, 4);
     }
 }
 

@@ -427,6 +427,33 @@ pub fn example_data(info: &DataInfo, n: i64) -> Tensor {
     }
 }
 
+/// Runs [`check_conformance`] on `spec` for the named data set with `n` rows of
+/// [`example_data`] (and uniform labels where the set has classes), in batches of `batch_size`
+/// over `steps` training steps: what every family's "every shipped config conforms" test does
+/// for each of its run files.
+pub fn check_conformance_on(
+    name: &str,
+    spec: &dyn ModelSpec,
+    dataset: &str,
+    n: i64,
+    batch_size: i64,
+    steps: u64,
+) {
+    let info = crate::data::named_info(dataset)
+        .unwrap_or_else(|e| panic!("{name}: unknown data set {dataset}: {e}"));
+    let x = example_data(&info, n);
+    let labels = Tensor::randint(info.classes.max(1), [n], (Kind::Int64, Device::Cpu));
+    check_conformance(&ConformanceCase {
+        name,
+        spec,
+        data: &info,
+        x: &x,
+        labels: (info.classes > 0).then_some(&labels),
+        batch_size,
+        steps,
+    });
+}
+
 /// `spec` refuses to build for `data`, with an error that contains `needle` (e.g. the key).
 pub fn assert_refuses_data(spec: &dyn ModelSpec, data: &DataInfo, needle: &str) {
     match spec.build(data, Device::Cpu) {
