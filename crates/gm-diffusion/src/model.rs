@@ -200,10 +200,7 @@ impl Diffusion {
 
     /// Runs `f` with the weights `choice` asks for: the average (once trained) or the live ones.
     fn with_weights<R>(&self, choice: WeightChoice, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        match (&self.ema, choice) {
-            (Some(ema), WeightChoice::Ema) if self.optimizer.steps() > 0 => ema.with_averaged(f),
-            _ => f(),
-        }
+        Ema::with_choice(self.ema.as_ref(), self.optimizer.steps() > 0, choice, f)
     }
 
     /// The labels the likelihood conditions on: the given ones for a conditional model (checked),
@@ -238,6 +235,27 @@ impl Diffusion {
         check_data(x, &self.data.event_shape, self.data.values, what)
     }
 
+    /// Data and labels checked for the bound (`what` names the caller) and the data in the
+    /// model's space.
+    fn bound_inputs(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        what: &str,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let x = self.checked(x, &format!("{what} x"))?;
+        let b = x.size()[0];
+        gm_core::nn::check_activation_budget(
+            b,
+            self.config
+                .denoiser
+                .activations_per_example(&self.data.event_shape),
+            what,
+        )?;
+        let labels = self.likelihood_labels(labels, b, &format!("{what} labels"))?;
+        Ok((self.to_model_space(&x)?, labels))
+    }
+
     /// The estimate of the NLL bound per example in nats `[b]` with `strata` steps each (see
     /// [`Process::nll_bound`]), for data `x` and optional labels, with the chosen weights.
     pub fn nll_bound(
@@ -247,17 +265,7 @@ impl Diffusion {
         strata: i64,
         weights: WeightChoice,
     ) -> Result<Tensor> {
-        let x = self.checked(x, "Diffusion.nll_bound x")?;
-        let b = x.size()[0];
-        gm_core::nn::check_activation_budget(
-            b,
-            self.config
-                .denoiser
-                .activations_per_example(&self.data.event_shape),
-            "Diffusion.nll_bound",
-        )?;
-        let labels = self.likelihood_labels(labels, b, "Diffusion.nll_bound labels")?;
-        let y = self.to_model_space(&x)?;
+        let (y, labels) = self.bound_inputs(x, labels, "Diffusion.nll_bound")?;
         let denoise = |xt: &Tensor, t: &Tensor| self.denoise(xt, t, labels.as_ref());
         let nll = gm_core::tch::no_grad(|| {
             self.with_weights(weights, || {
@@ -270,17 +278,7 @@ impl Diffusion {
     /// Every term of the bound per example `[b, T + 1]` in nats (column 0 the prior, column t
     /// step t's term; for continuous data the scale's log-Jacobian is in column 0).
     pub fn bound_terms(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        let x = self.checked(x, "Diffusion.bound_terms x")?;
-        let b = x.size()[0];
-        gm_core::nn::check_activation_budget(
-            b,
-            self.config
-                .denoiser
-                .activations_per_example(&self.data.event_shape),
-            "Diffusion.bound_terms",
-        )?;
-        let labels = self.likelihood_labels(labels, b, "Diffusion.bound_terms labels")?;
-        let y = self.to_model_space(&x)?;
+        let (y, labels) = self.bound_inputs(x, labels, "Diffusion.bound_terms")?;
         let denoise = |xt: &Tensor, t: &Tensor| self.denoise(xt, t, labels.as_ref());
         let terms = gm_core::tch::no_grad(|| {
             self.with_weights(WeightChoice::Ema, || {

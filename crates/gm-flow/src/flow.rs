@@ -391,13 +391,7 @@ impl FlowModel {
     /// Runs `f` with the averaged weights when `weights` asks for them and the model keeps an
     /// average, with the raw weights otherwise.
     fn with_weights<R>(&self, weights: WeightChoice, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        match (&self.ema, weights) {
-            // Before the first update the average equals the weights; swapping them in then
-            // would also let a data-dependent initialisation (ActNorm) write into the swapped
-            // values and be undone when they are swapped back.
-            (Some(ema), WeightChoice::Ema) if self.optimizer.steps() > 0 => ema.with_averaged(f),
-            _ => f(),
-        }
+        Ema::with_choice(self.ema.as_ref(), self.optimizer.steps() > 0, weights, f)
     }
 
     /// `ln p(x | y)`, or for a conditional flow without labels the mixture over labels with a

@@ -206,10 +206,7 @@ impl Gan {
     /// Runs `f` with the weights `choice` asks for: the average (once the generator has been
     /// updated) or the live ones.
     fn with_weights<R>(&self, choice: WeightChoice, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        match (&self.ema, choice) {
-            (Some(ema), WeightChoice::Ema) if self.g_opt.steps() > 0 => ema.with_averaged(f),
-            _ => f(),
-        }
+        Ema::with_choice(self.ema.as_ref(), self.g_opt.steps() > 0, choice, f)
     }
 
     /// Checks a conditional GAN's labels for `n` examples (integers in `0..classes`), or

@@ -8,6 +8,7 @@
 
 use super::checkpoint::StateDict;
 use super::config::{check_range, Config};
+use crate::model::WeightChoice;
 use crate::spec::Budget;
 use crate::{GmError, Result};
 use serde::{Deserialize, Serialize};
@@ -154,6 +155,23 @@ impl Ema {
             backup,
         };
         f()
+    }
+
+    /// Runs `f` with the weights `choice` asks for: the average when `choice` is
+    /// [`WeightChoice::Ema`], the model keeps one and has been `trained` (made at least one
+    /// optimizer step), the live weights otherwise. Before the first update the average equals
+    /// the weights; swapping them in then would also let a data-dependent initialisation
+    /// (ActNorm) write into the swapped values and be undone when they are swapped back.
+    pub fn with_choice<R>(
+        ema: Option<&Ema>,
+        trained: bool,
+        choice: WeightChoice,
+        f: impl FnOnce() -> Result<R>,
+    ) -> Result<R> {
+        match (ema, choice) {
+            (Some(ema), WeightChoice::Ema) if trained => ema.with_averaged(f),
+            _ => f(),
+        }
     }
 
     /// The averages as named tensors, `prefix` + variable name.
