@@ -56,9 +56,9 @@ pub fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| model | data set | test NLL | entropy | gap | steps | train s | params |"
+        "| model | data set | test NLL | kind | entropy | gap | network evaluations | steps | train s | params |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for r in report
         .results
         .iter()
@@ -66,14 +66,16 @@ pub fn markdown(report: &Report) -> String {
     {
         let _ = writeln!(
             s,
-            "| {} {} | {} | {} | {} ± {} | **{}** | {} | {:.0} | {} |",
+            "| {} {} | {} | {} | {} | {} ± {} | **{}** | {} | {} | {:.0} | {} |",
             r.family,
             r.model,
             r.dataset,
             fmt(r.nll_nats, 4),
+            r.nll_kind.as_deref().unwrap_or("none"),
             fmt(r.entropy_nats, 4),
             fmt(r.entropy_stderr, 4),
             fmt(r.gap_nats, 4),
+            count(r.likelihood_evaluations),
             r.steps,
             r.train_seconds,
             r.parameters
@@ -124,15 +126,15 @@ pub fn markdown(report: &Report) -> String {
         );
         let _ = writeln!(
             s,
-            "| model | data set | sampler | energy distance (floor) | MMD² (floor) | modes | high-quality share (data) | s per 10k samples |"
+            "| model | data set | sampler | energy distance (floor) | MMD² (floor) | modes | high-quality share (data) | network evaluations | s per 10k samples |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for r in report.results.iter().filter(|r| !r.samplers.is_empty()) {
             for v in &r.samplers {
                 let Some(m) = &v.sample_metrics else { continue };
                 let _ = writeln!(
                     s,
-                    "| {} {} | {} | {} | {:.4} ({:.4}) | {:.5} ({:.5}) | {} | {} | {:.1} |",
+                    "| {} {} | {} | {} | {:.4} ({:.4}) | {:.5} ({:.5}) | {} | {} | {} | {:.1} |",
                     r.family,
                     r.model,
                     r.dataset,
@@ -143,16 +145,17 @@ pub fn markdown(report: &Report) -> String {
                     m.mmd_floor,
                     modes_text(m),
                     quality_text(m),
+                    count(v.evaluations),
                     v.seconds_per_10k
                 );
             }
         }
     }
     let _ = writeln!(s, "\n## MNIST (9,000 train / 1,000 test digits)\n");
-    let _ = writeln!(s, "| model | data | test NLL (nats) | bits/dim | kind | Fréchet distance | precision / recall / density / coverage | class shares | conditional accuracy | samples/s | steps | train s | train ex/s | params |");
+    let _ = writeln!(s, "| model | data | test NLL (nats) | bits/dim | kind | test digits (network evaluations) | Fréchet distance | precision / recall / density / coverage | class shares | conditional accuracy | samples/s (evaluations) | steps | train s | train ex/s | params |");
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in report
         .results
@@ -162,13 +165,15 @@ pub fn markdown(report: &Report) -> String {
         let _ =
             writeln!(
             s,
-            "| {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.0} | {} |",
+            "| {} {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {:.0} ({}) | {} | {:.0} | {:.0} | {} |",
             r.family,
             r.model,
             r.dataset,
             fmt(r.nll_nats, 2),
             fmt(r.bits_per_dim, 4),
             r.nll_kind.as_deref().unwrap_or("none"),
+            r.likelihood_examples.map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
+            count(r.likelihood_evaluations),
             fmt(r.image_metrics.as_ref().map(|m| m.frechet_distance), 2),
             r.image_metrics
                 .as_ref()
@@ -183,6 +188,7 @@ pub fn markdown(report: &Report) -> String {
                 .unwrap_or_else(|| "–".into()),
             fmt(r.image_metrics.as_ref().and_then(|m| m.conditional_accuracy), 3),
             r.samples_per_second,
+            count(r.sample_evaluations),
             r.steps,
             r.train_seconds,
             r.train_examples_per_second,
@@ -199,21 +205,22 @@ pub fn markdown(report: &Report) -> String {
             s,
             "\nThe same trained models sampled further ways (for a conditional diffusion model, guidance 0 is its unconditional model and 1 its conditional one without guidance):\n"
         );
-        let _ = writeln!(s, "| model | sampler | Fréchet distance | precision / recall / density / coverage | class shares | conditional accuracy | s per 10k samples |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "| model | sampler | Fréchet distance | precision / recall / density / coverage | class shares | conditional accuracy | network evaluations | s per 10k samples |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         for r in image_variants {
             for v in &r.samplers {
                 let Some(m) = &v.image_metrics else { continue };
                 let (lo, hi) = share_range(&m.class_shares);
                 let _ = writeln!(
                     s,
-                    "| {} {} | {} | {:.2} | {} | {lo:.3}–{hi:.3} | {} | {:.0} |",
+                    "| {} {} | {} | {:.2} | {} | {lo:.3}–{hi:.3} | {} | {} | {:.0} |",
                     r.family,
                     r.model,
                     v.label,
                     m.frechet_distance,
                     fidelity_text(&m.fidelity),
                     fmt(m.conditional_accuracy, 3),
+                    count(v.evaluations),
                     v.seconds_per_10k
                 );
             }
@@ -244,6 +251,11 @@ pub fn markdown(report: &Report) -> String {
     }
     let _ = writeln!(s, "\n`upper_bound`: the NLL is an upper bound (dequantised flows, ELBO/IWAE); `exact`: exact likelihood.");
     s
+}
+
+/// A count, or a dash.
+fn count(n: Option<usize>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_else(|| "–".into())
 }
 
 /// Modes covered of how many, or a dash for data sets without modes.

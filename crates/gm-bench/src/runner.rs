@@ -43,6 +43,16 @@ pub struct RunResult {
     pub train_seconds: f64,
     pub train_examples_per_second: f64,
     pub samples_per_second: f64,
+    /// Network evaluations per sample of the default sampler (iterative models).
+    #[serde(default)]
+    pub sample_evaluations: Option<usize>,
+    /// Network evaluations per example of the likelihood (an ODE solve's count, the bound's
+    /// strata).
+    #[serde(default)]
+    pub likelihood_evaluations: Option<usize>,
+    /// Test examples the likelihood was evaluated on.
+    #[serde(default)]
+    pub likelihood_examples: Option<i64>,
     /// `(step, training loss)` at each log point.
     pub curve: Vec<(u64, f64)>,
     /// The samples picture, relative to the output folder.
@@ -70,6 +80,9 @@ pub struct SamplerResult {
     pub label: String,
     /// Wall time to draw 10,000 samples, from the time of the run's draw.
     pub seconds_per_10k: f64,
+    /// Network evaluations per sample (iterative samplers).
+    #[serde(default)]
+    pub evaluations: Option<usize>,
     /// Why this way of sampling failed (the run's other results stand).
     #[serde(default)]
     pub error: Option<String>,
@@ -88,14 +101,15 @@ pub fn config_hash(entry: &Entry) -> String {
 /// The hash of everything that defines an entry's *result*: the training and the further
 /// samplers. A changed sampler list re-evaluates the trained model without retraining it.
 pub fn result_hash(entry: &Entry) -> String {
-    if entry.samplers.is_empty() {
+    if entry.samplers.is_empty() && entry.likelihood_examples.is_none() {
         return config_hash(entry);
     }
     short_hash(&format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{:?}",
         entry.id,
         entry.config_text,
-        serde_json::to_string(&entry.samplers).unwrap_or_default()
+        serde_json::to_string(&entry.samplers).unwrap_or_default(),
+        entry.likelihood_examples
     ))
 }
 
@@ -180,6 +194,9 @@ pub fn failed_result(entry: &Entry, error: String) -> RunResult {
         train_seconds: 0.0,
         train_examples_per_second: 0.0,
         samples_per_second: 0.0,
+        sample_evaluations: None,
+        likelihood_evaluations: None,
+        likelihood_examples: None,
         curve: vec![],
         samples_png: None,
         sample_metrics: None,
@@ -217,7 +234,12 @@ fn train_and_evaluate(
         .collect();
 
     gm_core::device::seed_torch(gm_core::device::derive_seed(entry.run.train.seed, 0xE7A1));
-    let nll: Option<Nll> = gm_core::tch::no_grad(|| test_nll(model.as_ref(), &data.test.x, 500))?;
+    let test_x = match entry.likelihood_examples {
+        Some(n) => data.test.x.f_narrow(0, 0, n.min(data.test.x.size()[0]))?,
+        None => data.test.x.shallow_clone(),
+    };
+    let nll: Option<Nll> = gm_core::tch::no_grad(|| test_nll(model.as_ref(), &test_x, 500))?;
+    let likelihood_evaluations = nll.as_ref().and_then(|_| model.last_evaluations());
     // A non-finite metric is a failed run, never a cached success.
     if let Some(n) = nll.as_ref().filter(|n| !n.nats.is_finite()) {
         return Err(GmError::NonFinite {
@@ -244,6 +266,7 @@ fn train_and_evaluate(
     let started = Instant::now();
     let samples = gm_core::tch::no_grad(|| model.sample(n_samples))?;
     let samples_per_second = n_samples as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let sample_evaluations = model.last_evaluations();
     let sample_metrics = match data.toy {
         Some(set) => Some(sample_metrics(
             &samples,
@@ -268,6 +291,7 @@ fn train_and_evaluate(
         samplers.push(judged.unwrap_or_else(|e| SamplerResult {
             label: variant.label(),
             seconds_per_10k: 0.0,
+            evaluations: None,
             error: Some(e.to_string()),
             sample_metrics: None,
             image_metrics: None,
@@ -331,6 +355,9 @@ fn train_and_evaluate(
         train_examples_per_second: (steps as f64 * entry.run.train.batch_size as f64)
             / history.train_seconds.max(1e-9),
         samples_per_second,
+        sample_evaluations,
+        likelihood_evaluations,
+        likelihood_examples: nll.as_ref().map(|_| test_x.size()[0]),
         curve,
         samples_png: Some(png),
         sample_metrics,
@@ -364,6 +391,7 @@ fn judge_variant(
     let started = Instant::now();
     let drawn = gm_core::tch::no_grad(|| model.sample_with(n_samples, &options))?;
     let seconds_per_10k = started.elapsed().as_secs_f64() * 10_000.0 / n_samples as f64;
+    let evaluations = model.last_evaluations();
     let sample_metrics = match data.toy {
         Some(set) => Some(crate::metrics::sample_metrics(
             &drawn,
@@ -393,6 +421,7 @@ fn judge_variant(
     Ok(SamplerResult {
         label: variant.label(),
         seconds_per_10k,
+        evaluations,
         error: None,
         sample_metrics,
         image_metrics,

@@ -67,6 +67,9 @@ struct SuiteEntry {
     /// Further ways to sample the trained model, each judged like its default samples.
     #[serde(default)]
     samplers: Vec<SamplerVariant>,
+    /// Test examples the likelihood is evaluated on (the first ones of the test split); all
+    /// when left out. For likelihoods that cost an ODE solve per example.
+    likelihood_examples: Option<i64>,
 }
 
 /// One way to draw samples from a trained model (the `SampleOptions` a suite can set); fields
@@ -78,6 +81,8 @@ pub struct SamplerVariant {
     pub steps: Option<usize>,
     pub eta: Option<f64>,
     pub guidance: Option<f64>,
+    /// The tolerance of an adaptive ODE solver.
+    pub tolerance: Option<f64>,
 }
 
 impl SamplerVariant {
@@ -86,6 +91,9 @@ impl SamplerVariant {
         let mut label = self.solver.clone().unwrap_or_else(|| "default".into());
         if let Some(steps) = self.steps {
             label.push_str(&format!("-{steps}"));
+        }
+        if let Some(tol) = self.tolerance {
+            label.push_str(&format!(" tol {tol:e}"));
         }
         if let Some(eta) = self.eta {
             label.push_str(&format!(" η={eta}"));
@@ -103,6 +111,7 @@ impl SamplerVariant {
         options.steps = self.steps;
         options.eta = self.eta;
         options.guidance = self.guidance;
+        options.tolerance = self.tolerance;
         options
     }
 }
@@ -140,6 +149,9 @@ pub struct Entry {
     pub config_text: String,
     /// Further ways to sample the trained model (part of the result's hash).
     pub samplers: Vec<SamplerVariant>,
+    /// Test examples the likelihood is evaluated on; all when `None` (part of the result's
+    /// hash).
+    pub likelihood_examples: Option<i64>,
 }
 
 /// The built-in suite for a profile.
@@ -160,6 +172,12 @@ pub fn suite_from(
     })?;
     let mut entries: Vec<Entry> = Vec::new();
     for item in &file.entry {
+        if let Some(n) = item.likelihood_examples.filter(|n| *n < 1) {
+            return Err(GmError::config(
+                "likelihood_examples",
+                format!("{origin}: entry {}: must be at least 1, got {n}", item.model),
+            ));
+        }
         let base = registry.load_run(&item.config)?;
         let steps = item.steps.get(profile);
         let datasets = if item.datasets.is_empty() {
@@ -186,6 +204,7 @@ pub fn suite_from(
                 config_text: run.to_toml_string()?,
                 run,
                 samplers: item.samplers.clone(),
+                likelihood_examples: item.likelihood_examples,
             });
         }
     }

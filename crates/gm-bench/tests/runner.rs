@@ -38,6 +38,7 @@ impl ModelSpec for BrokenSpec {
 fn entry(id: &str, panics: bool) -> Entry {
     Entry {
         samplers: vec![],
+        likelihood_examples: None,
         id: id.into(),
         family: "test".into(),
         model: "m".into(),
@@ -163,6 +164,7 @@ fn sampler_variants_are_judged_and_hashed() {
         steps: None,
         eta: None,
         guidance: None,
+        tolerance: None,
     });
     let again = run_entry(&e, &data, &out, Device::Cpu, None);
     assert_eq!(again.status, "ok", "{:?}", again.error);

@@ -129,6 +129,9 @@ pub struct SampleOptions {
     /// The solver of an iterative sampler, by name (e.g. `ddim`, `heun`); `None` for the
     /// model's default.
     pub solver: Option<String>,
+    /// The tolerance (relative and absolute) of an adaptive ODE solver (`dopri5`); `None` for
+    /// the model's default.
+    pub tolerance: Option<f64>,
     /// The stochasticity of a DDIM-style sampler: 0 deterministic, 1 ancestral; `None` for the
     /// model's default.
     pub eta: Option<f64>,
@@ -149,6 +152,7 @@ impl Default for SampleOptions {
             temperature: 1.0,
             steps: None,
             solver: None,
+            tolerance: None,
             eta: None,
             guidance: None,
             weights: WeightChoice::Ema,
@@ -184,6 +188,11 @@ impl SampleOptions {
 
     pub fn solver(mut self, solver: impl Into<String>) -> Self {
         self.solver = Some(solver.into());
+        self
+    }
+
+    pub fn tolerance(mut self, tolerance: f64) -> Self {
+        self.tolerance = Some(tolerance);
         self
     }
 
@@ -224,6 +233,15 @@ impl SampleOptions {
         }
         if self.steps == Some(0) {
             return Err(GmError::config("steps", "must be at least 1"));
+        }
+        if let Some(tol) = self
+            .tolerance
+            .filter(|t| !t.is_finite() || !(1e-12..=1.0).contains(t))
+        {
+            return Err(GmError::config(
+                "tolerance",
+                format!("must lie in [1e-12, 1], got {tol}"),
+            ));
         }
         if let Some(eta) = self.eta.filter(|e| !(0.0..=1.0).contains(e)) {
             return Err(GmError::config(
@@ -405,6 +423,13 @@ pub trait GenerativeModel {
     /// unconditional model (which ignores labels).
     fn label_classes(&self) -> i64 {
         0
+    }
+
+    /// Batched network evaluations of the most recent `sample_with`, `log_likelihood` or
+    /// `encode` call of an iterative model (an ODE or diffusion sampler's steps, an adaptive
+    /// solver's count); `None` for one-pass models.
+    fn last_evaluations(&self) -> Option<usize> {
+        None
     }
 
     /// A latent code `[batch, ...]` for families that have an encoder.

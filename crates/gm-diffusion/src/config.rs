@@ -2,6 +2,8 @@
 //! run file.
 
 use crate::denoiser::DenoiserConfig;
+use crate::ode::OdeConfig;
+use crate::probability_flow::Divergence;
 use crate::prediction::Prediction;
 use crate::process::{Solver, Variance};
 use crate::schedule::ScheduleConfig;
@@ -40,6 +42,27 @@ impl Config for SamplerConfig {
     }
 }
 
+/// Which likelihood a diffusion model reports.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DiffusionLikelihood {
+    /// The variational bound (`likelihood_strata` steps per example).
+    #[default]
+    Bound,
+    /// The probability-flow ODE of the noise schedule's continuous-time limit: exact on
+    /// continuous data (up to the solver's tolerance), a bound on dequantised discrete data.
+    ProbabilityFlow {
+        #[serde(default = "default_probability_flow_ode")]
+        ode: OdeConfig,
+        #[serde(default)]
+        divergence: Divergence,
+    },
+}
+
+fn default_probability_flow_ode() -> OdeConfig {
+    OdeConfig::adaptive(1e-5, 1e-5)
+}
+
 /// A denoising diffusion model. The data shape comes from the data set the spec is built for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -69,6 +92,8 @@ pub struct DiffusionConfig {
     pub sampler: SamplerConfig,
     /// Strata of the likelihood estimate (steps evaluated per example); 0 evaluates all T.
     pub likelihood_strata: i64,
+    /// The likelihood `log_likelihood` reports.
+    pub likelihood: DiffusionLikelihood,
     pub optimizer: AdamConfig,
     pub lr_schedule: LrSchedule,
     /// The weight average, used for sampling and evaluation by default.
@@ -90,6 +115,7 @@ impl Default for DiffusionConfig {
             data_scale: 1.0,
             sampler: SamplerConfig::default(),
             likelihood_strata: 100,
+            likelihood: DiffusionLikelihood::Bound,
             optimizer: AdamConfig {
                 lr: 1e-3,
                 grad_clip_norm: Some(1.0),
@@ -137,6 +163,10 @@ impl Config for DiffusionConfig {
                     self.timesteps, self.likelihood_strata
                 ),
             ));
+        }
+        if let DiffusionLikelihood::ProbabilityFlow { ode, divergence } = &self.likelihood {
+            in_section("likelihood", in_section("ode", ode.validate()))?;
+            in_section("likelihood", in_section("divergence", divergence.validate()))?;
         }
         in_section("schedule", self.schedule.validate())?;
         in_section("denoiser", self.denoiser.validate())?;

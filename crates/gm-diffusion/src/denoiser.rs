@@ -127,6 +127,18 @@ impl DenoiserConfig {
     /// Trainable scalars for examples of `event_shape`, `outputs_per_value` outputs per value and
     /// `label_rows` rows of label embedding (0 for an unconditional network), before allocation.
     pub fn parameters(&self, event_shape: &[i64], outputs_per_value: i64, label_rows: i64) -> i128 {
+        self.parameters_with_inputs(event_shape, 1, outputs_per_value, label_rows)
+    }
+
+    /// [`DenoiserConfig::parameters`] for a network that takes `inputs_per_value` numbers per
+    /// data value (e.g. a value and a mask flag).
+    pub fn parameters_with_inputs(
+        &self,
+        event_shape: &[i64],
+        inputs_per_value: i64,
+        outputs_per_value: i64,
+        label_rows: i64,
+    ) -> i128 {
         let linear = |i: i64, o: i64| (i as i128) * (o as i128) + o as i128;
         let conv = |i: i64, o: i64, k: i64| (k * k) as i128 * i as i128 * o as i128 + o as i128;
         let values: i64 = event_shape.iter().product();
@@ -138,7 +150,7 @@ impl DenoiserConfig {
                 time_embedding,
             } => {
                 let mut total = linear(*time_embedding, emb) + labels;
-                let mut width = values;
+                let mut width = values * inputs_per_value;
                 for &h in hidden {
                     total += linear(width, h) + linear(emb, h);
                     width = h;
@@ -161,7 +173,7 @@ impl DenoiserConfig {
                 };
                 let widths: Vec<i64> = multipliers.iter().map(|m| m * channels).collect();
                 let mut total = linear(*channels, emb) + linear(emb, emb) + labels;
-                total += conv(c_in, *channels, 3);
+                total += conv(c_in * inputs_per_value, *channels, 3);
                 let mut width = *channels;
                 for (i, &w) in widths.iter().enumerate() {
                     total += res(width, w);
@@ -230,6 +242,20 @@ impl DenoiserConfig {
         outputs_per_value: i64,
         classes: i64,
     ) -> Result<Denoiser> {
+        self.init_with_inputs(path, event_shape, 1, outputs_per_value, classes)
+    }
+
+    /// [`DenoiserConfig::init`] for a network that takes `inputs_per_value` numbers per data
+    /// value, stacked as `[b, inputs_per_value · c, h, w]` for images (or flattened to
+    /// `[b, inputs_per_value · values]` for the MLP).
+    pub fn init_with_inputs(
+        &self,
+        path: &nn::Path,
+        event_shape: &[i64],
+        inputs_per_value: i64,
+        outputs_per_value: i64,
+        classes: i64,
+    ) -> Result<Denoiser> {
         self.validate()?;
         self.check_fits(event_shape)?;
         let emb = self.embedding_width();
@@ -263,7 +289,7 @@ impl DenoiserConfig {
         let body = match self {
             DenoiserConfig::Mlp { hidden, .. } => {
                 let mut layers = Vec::new();
-                let mut width = values;
+                let mut width = values * inputs_per_value;
                 for (i, &h) in hidden.iter().enumerate() {
                     layers.push((
                         nn::linear(path / format!("layer{i}"), width, h, Default::default()),
@@ -281,6 +307,7 @@ impl DenoiserConfig {
             } => Body::Unet(Box::new(Unet::new(
                 path,
                 event_shape[0],
+                inputs_per_value,
                 *channels,
                 multipliers,
                 *attention,
@@ -551,6 +578,7 @@ impl Unet {
     fn new(
         path: &nn::Path,
         image_channels: i64,
+        inputs_per_value: i64,
         channels: i64,
         multipliers: &[i64],
         attention: bool,
@@ -559,7 +587,13 @@ impl Unet {
     ) -> Result<Self> {
         let widths: Vec<i64> = multipliers.iter().map(|m| m * channels).collect();
         let levels = widths.len();
-        let conv_in = conv2d(path / "conv_in", image_channels, channels, 3, 1);
+        let conv_in = conv2d(
+            path / "conv_in",
+            image_channels * inputs_per_value,
+            channels,
+            3,
+            1,
+        );
         let mut width = channels;
         let mut down = Vec::new();
         for (i, &w) in widths.iter().enumerate() {

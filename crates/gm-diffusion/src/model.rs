@@ -1,11 +1,17 @@
 //! [`Diffusion`]: a trainable diffusion model behind the model interface (likelihood kind
 //! "lower bound").
 
-use crate::config::DiffusionConfig;
+use crate::conditioning;
+use crate::config::{DiffusionConfig, DiffusionLikelihood};
+use crate::ode::OdeConfig;
+use crate::probability_flow::{self, Divergence, FlowLogDensity};
 use crate::denoiser::Denoiser;
 use crate::process::{Decoder, DenoiseFn, DenoiserOutput, Process, Solver, Variance};
 use crate::schedule::Schedule;
-use gm_core::data::transforms::{levels_to_symmetric, symmetric_to_levels};
+use gm_core::data::transforms::{
+    dequantize_to_symmetric, dequantized_symmetric_log_jacobian, levels_to_symmetric,
+    symmetric_to_levels,
+};
 use gm_core::data::ValueKind;
 use gm_core::model::{
     check_data, load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind,
@@ -14,7 +20,7 @@ use gm_core::model::{
 use gm_core::spec::DataInfo;
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::{Adam, Config, Ema, StateDict};
-use gm_core::{GmError, Result};
+use gm_core::Result;
 
 /// Chains of at least this many denoiser calls show a progress bar (on a terminal).
 const PROGRESS_FROM_STEPS: usize = 100;
@@ -39,6 +45,7 @@ pub struct Diffusion {
     process: Process,
     optimizer: Adam,
     ema: Option<Ema>,
+    evaluations: std::cell::Cell<Option<usize>>,
 }
 
 impl Diffusion {
@@ -84,6 +91,7 @@ impl Diffusion {
             process,
             optimizer,
             ema,
+            evaluations: std::cell::Cell::new(None),
         })
     }
 
@@ -181,20 +189,16 @@ impl Diffusion {
         if w == 1.0 {
             return self.denoise(xt, t, Some(labels));
         }
-        let b = xt.size()[0];
-        let none = labels.f_full_like(self.classes)?;
-        let out = self.denoise(
-            &Tensor::f_cat(&[xt, xt], 0)?,
-            &Tensor::f_cat(&[t, t], 0)?,
-            Some(&Tensor::f_cat(&[labels, &none], 0)?),
-        )?;
-        let (c, u) = (
-            out.prediction.f_narrow(0, 0, b)?,
-            out.prediction.f_narrow(0, b, b)?,
-        );
+        let variance = std::cell::RefCell::new(None);
+        let prediction = conditioning::guided(xt, t, labels, self.classes, w, |x, t, l| {
+            let out = self.denoise(x, t, Some(l))?;
+            let b = x.size()[0] / 2;
+            *variance.borrow_mut() = out.variance.map(|v| v.f_narrow(0, 0, b)).transpose()?;
+            Ok(out.prediction)
+        })?;
         Ok(DenoiserOutput {
-            prediction: u.f_add(&c.f_sub(&u)?.f_mul_scalar(w)?)?,
-            variance: out.variance.map(|v| v.f_narrow(0, 0, b)).transpose()?,
+            prediction,
+            variance: variance.into_inner(),
         })
     }
 
@@ -203,32 +207,21 @@ impl Diffusion {
         Ema::with_choice(self.ema.as_ref(), self.optimizer.steps() > 0, choice, f)
     }
 
-    /// The labels the likelihood conditions on: the given ones for a conditional model (checked),
-    /// "no label" when none are given and the model was trained with label dropout (its
-    /// unconditional model), and `None` for an unconditional model.
+    /// The labels the likelihood conditions on (see [`conditioning::likelihood_labels`]).
     fn likelihood_labels(
         &self,
         labels: Option<&Tensor>,
         b: i64,
         what: &str,
     ) -> Result<Option<Tensor>> {
-        if self.classes == 0 {
-            return Ok(None);
-        }
-        match labels {
-            Some(l) => {
-                gm_core::model::check_labels(l, b, self.classes, what)?;
-                Ok(Some(l.f_to_kind(Kind::Int64)?.f_to_device(self.device())?))
-            }
-            None if self.config.label_dropout > 0.0 => Ok(Some(Tensor::f_full(
-                [b],
-                self.classes,
-                (Kind::Int64, self.device()),
-            )?)),
-            None => Err(GmError::Domain(format!(
-                "{what}: this conditional model was trained without label dropout, so it has no unconditional likelihood; pass labels"
-            ))),
-        }
+        conditioning::likelihood_labels(
+            labels,
+            b,
+            self.classes,
+            self.config.label_dropout,
+            self.device(),
+            what,
+        )
     }
 
     fn checked(&self, x: &Tensor, what: &str) -> Result<Tensor> {
@@ -290,6 +283,78 @@ impl Diffusion {
         Ok(terms.f_add(&shift)?)
     }
 
+    /// The velocity of the probability-flow ODE at `y` (model space) and continuous times `tau`
+    /// `[b]` in (0, 1]: dy/dτ = −½ β(τ) (y − ε̂(y, τT) / σ(τ)), with σ(τ)² = 1 − ᾱ(τ) of the
+    /// schedule's continuous-time limit and ε̂ the denoiser's noise prediction.
+    pub fn probability_flow_velocity(
+        &self,
+        y: &Tensor,
+        tau: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let t_max = self.config.timesteps;
+        let steps = tau.f_mul_scalar(t_max as f64)?;
+        let out = self.denoise(y, &steps, labels)?;
+        let alpha_bar = self
+            .config
+            .schedule
+            .continuous_log_alpha_bar(tau, t_max)?
+            .f_exp()?
+            .f_to_kind(Kind::Float)?;
+        let (_, eps) = self
+            .config
+            .prediction
+            .to_x0_eps(&out.prediction, y, &alpha_bar)?;
+        probability_flow::variance_preserving_velocity(y, &eps, tau, &self.config.schedule, t_max)
+    }
+
+    /// ln p(x | labels) per example in nats through the probability-flow ODE (see
+    /// [`crate::probability_flow`]), with its standard error (Hutchinson) and cost: exact for
+    /// continuous data up to the solver's tolerance, a bound on dequantised discrete data.
+    pub fn probability_flow_log_density(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        ode: &OdeConfig,
+        divergence: Divergence,
+        weights: WeightChoice,
+    ) -> Result<FlowLogDensity> {
+        let what = "Diffusion.probability_flow_log_density";
+        let x = self.checked(x, &format!("{what} x"))?;
+        let b = x.size()[0];
+        let probes = match divergence {
+            Divergence::Hutchinson { probes } => probes,
+            Divergence::Exact => 1,
+        };
+        gm_core::nn::check_activation_budget(
+            b.saturating_mul(probes),
+            self.config
+                .denoiser
+                .activations_per_example(&self.data.event_shape),
+            what,
+        )?;
+        let labels = self
+            .likelihood_labels(labels, b, &format!("{what} labels"))?
+            .map(|l| l.f_repeat([probes]))
+            .transpose()?;
+        let x = x.f_to_device(self.device())?;
+        let (y, log_jacobian) = match self.data.values {
+            ValueKind::Discrete { levels } => (
+                dequantize_to_symmetric(&x, levels)?,
+                self.data.elements() as f64 * dequantized_symmetric_log_jacobian(levels),
+            ),
+            ValueKind::Continuous => (self.to_model_space(&x)?, self.log_jacobian()),
+        };
+        let (start, end) = self.config.schedule.continuous_range(self.config.timesteps);
+        let v = |y: &Tensor, tau: &Tensor| self.probability_flow_velocity(y, tau, labels.as_ref());
+        let mut out = self.with_weights(weights, || {
+            probability_flow::log_density(&v, &y, start, end, divergence, ode)
+        })?;
+        self.evaluations.set(Some(out.evaluations));
+        out.log_density = out.log_density.f_add_scalar(log_jacobian)?;
+        Ok(out)
+    }
+
     /// The sampler, steps and η `options` ask for, or the config's defaults.
     fn sampler_choice(&self, options: &SampleOptions) -> Result<(Solver, usize, f64)> {
         let solver = match &options.solver {
@@ -338,25 +403,14 @@ impl GenerativeModel for Diffusion {
             "Diffusion.train_step",
         )?;
         let device = self.device();
-        let labels = if self.classes > 0 {
-            let labels = batch.labels.as_ref().ok_or_else(|| {
-                GmError::Domain(
-                    "Diffusion.train_step labels: a conditional model needs labels, got none"
-                        .into(),
-                )
-            })?;
-            gm_core::model::check_labels(labels, b, self.classes, "Diffusion.train_step labels")?;
-            let labels = labels.f_to_kind(Kind::Int64)?.f_to_device(device)?;
-            let drop =
-                Tensor::f_rand([b], (Kind::Float, device))?.f_lt(self.config.label_dropout)?;
-            Some(
-                labels
-                    .f_full_like(self.classes)?
-                    .f_where_self(&drop, &labels)?,
-            )
-        } else {
-            None
-        };
+        let labels = conditioning::training_labels(
+            batch,
+            b,
+            self.classes,
+            self.config.label_dropout,
+            device,
+            "Diffusion.train_step",
+        )?;
         let y = self.to_model_space(&x)?;
         let t = Tensor::f_randint_low(1, self.config.timesteps + 1, [b], (Kind::Int64, device))?;
         let noise = y.f_randn_like()?;
@@ -413,12 +467,7 @@ impl GenerativeModel for Diffusion {
         options.begin(n)?;
         let (solver, steps, eta) = self.sampler_choice(options)?;
         let guidance = options.guidance.unwrap_or(self.config.guidance);
-        if self.classes > 0 && guidance != 1.0 && self.config.label_dropout == 0.0 {
-            return Err(GmError::config(
-                "guidance",
-                "classifier-free guidance needs a model trained with label_dropout > 0",
-            ));
-        }
+        conditioning::check_guidance(self.classes, guidance, self.config.label_dropout)?;
         let per_example = self
             .config
             .denoiser
@@ -467,11 +516,18 @@ impl GenerativeModel for Diffusion {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
+        let per_call = if guidance != 1.0 && self.classes > 0 { 2 } else { 1 };
+        self.evaluations.set(Some(calls * per_call));
         self.to_data_space(&y)
     }
 
     fn likelihood_kind(&self) -> LikelihoodKind {
-        LikelihoodKind::LowerBound
+        match (&self.config.likelihood, self.data.values) {
+            (DiffusionLikelihood::ProbabilityFlow { .. }, ValueKind::Continuous) => {
+                LikelihoodKind::Exact
+            }
+            _ => LikelihoodKind::LowerBound,
+        }
     }
 
     /// The variational bound (an unbiased stratified estimate, `likelihood_strata` steps per
@@ -482,11 +538,22 @@ impl GenerativeModel for Diffusion {
     }
 
     fn log_likelihood_given(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Option<Tensor>> {
-        Ok(Some(
-            self.nll_bound(x, labels, self.config.strata(), WeightChoice::Ema)?
-                .f_neg()?
-                .f_to_kind(Kind::Float)?,
-        ))
+        let log_p = match &self.config.likelihood {
+            DiffusionLikelihood::Bound => {
+                self.evaluations.set(Some(self.config.strata() as usize));
+                self.nll_bound(x, labels, self.config.strata(), WeightChoice::Ema)?
+                    .f_neg()?
+            }
+            DiffusionLikelihood::ProbabilityFlow { ode, divergence } => {
+                self.probability_flow_log_density(x, labels, ode, *divergence, WeightChoice::Ema)?
+                    .log_density
+            }
+        };
+        Ok(Some(log_p.f_to_kind(Kind::Float)?))
+    }
+
+    fn last_evaluations(&self) -> Option<usize> {
+        self.evaluations.get()
     }
 
     fn label_classes(&self) -> i64 {

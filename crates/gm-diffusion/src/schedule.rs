@@ -53,6 +53,78 @@ impl Config for ScheduleConfig {
     }
 }
 
+impl ScheduleConfig {
+    /// The continuous-time schedule behind the T-step one, on τ = t/T in [0, 1]: ln ᾱ(τ)
+    /// (float64, any shape). The cosine schedule's ᾱ(t/T) is the discrete one exactly; the
+    /// linear one's is its continuous limit ln ᾱ(τ) = −T (β₀ τ + ½ (β₁ − β₀) τ²) (the VP SDE of
+    /// Song et al. 2021 with β_min = T β₀, β_max = T β₁), within O(β²) per step of the product.
+    pub fn continuous_log_alpha_bar(&self, tau: &Tensor, timesteps: i64) -> Result<Tensor> {
+        let tau = tau.f_to_kind(Kind::Double)?;
+        Ok(match self {
+            ScheduleConfig::Linear { .. } => {
+                let (lo, hi) = self.linear_range(timesteps);
+                let t = timesteps as f64;
+                tau.f_mul_scalar(lo)?
+                    .f_add(&tau.f_square()?.f_mul_scalar(0.5 * (hi - lo))?)?
+                    .f_mul_scalar(-t)?
+            }
+            ScheduleConfig::Cosine { offset } => {
+                let angle = |x: &Tensor| -> Result<Tensor> {
+                    Ok(x.f_add_scalar(*offset)?
+                        .f_div_scalar(1.0 + offset)?
+                        .f_mul_scalar(std::f64::consts::FRAC_PI_2)?)
+                };
+                let f0 = 2.0 * (offset / (1.0 + offset) * std::f64::consts::FRAC_PI_2).cos().ln();
+                angle(&tau)?.f_cos()?.f_log()?.f_mul_scalar(2.0)?.f_sub_scalar(f0)?
+            }
+        })
+    }
+
+    /// β(τ) = −d ln ᾱ(τ)/dτ of [`ScheduleConfig::continuous_log_alpha_bar`].
+    pub fn continuous_beta(&self, tau: &Tensor, timesteps: i64) -> Result<Tensor> {
+        let tau = tau.f_to_kind(Kind::Double)?;
+        Ok(match self {
+            ScheduleConfig::Linear { .. } => {
+                let (lo, hi) = self.linear_range(timesteps);
+                tau.f_mul_scalar(hi - lo)?
+                    .f_add_scalar(lo)?
+                    .f_mul_scalar(timesteps as f64)?
+            }
+            ScheduleConfig::Cosine { offset } => {
+                let k = std::f64::consts::FRAC_PI_2 / (1.0 + offset);
+                tau.f_add_scalar(*offset)?
+                    .f_mul_scalar(k)?
+                    .f_tan()?
+                    .f_mul_scalar(2.0 * k)?
+            }
+        })
+    }
+
+    /// The time range [τ_start, τ_end] of the continuous process: from the first step's noise
+    /// level 1/T to 1 (linear), or to 1 − 1/T for the cosine schedule, whose ᾱ reaches 0 at 1.
+    pub fn continuous_range(&self, timesteps: i64) -> (f64, f64) {
+        let first = 1.0 / timesteps as f64;
+        match self {
+            ScheduleConfig::Linear { .. } => (first, 1.0),
+            ScheduleConfig::Cosine { .. } => (first, 1.0 - first),
+        }
+    }
+
+    /// The linear schedule's per-step β₀ and β₁ for T steps (rescaled by 1000 / T).
+    fn linear_range(&self, timesteps: i64) -> (f64, f64) {
+        match self {
+            ScheduleConfig::Linear {
+                beta_start,
+                beta_end,
+            } => {
+                let scale = 1000.0 / timesteps as f64;
+                (beta_start * scale, (beta_end * scale).min(0.999))
+            }
+            ScheduleConfig::Cosine { .. } => (0.0, 0.0),
+        }
+    }
+}
+
 /// The schedule of a T-step process: β_t, ᾱ_t for t in 0..=T (index 0 is the data, β_0 = 0,
 /// ᾱ_0 = 1), in float64.
 #[derive(Debug)]

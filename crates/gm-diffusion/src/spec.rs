@@ -8,8 +8,9 @@ use gm_core::tch::Device;
 use gm_core::Result;
 
 /// The TOML run files shipped in `configs/`, by file stem; registered as `diffusion/<stem>`.
-pub const SHIPPED_CONFIGS: [(&str, &str); 4] = [
+pub const SHIPPED_CONFIGS: [(&str, &str); 5] = [
     ("toy_mlp", include_str!("../configs/toy_mlp.toml")),
+    ("toy_mlp_ode", include_str!("../configs/toy_mlp_ode.toml")),
     ("toy_learned", include_str!("../configs/toy_learned.toml")),
     ("mnist_unet", include_str!("../configs/mnist_unet.toml")),
     (
@@ -18,12 +19,15 @@ pub const SHIPPED_CONFIGS: [(&str, &str); 4] = [
     ),
 ];
 
-/// Registers the `diffusion` family and the shipped run files (`diffusion/toy_mlp`, ...).
+/// Registers the `diffusion`, `flow_matching` and `masked_diffusion` families and their
+/// shipped run files (`diffusion/toy_mlp`, `flow_matching/toy`, ...).
 pub fn register(registry: &mut Registry) {
     registry.add_family::<DiffusionConfig>("diffusion");
     for (name, text) in SHIPPED_CONFIGS {
         registry.add_shipped(format!("diffusion/{name}"), text);
     }
+    crate::flow_matching::register(registry);
+    crate::masked_model::register(registry);
 }
 
 impl ModelSpec for DiffusionConfig {

@@ -9,7 +9,59 @@ use gm_core::spec::DataInfo;
 use gm_core::tch::Device;
 use gm_core::testing::check_conformance_on;
 use gm_core::testing::{assert_refuses_data, check_conformance, example_data, ConformanceCase};
-use gm_diffusion::{DiffusionConfig, SHIPPED_CONFIGS};
+use gm_diffusion::ode::{OdeConfig, OdeSolver};
+use gm_diffusion::{
+    DenoiserConfig, DiffusionConfig, FlowMatchingConfig, MaskedDiffusionConfig, SHIPPED_CONFIGS,
+};
+
+fn shrink_network(d: &mut DenoiserConfig) {
+    match d {
+        DenoiserConfig::Mlp {
+            hidden,
+            time_embedding,
+        } => {
+            *hidden = vec![16];
+            *time_embedding = 8;
+        }
+        DenoiserConfig::Unet { channels, .. } => *channels = 8,
+    }
+}
+
+/// Flow matching and rectified flow (the reflow round starts at step 1, so the teacher crosses
+/// the checkpoint of the resume check), with adaptive likelihoods: per-example step sizes keep
+/// each example's log-density independent of its batch.
+#[test]
+fn every_shipped_flow_matching_model_conforms() {
+    single_thread();
+    let registry = registry();
+    for (name, _) in gm_diffusion::flow_matching::SHIPPED_CONFIGS {
+        let run = registry.load_run(&format!("flow_matching/{name}")).unwrap();
+        assert_eq!(run.family(), "flow_matching");
+        let mut c: FlowMatchingConfig = run.model_config().unwrap();
+        shrink_network(&mut c.velocity);
+        c.sampler = OdeConfig::fixed(OdeSolver::Euler, 3);
+        c.likelihood.ode = OdeConfig::adaptive(1e-3, 1e-3);
+        if let Some(r) = &mut c.reflow {
+            r.start_step = 1;
+            r.ode = OdeConfig::fixed(OdeSolver::Heun, 2);
+        }
+        check_conformance_on(name, &c, &run.dataset, 16, 4, 4);
+    }
+}
+
+#[test]
+fn every_shipped_masked_diffusion_model_conforms() {
+    single_thread();
+    let registry = registry();
+    for (name, _) in gm_diffusion::masked_model::SHIPPED_CONFIGS {
+        let run = registry.load_run(&format!("masked_diffusion/{name}")).unwrap();
+        let mut c: MaskedDiffusionConfig = run.model_config().unwrap();
+        shrink_network(&mut c.denoiser);
+        c.sampler_steps = 3;
+        c.likelihood_strata = 2;
+        check_conformance_on(name, &c, &run.dataset, 16, 4, 4);
+    }
+}
 
 #[test]
 fn every_shipped_diffusion_model_conforms() {
@@ -83,6 +135,37 @@ fn parameter_estimate_matches_the_built_model() {
         let estimate = c
             .denoiser
             .parameters(&info.event_shape, c.outputs_per_value(), rows);
+        assert_eq!(estimate, model.num_parameters() as i128, "{name}");
+    }
+}
+
+/// The same for flow matching (one velocity network; the reflow teacher is a frozen copy, not
+/// trained) and masked diffusion (two inputs and `levels` outputs per value).
+#[test]
+fn parameter_estimates_of_the_other_families_match() {
+    use gm_core::model::GenerativeModel;
+    let registry = registry();
+    for (name, _) in gm_diffusion::flow_matching::SHIPPED_CONFIGS {
+        let run = registry.load_run(&format!("flow_matching/{name}")).unwrap();
+        let c: FlowMatchingConfig = run.model_config().unwrap();
+        let info = gm_core::data::named_info(&run.dataset).unwrap();
+        let model = gm_diffusion::FlowMatching::new(&c, &info, Device::Cpu).unwrap();
+        let rows = if c.conditional { info.classes + 1 } else { 0 };
+        let estimate = c.velocity.parameters(&info.event_shape, 1, rows);
+        assert_eq!(estimate, model.num_parameters() as i128, "{name}");
+    }
+    for (name, _) in gm_diffusion::masked_model::SHIPPED_CONFIGS {
+        let run = registry.load_run(&format!("masked_diffusion/{name}")).unwrap();
+        let c: MaskedDiffusionConfig = run.model_config().unwrap();
+        let info = gm_core::data::named_info(&run.dataset).unwrap();
+        let model = gm_diffusion::MaskedDiffusion::new(&c, &info, Device::Cpu).unwrap();
+        let levels = match info.values {
+            ValueKind::Discrete { levels } => levels as i64,
+            ValueKind::Continuous => unreachable!(),
+        };
+        let estimate = c
+            .denoiser
+            .parameters_with_inputs(&info.event_shape, 2, levels, 0);
         assert_eq!(estimate, model.num_parameters() as i128, "{name}");
     }
 }

@@ -50,6 +50,21 @@ pub fn symmetric_to_levels(y: &Tensor, levels: u32) -> Result<Tensor> {
         .f_clamp(0.0, top)?)
 }
 
+/// Uniform dequantisation onto the scale of [`levels_to_symmetric`]: the value `v` becomes
+/// `levels_to_symmetric(v + u − ½)` with `u ~ U[0, 1)`, so each level owns a cell of width
+/// `2 / (levels − 1)` centred on its symmetric value. A density p on these values bounds the
+/// probability of the levels: ln P(v) ≥ E_u[ln p(y)] + D ln(2 / (levels − 1)), the second term
+/// being [`dequantized_symmetric_log_jacobian`].
+pub fn dequantize_to_symmetric(x: &Tensor, levels: u32) -> Result<Tensor> {
+    let x = x.f_to_kind(Kind::Float)?;
+    levels_to_symmetric(&x.f_add(&x.f_rand_like()?)?.f_sub_scalar(0.5)?, levels)
+}
+
+/// The log-Jacobian ln(2 / (levels − 1)) per value of [`dequantize_to_symmetric`].
+pub fn dequantized_symmetric_log_jacobian(levels: u32) -> f64 {
+    (2.0 / (levels as i64 - 1).max(1) as f64).ln()
+}
+
 fn check_u8(pixels: &Tensor, what: &str) -> Result<()> {
     if pixels.kind() != Kind::Uint8 {
         return Err(GmError::Domain(format!(

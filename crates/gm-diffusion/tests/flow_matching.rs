@@ -1,0 +1,294 @@
+//! Flow matching and the diffusion model's probability-flow likelihood behind the model
+//! interface: trained toy models give one log-density whatever the solver, a density that
+//! integrates to one, and the kinds and errors the contract promises; reflow freezes its
+//! teacher at its step; guidance mixes velocities.
+
+mod common;
+
+use gm_core::data::toy::ToyDataset;
+use gm_core::model::{Batch, GenerativeModel, LikelihoodKind, SampleOptions, WeightChoice};
+use gm_core::spec::{DataInfo, ModelSpec};
+use gm_core::tch::{Device, Kind, Tensor};
+use gm_core::testing::error_text;
+use gm_diffusion::ode::{OdeConfig, OdeSolver};
+use gm_diffusion::{
+    DenoiserConfig, Diffusion, DiffusionConfig, Divergence, FlowMatching, FlowMatchingConfig,
+    ProbabilityFlowConfig,
+};
+
+fn toy_info() -> DataInfo {
+    gm_core::data::named_info("eight_gaussians").unwrap()
+}
+
+fn small_mlp() -> DenoiserConfig {
+    DenoiserConfig::Mlp {
+        hidden: vec![64, 64],
+        time_embedding: 16,
+    }
+}
+
+fn train(model: &mut dyn GenerativeModel, set: ToyDataset, steps: usize) {
+    for _ in 0..steps {
+        let x = set.sample(256, Device::Cpu).unwrap();
+        model.train_step(&Batch::new(x)).unwrap();
+    }
+}
+
+fn trained_flow_matching() -> FlowMatching {
+    let run = common::registry().load_run("flow_matching/toy").unwrap();
+    let mut c: FlowMatchingConfig = run.model_config().unwrap();
+    c.velocity = small_mlp();
+    c.ema = None;
+    c.sampler = OdeConfig::adaptive(1e-6, 1e-6);
+    gm_core::device::seed_torch(11);
+    let mut model = FlowMatching::new(&c, &toy_info(), Device::Cpu).unwrap();
+    train(&mut model, ToyDataset::EightGaussians, 400);
+    model
+}
+
+fn trained_diffusion() -> Diffusion {
+    let run = common::registry().load_run("diffusion/toy_mlp_ode").unwrap();
+    let mut c: DiffusionConfig = run.model_config().unwrap();
+    c.denoiser = small_mlp();
+    c.ema = None;
+    gm_core::device::seed_torch(12);
+    let mut model = Diffusion::new(&c, &toy_info(), Device::Cpu).unwrap();
+    train(&mut model, ToyDataset::EightGaussians, 400);
+    model
+}
+
+/// exp(ln p) summed over a 90 × 90 grid covering [-6, 6]² (data space), times the cell area.
+fn grid_mass(log_p: impl Fn(&Tensor) -> Tensor) -> f64 {
+    let n = 90;
+    let h = 12.0 / n as f64;
+    let axis = Tensor::arange(n, (Kind::Float, Device::Cpu)) * h + (-6.0 + h / 2.0);
+    let gx = axis.unsqueeze(1).expand([n, n], false).reshape([-1]);
+    let gy = axis.unsqueeze(0).expand([n, n], false).reshape([-1]);
+    let grid = Tensor::stack(&[gx, gy], 1);
+    let lp = log_p(&grid);
+    lp.to_kind(Kind::Double).exp().sum(Kind::Double).double_value(&[]) * h * h
+}
+
+/// A trained flow-matching model: its exact ODE log-density at the shipped tolerance (1e-7)
+/// agrees with a tighter solve and with RK4 of 2,000 steps within 3e-4 nats, and integrates to 1
+/// within 3% over a grid. (Local error control does not bound the global error: at tolerance
+/// 1e-5 this field's log-densities are off by up to 1e-2 nats, which is why 1e-7 is shipped.)
+#[test]
+fn a_trained_flow_matching_density_is_consistent_and_normalised() {
+    common::single_thread();
+    let model = trained_flow_matching();
+    assert_eq!(model.likelihood_kind(), LikelihoodKind::Exact);
+    let x = ToyDataset::EightGaussians.sample(16, Device::Cpu).unwrap();
+    let score = |ode: OdeConfig| {
+        let config = ProbabilityFlowConfig {
+            ode,
+            divergence: Divergence::Exact,
+        };
+        model
+            .flow_log_density(&x, None, &config, WeightChoice::Ema)
+            .unwrap()
+            .log_density
+    };
+    let reference = score(OdeConfig::adaptive(1e-8, 1e-8));
+    for (what, ode) in [
+        ("dopri5 1e-7", model.config().likelihood.ode.clone()),
+        ("rk4 2000 steps", OdeConfig::fixed(OdeSolver::Rk4, 2000)),
+    ] {
+        let err = (score(ode) - &reference).abs().max().double_value(&[]);
+        assert!(err < 3e-4, "{what}: {err:e} nats from the tight solve");
+    }
+    let coarse = ProbabilityFlowConfig {
+        ode: OdeConfig::adaptive(1e-5, 1e-5),
+        divergence: Divergence::Exact,
+    };
+    let mass = grid_mass(|g| {
+        model
+            .flow_log_density(g, None, &coarse, WeightChoice::Ema)
+            .unwrap()
+            .log_density
+    });
+    assert!((mass - 1.0).abs() < 0.03, "the density integrates to {mass}");
+    // Better than the untrained N(0, 2²) it started from (ln p averages about −3.6 there).
+    let mean = reference.mean(Kind::Double).double_value(&[]);
+    assert!(mean > -3.4, "mean test log-density {mean}");
+}
+
+/// The diffusion model's probability-flow likelihood: exact kind, consistent across solvers,
+/// normalised over the grid.
+#[test]
+fn a_trained_diffusion_probability_flow_density_is_consistent_and_normalised() {
+    common::single_thread();
+    let model = trained_diffusion();
+    assert_eq!(model.likelihood_kind(), LikelihoodKind::Exact);
+    let x = ToyDataset::EightGaussians.sample(16, Device::Cpu).unwrap();
+    let score = |ode: OdeConfig| {
+        model
+            .probability_flow_log_density(&x, None, &ode, Divergence::Exact, WeightChoice::Ema)
+            .unwrap()
+            .log_density
+    };
+    let reference = score(OdeConfig::adaptive(1e-8, 1e-8));
+    let err = (score(OdeConfig::adaptive(1e-7, 1e-7)) - &reference)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(err < 3e-4, "dopri5 1e-7: {err:e} nats from the tight solve");
+    let mass = grid_mass(|g| {
+        model
+            .probability_flow_log_density(
+                g,
+                None,
+                &OdeConfig::adaptive(1e-5, 1e-5),
+                Divergence::Exact,
+                WeightChoice::Ema,
+            )
+            .unwrap()
+            .log_density
+    });
+    assert!((mass - 1.0).abs() < 0.03, "the density integrates to {mass}");
+}
+
+/// Sampling reports its network evaluations: steps × stages for fixed-step solvers.
+#[test]
+fn samplers_report_their_evaluations_and_refuse_bad_options() {
+    common::single_thread();
+    let run = common::registry().load_run("flow_matching/toy").unwrap();
+    let mut c: FlowMatchingConfig = run.model_config().unwrap();
+    c.velocity = small_mlp();
+    let model = FlowMatching::new(&c, &toy_info(), Device::Cpu).unwrap();
+    for (solver, steps, calls) in [("euler", 3, 3), ("heun", 3, 6), ("rk4", 2, 8)] {
+        let x = model
+            .sample_with(5, &SampleOptions::new().solver(solver).steps(steps))
+            .unwrap();
+        assert_eq!(x.size(), [5, 2]);
+        assert_eq!(model.last_evaluations(), Some(calls), "{solver}");
+    }
+    let _ = model
+        .sample_with(5, &SampleOptions::new().solver("dopri5").tolerance(1e-3))
+        .unwrap();
+    assert!(model.last_evaluations().unwrap() >= 7);
+    let bad = model.sample_with(5, &SampleOptions::new().solver("ddim"));
+    assert!(error_text(bad).contains("unknown ODE solver"));
+    let bad = model.sample_with(5, &SampleOptions::new().tolerance(0.0));
+    assert!(error_text(bad).contains("tolerance"));
+    // Images are refused an exact divergence: one backward pass per pixel.
+    let grey = gm_core::data::named_info("mnist_grey").unwrap();
+    let mut img: FlowMatchingConfig = common::registry()
+        .load_run("flow_matching/mnist_unet")
+        .unwrap()
+        .model_config()
+        .unwrap();
+    if let DenoiserConfig::Unet { channels, .. } = &mut img.velocity {
+        *channels = 8;
+    }
+    img.likelihood.divergence = Divergence::Exact;
+    let m = FlowMatching::new(&img, &grey, Device::Cpu).unwrap();
+    let x = gm_core::testing::example_data(&grey, 2);
+    assert!(error_text(m.log_likelihood(&x)).contains("hutchinson"));
+    assert_eq!(m.likelihood_kind(), LikelihoodKind::LowerBound);
+}
+
+/// Reflow: before its step the model trains on data, at its step the teacher becomes the
+/// model's weights, and after it the teacher stays frozen while the model moves on.
+#[test]
+fn reflow_freezes_the_teacher_at_its_step() {
+    common::single_thread();
+    let run = common::registry().load_run("flow_matching/toy_reflow").unwrap();
+    let mut c: FlowMatchingConfig = run.model_config().unwrap();
+    c.velocity = small_mlp();
+    c.ema = None;
+    c.reflow.as_mut().unwrap().start_step = 3;
+    let mut model = FlowMatching::new(&c, &toy_info(), Device::Cpu).unwrap();
+    let teacher = |m: &FlowMatching| -> Vec<Tensor> {
+        let mut s = m.state();
+        s.sort_by(|a, b| a.0.cmp(&b.0));
+        s.into_iter()
+            .filter(|(n, _)| n.starts_with("teacher."))
+            .map(|(_, t)| t.copy())
+            .collect()
+    };
+    let weights = |m: &FlowMatching| -> Vec<Tensor> {
+        let mut s = m.state();
+        s.sort_by(|a, b| a.0.cmp(&b.0));
+        s.into_iter()
+            .filter(|(n, _)| n.starts_with("model."))
+            .map(|(_, t)| t.copy())
+            .collect()
+    };
+    let x = ToyDataset::TwoMoons.sample(64, Device::Cpu).unwrap();
+    for _ in 0..3 {
+        model.train_step(&Batch::new(x.shallow_clone())).unwrap();
+    }
+    let before = weights(&model);
+    model.train_step(&Batch::new(x.shallow_clone())).unwrap();
+    assert!(model.reflowing());
+    for (t, w) in teacher(&model).iter().zip(&before) {
+        assert!(t.equal(w), "the teacher is not the model at the reflow step");
+    }
+    let frozen = teacher(&model);
+    model.train_step(&Batch::new(x)).unwrap();
+    for (a, b) in teacher(&model).iter().zip(&frozen) {
+        assert!(a.equal(b), "the teacher moved after the reflow step");
+    }
+    // The budget scales the reflow step with the run.
+    let mut scaled = c.clone();
+    scaled.reflow.as_mut().unwrap().start_step = 2500;
+    scaled.scale_to_budget(&gm_core::spec::Budget::new(5000, 1000).unwrap());
+    assert_eq!(scaled.reflow.unwrap().start_step, 500);
+}
+
+/// Guidance at scale w is u + w (c − u) of the unconditional and conditional velocities.
+#[test]
+fn guided_velocity_mixes_the_two_models() {
+    common::single_thread();
+    let run = common::registry()
+        .load_run("flow_matching/mnist_unet_conditional")
+        .unwrap();
+    let mut c: FlowMatchingConfig = run.model_config().unwrap();
+    if let DenoiserConfig::Unet { channels, .. } = &mut c.velocity {
+        *channels = 8;
+    }
+    let info = gm_core::data::named_info("mnist_grey").unwrap();
+    let mut model = FlowMatching::new(&c, &info, Device::Cpu).unwrap();
+    // One step so the (zero-initialised) output layer is no longer zero.
+    let x = gm_core::testing::example_data(&info, 4);
+    let labels = Tensor::from_slice(&[1i64, 2, 3, 4]);
+    model
+        .train_step(&Batch::with_labels(x.shallow_clone(), labels.shallow_clone()))
+        .unwrap();
+    let y = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[0.2f64, 0.4, 0.6, 0.8]);
+    let none = labels.full_like(10);
+    let cond = model.velocity(&y, &t, Some(&labels), 1.0).unwrap();
+    let uncond = model.velocity(&y, &t, Some(&none), 1.0).unwrap();
+    let guided = model.velocity(&y, &t, Some(&labels), 3.0).unwrap();
+    let want = &uncond + (&cond - &uncond) * 3.0;
+    assert!((guided - want).abs().max().double_value(&[]) < 1e-4);
+    assert!((&cond - &uncond).abs().max().double_value(&[]) > 0.0);
+    // Labels are required to train and checked for the likelihood.
+    let err = model.train_step(&Batch::new(x.shallow_clone()));
+    assert!(error_text(err).contains("labels"));
+    let bad = Tensor::from_slice(&[0i64, 1, 2, 10]);
+    assert!(error_text(model.log_likelihood_given(&x, Some(&bad))).contains("labels"));
+}
+
+/// Encoding then sampling deterministically returns a continuous example (the ODE is invertible).
+#[test]
+fn encoding_and_sampling_invert_each_other() {
+    common::single_thread();
+    let model = trained_flow_matching();
+    let x = ToyDataset::EightGaussians.sample(16, Device::Cpu).unwrap();
+    let z = model.encode(&x).unwrap().unwrap();
+    let v = |y: &Tensor, t: &Tensor| model.velocity(y, t, None, 1.0);
+    let (back, _) = gm_diffusion::probability_flow::transport(
+        &v,
+        &z,
+        0.0,
+        1.0,
+        &OdeConfig::adaptive(1e-6, 1e-6),
+    )
+    .unwrap();
+    let err = (back * 2.0 - &x).abs().max().double_value(&[]);
+    assert!(err < 5e-3, "decode(encode(x)) differs from x by {err}");
+}
+
