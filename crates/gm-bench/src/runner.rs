@@ -46,8 +46,8 @@ pub struct RunResult {
     /// Network evaluations per sample of the default sampler (iterative models).
     #[serde(default)]
     pub sample_evaluations: Option<usize>,
-    /// Network evaluations per example of the likelihood (an ODE solve's count, the bound's
-    /// strata).
+    /// Batched network evaluations of the last likelihood batch (for an adaptive ODE solve, its
+    /// slowest example's; for the diffusion bound, its strata per example).
     #[serde(default)]
     pub likelihood_evaluations: Option<usize>,
     /// Test examples the likelihood was evaluated on.

@@ -175,7 +175,10 @@ pub fn suite_from(
         if let Some(n) = item.likelihood_examples.filter(|n| *n < 1) {
             return Err(GmError::config(
                 "likelihood_examples",
-                format!("{origin}: entry {}: must be at least 1, got {n}", item.model),
+                format!(
+                    "{origin}: entry {}: must be at least 1, got {n}",
+                    item.model
+                ),
             ));
         }
         let base = registry.load_run(&item.config)?;

@@ -4,6 +4,7 @@
 
 use gm_core::model::{check_labels, Batch};
 use gm_core::tch::{Device, Kind, Tensor};
+use gm_core::train::config::check_range;
 use gm_core::{GmError, Result};
 
 /// The labels one training step conditions on: `None` for an unconditional model (`classes`
@@ -28,7 +29,9 @@ pub fn training_labels(
     check_labels(labels, b, classes, &format!("{what} labels"))?;
     let labels = labels.f_to_kind(Kind::Int64)?.f_to_device(device)?;
     let drop = Tensor::f_rand([b], (Kind::Float, device))?.f_lt(dropout)?;
-    Ok(Some(labels.f_full_like(classes)?.f_where_self(&drop, &labels)?))
+    Ok(Some(
+        labels.f_full_like(classes)?.f_where_self(&drop, &labels)?,
+    ))
 }
 
 /// The labels a likelihood conditions on: the given ones for a conditional model (checked),
@@ -55,6 +58,26 @@ pub fn likelihood_labels(
             "{what}: this conditional model was trained without label dropout, so it has no unconditional likelihood; pass labels"
         ))),
     }
+}
+
+/// Checks a config's conditioning keys: `label_dropout` in [0, 1), `guidance` in [0, 100], and
+/// a guidance scale other than 1 only with label dropout (it needs the unconditional model).
+pub fn validate(conditional: bool, label_dropout: f64, guidance: f64) -> Result<()> {
+    check_range("label_dropout", label_dropout, 0.0, 1.0)?;
+    if label_dropout >= 1.0 {
+        return Err(GmError::config(
+            "label_dropout",
+            "must be below 1 (a model that never sees its labels is not conditional)",
+        ));
+    }
+    check_range("guidance", guidance, 0.0, 100.0)?;
+    if conditional && guidance != 1.0 && label_dropout == 0.0 {
+        return Err(GmError::config(
+            "guidance",
+            "classifier-free guidance needs the unconditional model: set label_dropout > 0",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that guidance scale `w` can be used: any scale but 1 needs the unconditional model.
@@ -86,7 +109,7 @@ where
     if w == 1.0 {
         return net(x, t, labels);
     }
-    let b = x.size()[0];
+    let b = gm_core::model::leading_dim(x, "[batch, ...]", "guided x")?;
     let none = labels.f_full_like(classes)?;
     let out = net(
         &Tensor::f_cat(&[x, x], 0)?,

@@ -12,12 +12,11 @@
 //! to the solver's tolerance), a lower bound on dequantised discrete data.
 
 use crate::conditioning;
+use crate::data_space::DataSpace;
 use crate::denoiser::{Denoiser, DenoiserConfig};
 use crate::ode::{OdeConfig, OdeSolver};
 use crate::probability_flow::{self, Divergence, FlowLogDensity};
-use gm_core::data::transforms::{
-    dequantize_to_symmetric, dequantized_symmetric_log_jacobian, symmetric_to_levels,
-};
+use crate::training::{self, Training};
 use gm_core::data::ValueKind;
 use gm_core::model::{
     check_data, load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind,
@@ -26,7 +25,7 @@ use gm_core::model::{
 use gm_core::spec::{Budget, DataInfo, ModelSpec, Registry};
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::config::{check_range, in_section, Config};
-use gm_core::train::{Adam, AdamConfig, Ema, EmaConfig, LrSchedule, StateDict};
+use gm_core::train::{AdamConfig, EmaConfig, LrSchedule, StateDict};
 use gm_core::{GmError, Result};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
@@ -42,7 +41,7 @@ pub struct ProbabilityFlowConfig {
 impl Default for ProbabilityFlowConfig {
     fn default() -> Self {
         ProbabilityFlowConfig {
-            ode: OdeConfig::adaptive(1e-5, 1e-5),
+            ode: OdeConfig::adaptive(1e-7, 1e-7),
             divergence: Divergence::Exact,
         }
     }
@@ -104,7 +103,8 @@ pub struct FlowMatchingConfig {
     /// The default classifier-free guidance scale (1: the conditional model).
     pub guidance: f64,
     /// Continuous data are divided by this (the path starts from unit noise); the likelihood
-    /// accounts for it. Discrete data are dequantised onto [-1, 1].
+    /// accounts for it. Discrete data are dequantised into the cells of their levels on [-1, 1]
+    /// (so values span [−1 − 1/(L − 1), 1 + 1/(L − 1))).
     pub data_scale: f64,
     /// The default sampler (each call may override the solver, steps and tolerance).
     pub sampler: OdeConfig,
@@ -145,20 +145,7 @@ impl Default for FlowMatchingConfig {
 impl Config for FlowMatchingConfig {
     fn validate(&self) -> Result<()> {
         check_range("sigma_min", self.sigma_min, 0.0, 0.5)?;
-        check_range("label_dropout", self.label_dropout, 0.0, 1.0)?;
-        if self.label_dropout >= 1.0 {
-            return Err(GmError::config(
-                "label_dropout",
-                "must be below 1 (a model that never sees its labels is not conditional)",
-            ));
-        }
-        check_range("guidance", self.guidance, 0.0, 100.0)?;
-        if self.conditional && self.guidance != 1.0 && self.label_dropout == 0.0 {
-            return Err(GmError::config(
-                "guidance",
-                "classifier-free guidance needs the unconditional model: set label_dropout > 0",
-            ));
-        }
+        conditioning::validate(self.conditional, self.label_dropout, self.guidance)?;
         check_range("data_scale", self.data_scale, 1e-6, 1e6)?;
         if self.data_scale <= 0.0 {
             return Err(GmError::config("data_scale", "must be positive"));
@@ -169,12 +156,7 @@ impl Config for FlowMatchingConfig {
         if let Some(r) = &self.reflow {
             in_section("reflow", r.validate())?;
         }
-        in_section("optimizer", self.optimizer.validate())?;
-        in_section("lr_schedule", self.lr_schedule.validate())?;
-        if let Some(ema) = &self.ema {
-            in_section("ema", ema.validate())?;
-        }
-        Ok(())
+        training::validate(&self.optimizer, &self.lr_schedule, self.ema.as_ref())
     }
 }
 
@@ -185,7 +167,10 @@ pub const SHIPPED_CONFIGS: [(&str, &str); 4] = [
         "toy_reflow",
         include_str!("../configs/flow_matching/toy_reflow.toml"),
     ),
-    ("mnist_unet", include_str!("../configs/flow_matching/mnist_unet.toml")),
+    (
+        "mnist_unet",
+        include_str!("../configs/flow_matching/mnist_unet.toml"),
+    ),
     (
         "mnist_unet_conditional",
         include_str!("../configs/flow_matching/mnist_unet_conditional.toml"),
@@ -194,10 +179,7 @@ pub const SHIPPED_CONFIGS: [(&str, &str); 4] = [
 
 /// Registers the `flow_matching` family and its shipped run files.
 pub fn register(registry: &mut Registry) {
-    registry.add_family::<FlowMatchingConfig>("flow_matching");
-    for (name, text) in SHIPPED_CONFIGS {
-        registry.add_shipped(format!("flow_matching/{name}"), text);
-    }
+    training::register_family::<FlowMatchingConfig>(registry, "flow_matching", &SHIPPED_CONFIGS);
 }
 
 impl ModelSpec for FlowMatchingConfig {
@@ -206,10 +188,7 @@ impl ModelSpec for FlowMatchingConfig {
     }
 
     fn scale_to_budget(&mut self, budget: &Budget) {
-        self.lr_schedule = self.lr_schedule.scaled(budget);
-        if let Some(ema) = &mut self.ema {
-            *ema = ema.scaled(budget);
-        }
+        training::scale(&mut self.lr_schedule, self.ema.as_mut(), budget);
         if let Some(reflow) = &mut self.reflow {
             reflow.start_step = budget.scale(reflow.start_step).max(1);
         }
@@ -226,12 +205,11 @@ pub struct FlowMatching {
     config: FlowMatchingConfig,
     data: DataInfo,
     classes: i64,
-    vs: nn::VarStore,
+    space: DataSpace,
+    training: Training,
     velocity: Denoiser,
     /// The frozen copy that draws reflow pairs (present when the config has a reflow round).
     teacher: Option<(nn::VarStore, Denoiser)>,
-    optimizer: Adam,
-    ema: Option<Ema>,
     evaluations: Cell<Option<usize>>,
 }
 
@@ -239,36 +217,53 @@ impl FlowMatching {
     pub fn new(config: &FlowMatchingConfig, data: &DataInfo, device: Device) -> Result<Self> {
         config.validate()?;
         config.velocity.check_fits(&data.event_shape)?;
-        let classes = data.condition_classes(config.conditional, "a conditional flow-matching model")?;
+        probability_flow::check_divergence_fits(
+            config.likelihood.divergence,
+            data.elements(),
+            "likelihood.divergence",
+        )?;
+        let classes =
+            data.condition_classes(config.conditional, "a conditional flow-matching model")?;
         let label_rows = if classes > 0 { classes + 1 } else { 0 };
         let per_copy = config.velocity.parameters(&data.event_shape, 1, label_rows);
         let copies = if config.reflow.is_some() { 2 } else { 1 };
         gm_core::nn::check_parameter_budget(per_copy * copies, "this flow-matching model")?;
         let vs = nn::VarStore::new(device);
-        let velocity = config
-            .velocity
-            .init(&(vs.root() / "velocity"), &data.event_shape, 1, classes)?;
+        let velocity =
+            config
+                .velocity
+                .init(&(vs.root() / "velocity"), &data.event_shape, 1, classes)?;
         let teacher = match &config.reflow {
             Some(_) => {
                 let tvs = nn::VarStore::new(device);
-                let net = config
-                    .velocity
-                    .init(&(tvs.root() / "velocity"), &data.event_shape, 1, classes)?;
+                let net = config.velocity.init(
+                    &(tvs.root() / "velocity"),
+                    &data.event_shape,
+                    1,
+                    classes,
+                )?;
                 Some((tvs, net))
             }
             None => None,
         };
-        let optimizer = Adam::new(vs.trainable_variables(), config.optimizer.clone())?;
-        let ema = config.ema.as_ref().map(|e| e.init(&vs)).transpose()?;
+        let training = Training::new(
+            vs,
+            &config.optimizer,
+            &config.lr_schedule,
+            config.ema.as_ref(),
+        )?;
         Ok(FlowMatching {
             config: config.clone(),
             data: data.clone(),
             classes,
-            vs,
+            space: DataSpace {
+                values: data.values,
+                elements: data.elements(),
+                scale: config.data_scale,
+            },
+            training,
             velocity,
             teacher,
-            optimizer,
-            ema,
             evaluations: Cell::new(None),
         })
     }
@@ -278,36 +273,14 @@ impl FlowMatching {
     }
 
     fn device(&self) -> Device {
-        self.vs.device()
+        self.training.vs.device()
     }
 
     /// Data in the model's space: continuous values divided by `data_scale`; discrete values
-    /// dequantised onto [-1, 1] (fresh uniform noise each call).
+    /// dequantised into their levels' cells around [-1, 1] (fresh uniform noise each call).
     pub fn to_model_space(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.f_to_device(self.device())?;
-        match self.data.values {
-            ValueKind::Discrete { levels } => dequantize_to_symmetric(&x, levels),
-            ValueKind::Continuous => Ok(x
-                .f_to_kind(Kind::Float)?
-                .f_div_scalar(self.config.data_scale)?),
-        }
-    }
-
-    /// Model-space values in the data space (discrete values rounded to levels).
-    pub fn to_data_space(&self, y: &Tensor) -> Result<Tensor> {
-        match self.data.values {
-            ValueKind::Discrete { levels } => symmetric_to_levels(y, levels),
-            ValueKind::Continuous => Ok(y.f_mul_scalar(self.config.data_scale)?),
-        }
-    }
-
-    /// ln |det| of the map from the data space into the model's, per example.
-    fn log_jacobian(&self) -> f64 {
-        let d = self.data.elements() as f64;
-        match self.data.values {
-            ValueKind::Discrete { levels } => d * dequantized_symmetric_log_jacobian(levels),
-            ValueKind::Continuous => -d * self.config.data_scale.ln(),
-        }
+        self.space
+            .to_model_dequantized(&x.f_to_device(self.device())?)
     }
 
     /// The network's velocity at `x` (model space), times `t` `[b]` in [0, 1] and labels.
@@ -339,7 +312,7 @@ impl FlowMatching {
     }
 
     fn with_weights<R>(&self, choice: WeightChoice, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        Ema::with_choice(self.ema.as_ref(), self.optimizer.steps() > 0, choice, f)
+        self.training.with_weights(choice, f)
     }
 
     fn checked(&self, x: &Tensor, what: &str) -> Result<Tensor> {
@@ -359,7 +332,7 @@ impl FlowMatching {
         self.config
             .reflow
             .as_ref()
-            .is_some_and(|r| self.optimizer.steps() as u64 >= r.start_step)
+            .is_some_and(|r| self.training.steps() >= r.start_step)
     }
 
     /// Copies the model's weights (the average where kept) into the teacher.
@@ -368,7 +341,7 @@ impl FlowMatching {
             return Ok(());
         };
         self.with_weights(WeightChoice::Ema, || {
-            let mine = self.vs.variables();
+            let mine = self.training.vs.variables();
             gm_core::tch::no_grad(|| {
                 for (name, mut var) in tvs.variables() {
                     let src = mine.get(&name).ok_or_else(|| {
@@ -392,9 +365,8 @@ impl FlowMatching {
             .collect();
         let z = Tensor::f_randn(shape.as_slice(), (Kind::Float, self.device()))?;
         let v = |x: &Tensor, t: &Tensor| Self::net_velocity(net, x, t, labels);
-        let (x1, _) = gm_core::tch::no_grad(|| {
-            probability_flow::transport(&v, &z, 0.0, 1.0, &reflow.ode)
-        })?;
+        let (x1, _) =
+            gm_core::tch::no_grad(|| probability_flow::transport(&v, &z, 0.0, 1.0, &reflow.ode))?;
         Ok((z, x1))
     }
 
@@ -438,7 +410,9 @@ impl FlowMatching {
             probability_flow::log_density(&v, &y, 1.0, 0.0, config.divergence, &config.ode)
         })?;
         self.evaluations.set(Some(out.evaluations));
-        out.log_density = out.log_density.f_add_scalar(self.log_jacobian())?;
+        out.log_density = out
+            .log_density
+            .f_add_scalar(self.space.dequantized_log_jacobian())?;
         Ok(out)
     }
 
@@ -481,7 +455,7 @@ impl GenerativeModel for FlowMatching {
             "FlowMatching.train_step",
         )?;
         if let Some(reflow) = &self.config.reflow {
-            if self.optimizer.steps() as u64 == reflow.start_step {
+            if self.training.steps() == reflow.start_step {
                 self.freeze_teacher()?;
             }
         }
@@ -500,14 +474,7 @@ impl GenerativeModel for FlowMatching {
         let target = x1.f_sub(&x0.f_mul_scalar(c)?)?;
         let v = Self::net_velocity(&self.velocity, &xt, &t, labels.as_ref())?;
         let loss = v.f_sub(&target)?.f_square()?.f_mean(Kind::Float)?;
-        let lr = self
-            .config
-            .lr_schedule
-            .lr(self.config.optimizer.lr, self.optimizer.steps().max(0) as u64);
-        self.optimizer.backward_step(&loss, lr)?;
-        if let Some(ema) = &mut self.ema {
-            ema.update(self.optimizer.steps() as u64)?;
-        }
+        self.training.step(&loss)?;
         Ok(StepOutput::new().with("loss", &loss))
     }
 
@@ -545,8 +512,15 @@ impl GenerativeModel for FlowMatching {
                 probability_flow::transport(&v, &z, 0.0, 1.0, &ode)
             })
         })?;
-        self.evaluations.set(Some(evaluations));
-        self.to_data_space(&y)
+        // A guided evaluation runs the network on the doubled batch: count it twice, as the
+        // diffusion sampler does.
+        let per_call = if labels.is_some() && guidance != 1.0 {
+            2
+        } else {
+            1
+        };
+        self.evaluations.set(Some(evaluations * per_call));
+        self.space.to_data(&y)
     }
 
     fn likelihood_kind(&self) -> LikelihoodKind {
@@ -599,15 +573,12 @@ impl GenerativeModel for FlowMatching {
     }
 
     fn num_parameters(&self) -> i64 {
-        gm_core::nn::count_parameters(&self.vs.trainable_variables())
+        self.training.parameters()
     }
 
+    /// The training state, and the reflow teacher (`teacher.`) where there is one.
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut state = var_store_state(&self.vs, "model.");
-        state.extend(self.optimizer.state("adam."));
-        if let Some(ema) = &self.ema {
-            state.extend(ema.state("ema."));
-        }
+        let mut state = self.training.state();
         if let Some((tvs, _)) = &self.teacher {
             state.extend(var_store_state(tvs, "teacher."));
         }
@@ -615,11 +586,7 @@ impl GenerativeModel for FlowMatching {
     }
 
     fn load_state(&mut self, state: &mut StateDict) -> Result<()> {
-        load_var_store(&self.vs, "model.", state)?;
-        self.optimizer.load_state("adam.", state)?;
-        if let Some(ema) = &mut self.ema {
-            ema.load_state("ema.", state)?;
-        }
+        self.training.load_state(state)?;
         if let Some((tvs, _)) = &self.teacher {
             load_var_store(tvs, "teacher.", state)?;
         }

@@ -19,12 +19,14 @@
 //! - [`conditioning`]: label dropout, likelihood labels and classifier-free guidance, shared.
 //! - [`model`]: [`Diffusion`], trained with the simple loss (or the hybrid loss with learned
 //!   variances), label dropout for classifier-free guidance, an EMA used for sampling and
-//!   evaluation by default; likelihood kind "lower bound".
+//!   evaluation by default; the variational bound (kind "lower bound") or the probability-flow
+//!   ODE's likelihood.
 
 pub use gm_core;
 
 pub mod conditioning;
 pub mod config;
+pub mod data_space;
 pub mod denoiser;
 pub mod flow_matching;
 pub mod likelihood;
@@ -37,16 +39,17 @@ pub mod probability_flow;
 pub mod process;
 pub mod schedule;
 pub mod spec;
+pub mod training;
 
 pub use config::{DiffusionConfig, DiffusionLikelihood, SamplerConfig};
+pub use denoiser::DenoiserConfig;
 pub use flow_matching::{FlowMatching, FlowMatchingConfig, ProbabilityFlowConfig, ReflowConfig};
 pub use masked::{MaskSchedule, MaskingProcess};
 pub use masked_model::{MaskedDiffusion, MaskedDiffusionConfig};
-pub use ode::{OdeConfig, OdeSolver};
-pub use probability_flow::Divergence;
-pub use denoiser::DenoiserConfig;
 pub use model::Diffusion;
+pub use ode::{OdeConfig, OdeSolver};
 pub use prediction::Prediction;
+pub use probability_flow::Divergence;
 pub use process::{Decoder, DenoiserOutput, Process, Solver, Variance};
 pub use schedule::{Schedule, ScheduleConfig};
 pub use spec::{register, SHIPPED_CONFIGS};

@@ -83,7 +83,8 @@ impl MaskingProcess {
     /// x_t: tokens `[b, values]` (int64) each masked with probability 1 − α_t, times `[b]`.
     pub fn mask(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         let keep = self.schedule.alpha(t)?.f_unsqueeze(1)?;
-        let masked = Tensor::f_rand(x.size().as_slice(), (Kind::Double, x.device()))?.f_ge_tensor(&keep)?;
+        let masked =
+            Tensor::f_rand(x.size().as_slice(), (Kind::Double, x.device()))?.f_ge_tensor(&keep)?;
         Ok(x.f_masked_fill(&masked, self.mask_token())?)
     }
 
@@ -123,7 +124,8 @@ impl MaskingProcess {
 
     /// An unbiased estimate of the negative ELBO per example `[b]` in nats, averaging `strata`
     /// stratified draws of (t, x_t) per example; the denoiser sees at most `strata_per_call`
-    /// strata of the batch at once (memory), which does not change the estimate's draws.
+    /// strata of the batch at once (memory). The times do not depend on the chunking; the masks
+    /// are drawn per chunk, so a different chunking draws other (equally distributed) masks.
     pub fn nelbo(
         &self,
         x: &Tensor,
@@ -131,7 +133,13 @@ impl MaskingProcess {
         strata: i64,
         strata_per_call: i64,
     ) -> Result<Tensor> {
-        let b = x.size()[0];
+        let b = gm_core::model::leading_dim(x, "[batch, values]", "MaskingProcess.nelbo x")?;
+        if strata < 1 {
+            return Err(GmError::config(
+                "strata",
+                format!("must be at least 1, got {strata}"),
+            ));
+        }
         let t = self.stratified_times(b, strata, x.device())?;
         let per_call = strata_per_call.clamp(1, strata);
         let mut total = Tensor::f_zeros([b], (Kind::Double, x.device()))?;
@@ -173,7 +181,11 @@ impl MaskingProcess {
         for k in (1..=steps).rev() {
             let (t, s) = (k as f64 / steps as f64, (k - 1) as f64 / steps as f64);
             let (at, as_) = (self.schedule.alpha_at(t), self.schedule.alpha_at(s));
-            let reveal_p = if s == 0.0 { 1.0 } else { (as_ - at) / (1.0 - at) };
+            let reveal_p = if s == 0.0 {
+                1.0
+            } else {
+                (as_ - at) / (1.0 - at)
+            };
             let lp = log_probs(&x, &Tensor::f_full([n], t, (Kind::Double, device))?)?;
             let drawn = if temperature == 0.0 {
                 lp.f_argmax(1, false)?
@@ -181,7 +193,9 @@ impl MaskingProcess {
                 // Gumbel-max: argmax of logits / T + Gumbel noise draws from softmax(logits / T).
                 let u = lp.f_rand_like()?.f_clamp(1e-12, 1.0 - 1e-7)?;
                 let gumbel = u.f_log()?.f_neg()?.f_log()?.f_neg()?;
-                lp.f_div_scalar(temperature)?.f_add(&gumbel)?.f_argmax(1, false)?
+                lp.f_div_scalar(temperature)?
+                    .f_add(&gumbel)?
+                    .f_argmax(1, false)?
             };
             let masked = x.f_eq(self.mask_token())?;
             let reveal = Tensor::f_rand([n, values], (Kind::Double, device))?

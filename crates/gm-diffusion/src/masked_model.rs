@@ -8,16 +8,16 @@
 
 use crate::denoiser::{Denoiser, DenoiserConfig};
 use crate::masked::{MaskSchedule, MaskingProcess};
+use crate::training::{self, Training};
 use gm_core::data::transforms::levels_to_symmetric;
 use gm_core::data::ValueKind;
 use gm_core::model::{
-    check_data, load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind,
-    SampleOptions, StepOutput, WeightChoice,
+    check_data, Batch, GenerativeModel, LikelihoodKind, SampleOptions, StepOutput, WeightChoice,
 };
 use gm_core::spec::{Budget, DataInfo, ModelSpec, Registry};
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::config::{in_section, Config};
-use gm_core::train::{Adam, AdamConfig, Ema, EmaConfig, LrSchedule, StateDict};
+use gm_core::train::{AdamConfig, EmaConfig, LrSchedule, StateDict};
 use gm_core::{GmError, Result};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
@@ -73,12 +73,7 @@ impl Config for MaskedDiffusionConfig {
             ));
         }
         in_section("denoiser", self.denoiser.validate())?;
-        in_section("optimizer", self.optimizer.validate())?;
-        in_section("lr_schedule", self.lr_schedule.validate())?;
-        if let Some(ema) = &self.ema {
-            in_section("ema", ema.validate())?;
-        }
-        Ok(())
+        training::validate(&self.optimizer, &self.lr_schedule, self.ema.as_ref())
     }
 }
 
@@ -96,10 +91,11 @@ pub const SHIPPED_CONFIGS: [(&str, &str); 2] = [
 
 /// Registers the `masked_diffusion` family and its shipped run files.
 pub fn register(registry: &mut Registry) {
-    registry.add_family::<MaskedDiffusionConfig>("masked_diffusion");
-    for (name, text) in SHIPPED_CONFIGS {
-        registry.add_shipped(format!("masked_diffusion/{name}"), text);
-    }
+    training::register_family::<MaskedDiffusionConfig>(
+        registry,
+        "masked_diffusion",
+        &SHIPPED_CONFIGS,
+    );
 }
 
 impl ModelSpec for MaskedDiffusionConfig {
@@ -108,10 +104,7 @@ impl ModelSpec for MaskedDiffusionConfig {
     }
 
     fn scale_to_budget(&mut self, budget: &Budget) {
-        self.lr_schedule = self.lr_schedule.scaled(budget);
-        if let Some(ema) = &mut self.ema {
-            *ema = ema.scaled(budget);
-        }
+        training::scale(&mut self.lr_schedule, self.ema.as_mut(), budget);
     }
 
     fn build(&self, data: &DataInfo, device: Device) -> Result<Box<dyn GenerativeModel>> {
@@ -126,10 +119,8 @@ pub struct MaskedDiffusion {
     data: DataInfo,
     levels: u32,
     process: MaskingProcess,
-    vs: nn::VarStore,
+    training: Training,
     denoiser: Denoiser,
-    optimizer: Adam,
-    ema: Option<Ema>,
     evaluations: Cell<Option<usize>>,
 }
 
@@ -162,8 +153,12 @@ impl MaskedDiffusion {
             levels as i64,
             0,
         )?;
-        let optimizer = Adam::new(vs.trainable_variables(), config.optimizer.clone())?;
-        let ema = config.ema.as_ref().map(|e| e.init(&vs)).transpose()?;
+        let training = Training::new(
+            vs,
+            &config.optimizer,
+            &config.lr_schedule,
+            config.ema.as_ref(),
+        )?;
         Ok(MaskedDiffusion {
             config: config.clone(),
             data: data.clone(),
@@ -172,10 +167,8 @@ impl MaskedDiffusion {
                 schedule: config.schedule,
                 levels: levels as i64,
             },
-            vs,
+            training,
             denoiser,
-            optimizer,
-            ema,
             evaluations: Cell::new(None),
         })
     }
@@ -185,7 +178,7 @@ impl MaskedDiffusion {
     }
 
     fn device(&self) -> Device {
-        self.vs.device()
+        self.training.vs.device()
     }
 
     /// Activation values per example: the network's and its `levels` logits per value.
@@ -217,7 +210,7 @@ impl MaskedDiffusion {
     /// The denoiser's log-probabilities `[b, levels, values]` for tokens `[b, values]` (mask
     /// token `levels`) at times `[b]`.
     pub fn log_probs(&self, xt: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let b = xt.size()[0];
+        let b = gm_core::model::leading_dim(xt, "[batch, values]", "MaskedDiffusion.log_probs xt")?;
         let masked = xt.f_eq(self.process.mask_token())?;
         let values = levels_to_symmetric(&xt.f_clamp_max(self.levels as i64 - 1)?, self.levels)?
             .f_masked_fill(&masked, 0.0)?;
@@ -259,7 +252,7 @@ impl MaskedDiffusion {
         let tokens = self.tokens(&x)?;
         let lp = |xt: &Tensor, t: &Tensor| self.log_probs(xt, t);
         let out = gm_core::tch::no_grad(|| {
-            Ema::with_choice(self.ema.as_ref(), self.optimizer.steps() > 0, weights, || {
+            self.training.with_weights(weights, || {
                 self.process.nelbo(&tokens, &lp, strata, strata_per_call)
             })
         })?;
@@ -291,18 +284,14 @@ impl GenerativeModel for MaskedDiffusion {
             .f_add_scalar(1.0)?;
         let xt = self.process.mask(&tokens, &t)?;
         let lp = self.log_probs(&xt, &t)?;
-        let nelbo = self.process.integrand(&tokens, &xt, &t, &lp)?.f_mean(Kind::Double)?;
+        let nelbo = self
+            .process
+            .integrand(&tokens, &xt, &t, &lp)?
+            .f_mean(Kind::Double)?;
         let loss = nelbo
             .f_div_scalar(self.data.elements() as f64)?
             .f_to_kind(Kind::Float)?;
-        let lr = self
-            .config
-            .lr_schedule
-            .lr(self.config.optimizer.lr, self.optimizer.steps().max(0) as u64);
-        self.optimizer.backward_step(&loss, lr)?;
-        if let Some(ema) = &mut self.ema {
-            ema.update(self.optimizer.steps() as u64)?;
-        }
+        self.training.step(&loss)?;
         Ok(StepOutput::new().with("loss", &loss).with("nelbo", &nelbo))
     }
 
@@ -316,11 +305,15 @@ impl GenerativeModel for MaskedDiffusion {
                 format!("masked diffusion samples with \"ancestral\" unmasking, got {solver:?}"),
             ));
         }
-        gm_core::nn::check_activation_budget(n, self.activations_per_example() / 2, "MaskedDiffusion.sample_with")?;
+        gm_core::nn::check_activation_budget(
+            n,
+            self.activations_per_example() / 2,
+            "MaskedDiffusion.sample_with",
+        )?;
         let steps = options.steps.unwrap_or(self.config.sampler_steps);
         let lp = |xt: &Tensor, t: &Tensor| self.log_probs(xt, t);
         let (tokens, calls) = gm_core::tch::no_grad(|| {
-            Ema::with_choice(self.ema.as_ref(), self.optimizer.steps() > 0, options.weights, || {
+            self.training.with_weights(options.weights, || {
                 self.process.sample(
                     n,
                     self.data.elements(),
@@ -360,24 +353,14 @@ impl GenerativeModel for MaskedDiffusion {
     }
 
     fn num_parameters(&self) -> i64 {
-        gm_core::nn::count_parameters(&self.vs.trainable_variables())
+        self.training.parameters()
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut state = var_store_state(&self.vs, "model.");
-        state.extend(self.optimizer.state("adam."));
-        if let Some(ema) = &self.ema {
-            state.extend(ema.state("ema."));
-        }
-        state
+        self.training.state()
     }
 
     fn load_state(&mut self, state: &mut StateDict) -> Result<()> {
-        load_var_store(&self.vs, "model.", state)?;
-        self.optimizer.load_state("adam.", state)?;
-        if let Some(ema) = &mut self.ema {
-            ema.load_state("ema.", state)?;
-        }
-        Ok(())
+        self.training.load_state(state)
     }
 }

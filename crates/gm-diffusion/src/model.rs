@@ -1,25 +1,23 @@
-//! [`Diffusion`]: a trainable diffusion model behind the model interface (likelihood kind
-//! "lower bound").
+//! [`Diffusion`]: a trainable diffusion model behind the model interface. Its likelihood is
+//! the variational bound (kind "lower bound") or, as the config chooses, its probability-flow
+//! ODE's (kind "exact" on continuous data, "lower bound" on dequantised discrete data).
 
 use crate::conditioning;
 use crate::config::{DiffusionConfig, DiffusionLikelihood};
+use crate::data_space::DataSpace;
+use crate::denoiser::Denoiser;
 use crate::ode::OdeConfig;
 use crate::probability_flow::{self, Divergence, FlowLogDensity};
-use crate::denoiser::Denoiser;
 use crate::process::{Decoder, DenoiseFn, DenoiserOutput, Process, Solver, Variance};
 use crate::schedule::Schedule;
-use gm_core::data::transforms::{
-    dequantize_to_symmetric, dequantized_symmetric_log_jacobian, levels_to_symmetric,
-    symmetric_to_levels,
-};
+use crate::training::Training;
 use gm_core::data::ValueKind;
 use gm_core::model::{
-    check_data, load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind,
-    SampleOptions, StepOutput, WeightChoice,
+    check_data, Batch, GenerativeModel, LikelihoodKind, SampleOptions, StepOutput, WeightChoice,
 };
 use gm_core::spec::DataInfo;
 use gm_core::tch::{nn, Device, Kind, Tensor};
-use gm_core::train::{Adam, Config, Ema, StateDict};
+use gm_core::train::{Config, StateDict};
 use gm_core::Result;
 
 /// Chains of at least this many denoiser calls show a progress bar (on a terminal).
@@ -31,20 +29,20 @@ const PROGRESS_FROM_STEPS: usize = 100;
 /// bound's term for learned variances).
 ///
 /// Discrete data `0..levels` are mapped to [-1, 1] (and samples rounded back to levels);
-/// continuous data are divided by `data_scale`. The likelihood is the variational bound with a
-/// discretised Gaussian last step for discrete data (so it is a bound on the probability of the
-/// discrete values, comparable with every other family's), in nats.
+/// continuous data are divided by `data_scale`. The likelihood is by default the variational
+/// bound with a discretised Gaussian last step for discrete data (so it is a bound on the
+/// probability of the discrete values, comparable with every other family's), in nats; the
+/// config may choose the probability-flow ODE's instead.
 #[derive(Debug)]
 pub struct Diffusion {
     config: DiffusionConfig,
     data: DataInfo,
     /// Label classes of a conditional model, 0 otherwise.
     classes: i64,
-    vs: nn::VarStore,
+    space: DataSpace,
+    training: Training,
     denoiser: Denoiser,
     process: Process,
-    optimizer: Adam,
-    ema: Option<Ema>,
     evaluations: std::cell::Cell<Option<usize>>,
 }
 
@@ -53,6 +51,13 @@ impl Diffusion {
     pub fn new(config: &DiffusionConfig, data: &DataInfo, device: Device) -> Result<Self> {
         config.validate()?;
         config.denoiser.check_fits(&data.event_shape)?;
+        if let DiffusionLikelihood::ProbabilityFlow { divergence, .. } = &config.likelihood {
+            probability_flow::check_divergence_fits(
+                *divergence,
+                data.elements(),
+                "likelihood.divergence",
+            )?;
+        }
         let classes =
             data.condition_classes(config.conditional, "a conditional diffusion model")?;
         let label_rows = if classes > 0 { classes + 1 } else { 0 };
@@ -80,17 +85,24 @@ impl Diffusion {
             variance: config.variance,
             clip,
         };
-        let optimizer = Adam::new(vs.trainable_variables(), config.optimizer.clone())?;
-        let ema = config.ema.as_ref().map(|e| e.init(&vs)).transpose()?;
+        let training = Training::new(
+            vs,
+            &config.optimizer,
+            &config.lr_schedule,
+            config.ema.as_ref(),
+        )?;
         Ok(Diffusion {
             config: config.clone(),
             data: data.clone(),
             classes,
-            vs,
+            space: DataSpace {
+                values: data.values,
+                elements: data.elements(),
+                scale: config.data_scale,
+            },
+            training,
             denoiser,
             process,
-            optimizer,
-            ema,
             evaluations: std::cell::Cell::new(None),
         })
     }
@@ -108,7 +120,7 @@ impl Diffusion {
     }
 
     fn device(&self) -> Device {
-        self.vs.device()
+        self.training.vs.device()
     }
 
     fn decoder(&self) -> Decoder {
@@ -120,32 +132,21 @@ impl Diffusion {
         }
     }
 
-    /// Data values in the model's space.
+    /// Data values in the model's space (discrete levels on [-1, 1], continuous values divided
+    /// by `data_scale`).
     pub fn to_model_space(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.f_to_device(self.device())?;
-        match self.data.values {
-            ValueKind::Discrete { levels } => levels_to_symmetric(&x, levels),
-            ValueKind::Continuous => Ok(x
-                .f_to_kind(Kind::Float)?
-                .f_div_scalar(self.config.data_scale)?),
-        }
+        self.space.to_model(&x.f_to_device(self.device())?)
     }
 
     /// Model-space values in the data space (discrete values rounded to levels).
     pub fn to_data_space(&self, y: &Tensor) -> Result<Tensor> {
-        match self.data.values {
-            ValueKind::Discrete { levels } => symmetric_to_levels(y, levels),
-            ValueKind::Continuous => Ok(y.f_mul_scalar(self.config.data_scale)?),
-        }
+        self.space.to_data(y)
     }
 
     /// The log-density change of the map into the model's space, per example: continuous data
     /// divided by `data_scale` gain −D ln(scale); discrete probabilities do not change.
     fn log_jacobian(&self) -> f64 {
-        match self.data.values {
-            ValueKind::Discrete { .. } => 0.0,
-            ValueKind::Continuous => -(self.data.elements() as f64) * self.config.data_scale.ln(),
-        }
+        self.space.log_jacobian()
     }
 
     /// The denoiser at `(xt, t)` with `labels` (`[b]`, `classes` meaning none) split into its
@@ -204,7 +205,7 @@ impl Diffusion {
 
     /// Runs `f` with the weights `choice` asks for: the average (once trained) or the live ones.
     fn with_weights<R>(&self, choice: WeightChoice, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        Ema::with_choice(self.ema.as_ref(), self.optimizer.steps() > 0, choice, f)
+        self.training.with_weights(choice, f)
     }
 
     /// The labels the likelihood conditions on (see [`conditioning::likelihood_labels`]).
@@ -299,12 +300,12 @@ impl Diffusion {
             .config
             .schedule
             .continuous_log_alpha_bar(tau, t_max)?
-            .f_exp()?
-            .f_to_kind(Kind::Float)?;
-        let (_, eps) = self
-            .config
-            .prediction
-            .to_x0_eps(&out.prediction, y, &alpha_bar)?;
+            .f_exp()?;
+        let (_, eps) = self.config.prediction.to_x0_eps(
+            &out.prediction,
+            y,
+            &alpha_bar.f_to_kind(Kind::Float)?,
+        )?;
         probability_flow::variance_preserving_velocity(y, &eps, tau, &self.config.schedule, t_max)
     }
 
@@ -337,14 +338,10 @@ impl Diffusion {
             .likelihood_labels(labels, b, &format!("{what} labels"))?
             .map(|l| l.f_repeat([probes]))
             .transpose()?;
-        let x = x.f_to_device(self.device())?;
-        let (y, log_jacobian) = match self.data.values {
-            ValueKind::Discrete { levels } => (
-                dequantize_to_symmetric(&x, levels)?,
-                self.data.elements() as f64 * dequantized_symmetric_log_jacobian(levels),
-            ),
-            ValueKind::Continuous => (self.to_model_space(&x)?, self.log_jacobian()),
-        };
+        let y = self
+            .space
+            .to_model_dequantized(&x.f_to_device(self.device())?)?;
+        let log_jacobian = self.space.dequantized_log_jacobian();
         let (start, end) = self.config.schedule.continuous_range(self.config.timesteps);
         let v = |y: &Tensor, tau: &Tensor| self.probability_flow_velocity(y, tau, labels.as_ref());
         let mut out = self.with_weights(weights, || {
@@ -444,14 +441,7 @@ impl GenerativeModel for Diffusion {
         } else {
             mse.shallow_clone()
         };
-        let lr = self.config.lr_schedule.lr(
-            self.config.optimizer.lr,
-            self.optimizer.steps().max(0) as u64,
-        );
-        self.optimizer.backward_step(&loss, lr)?;
-        if let Some(ema) = &mut self.ema {
-            ema.update(self.optimizer.steps() as u64)?;
-        }
+        self.training.step(&loss)?;
         let mut out = StepOutput::new().with("loss", &loss).with("mse", &mse);
         if let Some(v) = &vlb_term {
             out = out.with("vlb_term", v);
@@ -516,7 +506,11 @@ impl GenerativeModel for Diffusion {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let per_call = if guidance != 1.0 && self.classes > 0 { 2 } else { 1 };
+        let per_call = if guidance != 1.0 && self.classes > 0 {
+            2
+        } else {
+            1
+        };
         self.evaluations.set(Some(calls * per_call));
         self.to_data_space(&y)
     }
@@ -530,9 +524,9 @@ impl GenerativeModel for Diffusion {
         }
     }
 
-    /// The variational bound (an unbiased stratified estimate, `likelihood_strata` steps per
-    /// example) with the EMA weights; a conditional model trained with label dropout gives its
-    /// unconditional bound.
+    /// The config's likelihood with the EMA weights: the variational bound (an unbiased
+    /// stratified estimate, `likelihood_strata` steps per example) or the probability-flow
+    /// ODE's; a conditional model trained with label dropout gives its unconditional one.
     fn log_likelihood(&self, x: &Tensor) -> Result<Option<Tensor>> {
         self.log_likelihood_given(x, None)
     }
@@ -594,24 +588,14 @@ impl GenerativeModel for Diffusion {
     }
 
     fn num_parameters(&self) -> i64 {
-        gm_core::nn::count_parameters(&self.vs.trainable_variables())
+        self.training.parameters()
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut state = var_store_state(&self.vs, "model.");
-        state.extend(self.optimizer.state("adam."));
-        if let Some(ema) = &self.ema {
-            state.extend(ema.state("ema."));
-        }
-        state
+        self.training.state()
     }
 
     fn load_state(&mut self, state: &mut StateDict) -> Result<()> {
-        load_var_store(&self.vs, "model.", state)?;
-        self.optimizer.load_state("adam.", state)?;
-        if let Some(ema) = &mut self.ema {
-            ema.load_state("ema.", state)?;
-        }
-        Ok(())
+        self.training.load_state(state)
     }
 }

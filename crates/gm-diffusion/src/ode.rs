@@ -144,7 +144,7 @@ pub struct OdeSolution {
     pub state: Vec<Tensor>,
     /// Batched evaluations of the vector field.
     pub evaluations: usize,
-    /// Steps taken by the slowest example (fixed-step solvers: `steps`).
+    /// Batched step attempts, accepted or rejected (fixed-step solvers: `steps`).
     pub steps: usize,
     /// Rejected attempts summed over examples (Dormand–Prince only).
     pub rejected: i64,
@@ -171,6 +171,20 @@ fn combine(y: &[Tensor], ks: &[(&[Tensor], Option<&Tensor>)]) -> Result<Vec<Tens
             Ok(out)
         })
         .collect()
+}
+
+/// `field` at (t, y), checked to return one tensor per state tensor, each of its shape: a
+/// field that does not is an error, not a panic or a silent broadcast.
+fn evaluate(field: &VectorField, t: &Tensor, y: &[Tensor]) -> Result<Vec<Tensor>> {
+    let k = field(t, y)?;
+    if k.len() != y.len() || k.iter().zip(y).any(|(a, b)| a.size() != b.size()) {
+        return Err(GmError::Domain(format!(
+            "ODE solve: the vector field returned shapes {:?} for a state of shapes {:?}",
+            k.iter().map(|a| a.size()).collect::<Vec<_>>(),
+            y.iter().map(|b| b.size()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(k)
 }
 
 fn batch_of(y0: &[Tensor]) -> Result<i64> {
@@ -222,18 +236,20 @@ pub fn solve(
             let mut y = y0;
             for i in 0..config.steps {
                 let t = Tensor::f_full([b], t0 + i as f64 * h, (Kind::Double, device))?;
-                let k1 = field(&t, &y)?;
+                let k1 = evaluate(field, &t, &y)?;
                 y = match fixed {
                     OdeSolver::Euler => combine(&y, &[(&k1, Some(&hs))])?,
                     OdeSolver::Heun => {
-                        let k2 = field(&t.f_add(&hs)?, &combine(&y, &[(&k1, Some(&hs))])?)?;
+                        let k2 =
+                            evaluate(field, &t.f_add(&hs)?, &combine(&y, &[(&k1, Some(&hs))])?)?;
                         combine(&y, &[(&k1, Some(&half)), (&k2, Some(&half))])?
                     }
                     _ => {
                         let mid = t.f_add(&half)?;
-                        let k2 = field(&mid, &combine(&y, &[(&k1, Some(&half))])?)?;
-                        let k3 = field(&mid, &combine(&y, &[(&k2, Some(&half))])?)?;
-                        let k4 = field(&t.f_add(&hs)?, &combine(&y, &[(&k3, Some(&hs))])?)?;
+                        let k2 = evaluate(field, &mid, &combine(&y, &[(&k1, Some(&half))])?)?;
+                        let k3 = evaluate(field, &mid, &combine(&y, &[(&k2, Some(&half))])?)?;
+                        let k4 =
+                            evaluate(field, &t.f_add(&hs)?, &combine(&y, &[(&k3, Some(&hs))])?)?;
                         combine(
                             &y,
                             &[
@@ -321,7 +337,7 @@ fn dopri5(
     // Per-example step magnitudes; a first step of 1% of the interval is corrected at once.
     let mut h = Tensor::f_full([b], 0.01 * span, double)?;
     let mut y = y0;
-    let mut k1 = field(&t, &y)?;
+    let mut k1 = evaluate(field, &t, &y)?;
     let mut evaluations = 1usize;
     let mut steps = 0usize;
     let mut rejected = Tensor::f_zeros([b], (Kind::Int64, device))?;
@@ -340,7 +356,9 @@ fn dopri5(
                 config.max_evaluations, config.rtol, config.atol
             )));
         }
-        let h_step = h.f_minimum(&remaining)?.f_mul(&active.f_to_kind(Kind::Double)?)?;
+        let h_step = h
+            .f_minimum(&remaining)?
+            .f_mul(&active.f_to_kind(Kind::Double)?)?;
         let hs = h_step.f_mul_scalar(direction)?;
         let mut ks: Vec<Vec<Tensor>> = vec![k1];
         for stage in 1..7 {
@@ -348,11 +366,16 @@ fn dopri5(
                 .map(|j| hs.f_mul_scalar(A[stage][j]))
                 .collect::<std::result::Result<_, _>>()?;
             let terms: Vec<(&[Tensor], Option<&Tensor>)> = (0..stage)
-                .map(|j| (ks[j].as_slice(), (A[stage][j] != 0.0).then_some(&weights[j])))
+                .map(|j| {
+                    (
+                        ks[j].as_slice(),
+                        (A[stage][j] != 0.0).then_some(&weights[j]),
+                    )
+                })
                 .collect();
             let y_stage = combine(&y, &terms)?;
             let t_stage = t.f_add(&hs.f_mul_scalar(C[stage])?)?;
-            let k = field(&t_stage, &y_stage)?;
+            let k = evaluate(field, &t_stage, &y_stage)?;
             if stage == 6 {
                 // The 6th stage's input is the 5th-order solution.
                 ks.push(k);
@@ -383,7 +406,11 @@ fn dopri5(
                 .f_mul_scalar(config.rtol)?
                 .f_add_scalar(config.atol)?;
             let ratio = err.f_div(&scale)?.f_reshape([b, -1])?;
-            sum_sq = sum_sq.f_add(&ratio.f_square()?.f_sum_dim_intlist(1, false, Kind::Double)?)?;
+            sum_sq = sum_sq.f_add(&ratio.f_square()?.f_sum_dim_intlist(
+                1,
+                false,
+                Kind::Double,
+            )?)?;
         }
         let norm = sum_sq.f_div_scalar(elements as f64)?.f_sqrt()?;
         // NaN norms compare false: the step is rejected and shrunk until the budget runs out.
@@ -401,7 +428,11 @@ fn dopri5(
             .map(|(old, new)| Ok(new.f_where_self(&mask_like(&accept, new)?, old)?))
             .collect::<Result<_>>()?;
         t = t.f_add(&hs.f_mul(&accept.f_to_kind(Kind::Double)?)?)?;
-        rejected = rejected.f_add(&active.f_logical_and(&accept.f_logical_not()?)?.f_to_kind(Kind::Int64)?)?;
+        rejected = rejected.f_add(
+            &active
+                .f_logical_and(&accept.f_logical_not()?)?
+                .f_to_kind(Kind::Int64)?,
+        )?;
         // h ← h · clamp(0.9 · norm^(−1/5), 0.2, 5); a NaN norm shrinks by 5.
         let factor = norm
             .f_clamp_min(1e-10)?
@@ -411,7 +442,15 @@ fn dopri5(
             .f_nan_to_num(0.2, 5.0, 0.2)?;
         h = h_step.f_mul(&factor)?.f_where_self(&active, &h)?;
         steps += 1;
-        let smallest = h.f_min()?.f_double_value(&[])?;
+        // Only examples still on their way can be stuck: a finished one's last step may be tiny.
+        let still = Tensor::f_full([b], t1, double)?
+            .f_sub(&t)?
+            .f_mul_scalar(direction)?
+            .f_gt(1e-12 * span)?;
+        let smallest = h
+            .f_where_scalarother(&still, f64::INFINITY)?
+            .f_min()?
+            .f_double_value(&[])?;
         if smallest < 1e-10 * span {
             return Err(GmError::Domain(format!(
                 "ODE solve: Dormand–Prince's step size fell below {:e} of the interval; the vector field may be stiff or not finite",

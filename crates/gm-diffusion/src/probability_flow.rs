@@ -11,6 +11,7 @@
 
 use crate::ode::{solve, OdeConfig, VectorField};
 use crate::schedule::ScheduleConfig;
+use gm_core::model::leading_dim;
 use gm_core::tch::{self, Kind, Tensor};
 use gm_core::train::config::Config;
 use gm_core::{GmError, Result};
@@ -52,10 +53,25 @@ impl Config for Divergence {
 /// Dimensions up to which an `Exact` divergence is allowed (one backward pass each).
 pub const MAX_EXACT_DIMENSIONS: i64 = 64;
 
+/// Checks at construction that `divergence` suits examples of `dimensions` values: the exact
+/// one is refused above [`MAX_EXACT_DIMENSIONS`] (naming the `key` to change), so a config
+/// does not train for hours and then fail to score.
+pub fn check_divergence_fits(divergence: Divergence, dimensions: i64, key: &str) -> Result<()> {
+    if divergence == Divergence::Exact && dimensions > MAX_EXACT_DIMENSIONS {
+        return Err(GmError::config(
+            key,
+            format!(
+                "the exact divergence takes one backward pass per dimension: allowed up to {MAX_EXACT_DIMENSIONS} dimensions, these examples have {dimensions}; use kind = \"hutchinson\""
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The velocity at `x` and its exact divergence `[b]`.
 pub fn exact_divergence(v: &Velocity, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
     tch::with_grad(|| {
-        let b = x.size()[0];
+        let b = leading_dim(x, "[batch, ...]", "exact_divergence x")?;
         let x = x.f_detach()?.f_requires_grad_(true)?;
         let out = v(&x, t)?;
         let flat = out.f_reshape([b, -1])?;
@@ -68,7 +84,12 @@ pub fn exact_divergence(v: &Velocity, x: &Tensor, t: &Tensor) -> Result<(Tensor,
                 i + 1 < d,
                 false,
             )?;
-            div = div.f_add(&g[0].f_reshape([b, -1])?.f_select(1, i)?.f_to_kind(Kind::Double)?)?;
+            div = div.f_add(
+                &g[0]
+                    .f_reshape([b, -1])?
+                    .f_select(1, i)?
+                    .f_to_kind(Kind::Double)?,
+            )?;
         }
         Ok((out.f_detach()?, div))
     })
@@ -83,26 +104,35 @@ pub fn hutchinson_divergence(
     probe: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     tch::with_grad(|| {
-        let b = x.size()[0];
+        let b = leading_dim(x, "[batch, ...]", "hutchinson_divergence x")?;
         let x = x.f_detach()?.f_requires_grad_(true)?;
         let out = v(&x, t)?;
-        let g = Tensor::f_run_backward(&[out.f_mul(probe)?.f_sum(Kind::Float)?], &[&x], false, false)?;
-        let estimate = g[0]
-            .f_mul(probe)?
-            .f_reshape([b, -1])?
-            .f_sum_dim_intlist(1, false, Kind::Double)?;
+        let g = Tensor::f_run_backward(
+            &[out.f_mul(probe)?.f_sum(Kind::Float)?],
+            &[&x],
+            false,
+            false,
+        )?;
+        let estimate =
+            g[0].f_mul(probe)?
+                .f_reshape([b, -1])?
+                .f_sum_dim_intlist(1, false, Kind::Double)?;
         Ok((out.f_detach()?, estimate))
     })
 }
 
 /// Rademacher probes (±1 with equal probability) shaped like `x`.
 pub fn rademacher_like(x: &Tensor) -> Result<Tensor> {
-    Ok(x.f_rand_like()?.f_lt(0.5)?.f_to_kind(x.kind())?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?)
+    Ok(x.f_rand_like()?
+        .f_lt(0.5)?
+        .f_to_kind(x.kind())?
+        .f_mul_scalar(2.0)?
+        .f_sub_scalar(1.0)?)
 }
 
 /// The standard normal log-density of each example `[b]` (float64).
 pub fn standard_normal_log_density(z: &Tensor) -> Result<Tensor> {
-    let b = z.size()[0];
+    let b = leading_dim(z, "[batch, ...]", "standard_normal_log_density z")?;
     let flat = z.f_reshape([b, -1])?.f_to_kind(Kind::Double)?;
     let d = flat.size()[1] as f64;
     Ok(flat
@@ -122,17 +152,21 @@ pub fn variance_preserving_velocity(
     schedule: &ScheduleConfig,
     timesteps: i64,
 ) -> Result<Tensor> {
-    let alpha_bar = schedule
+    // σ² = 1 − ᾱ = −expm1(ln ᾱ) in float64: near τ = 1/T, 1 − ᾱ of a float32 ᾱ would keep
+    // only a few digits and turn the velocity into a staircase in τ.
+    let sigma = schedule
         .continuous_log_alpha_bar(tau, timesteps)?
-        .f_exp()?
+        .f_expm1()?
+        .f_neg()?
+        .f_sqrt()?
         .f_to_kind(y.kind())?;
-    let sigma = alpha_bar.f_neg()?.f_add_scalar(1.0)?.f_sqrt()?;
     let half_beta = schedule
         .continuous_beta(tau, timesteps)?
         .f_mul_scalar(-0.5)?
         .f_to_kind(y.kind())?;
     let per = |c: &Tensor| crate::schedule::per_example(c, y);
-    Ok(y.f_sub(&eps.f_div(&per(&sigma)?)?)?.f_mul(&per(&half_beta)?)?)
+    Ok(y.f_sub(&eps.f_div(&per(&sigma)?)?)?
+        .f_mul(&per(&half_beta)?)?)
 }
 
 /// A log-density computed through the ODE.
@@ -161,7 +195,7 @@ pub fn log_density(
     ode: &OdeConfig,
 ) -> Result<FlowLogDensity> {
     divergence.validate()?;
-    let b = x.size().first().copied().unwrap_or(0);
+    let b = leading_dim(x, "[batch, ...]", "log_density x")?;
     if b == 0 {
         return Err(GmError::Domain("log_density: empty batch".into()));
     }
@@ -239,8 +273,15 @@ pub fn transport(
     t_to: f64,
     ode: &OdeConfig,
 ) -> Result<(Tensor, usize)> {
-    let field = |t: &Tensor, state: &[Tensor]| -> Result<Vec<Tensor>> { Ok(vec![v(&state[0], t)?]) };
-    let solution = solve(&field as &VectorField, vec![x.shallow_clone()], t_from, t_to, ode)?;
+    let field =
+        |t: &Tensor, state: &[Tensor]| -> Result<Vec<Tensor>> { Ok(vec![v(&state[0], t)?]) };
+    let solution = solve(
+        &field as &VectorField,
+        vec![x.shallow_clone()],
+        t_from,
+        t_to,
+        ode,
+    )?;
     let mut state = solution.state;
     Ok((state.remove(0), solution.evaluations))
 }

@@ -22,10 +22,7 @@ pub const SHIPPED_CONFIGS: [(&str, &str); 5] = [
 /// Registers the `diffusion`, `flow_matching` and `masked_diffusion` families and their
 /// shipped run files (`diffusion/toy_mlp`, `flow_matching/toy`, ...).
 pub fn register(registry: &mut Registry) {
-    registry.add_family::<DiffusionConfig>("diffusion");
-    for (name, text) in SHIPPED_CONFIGS {
-        registry.add_shipped(format!("diffusion/{name}"), text);
-    }
+    crate::training::register_family::<DiffusionConfig>(registry, "diffusion", &SHIPPED_CONFIGS);
     crate::flow_matching::register(registry);
     crate::masked_model::register(registry);
 }
@@ -36,10 +33,7 @@ impl ModelSpec for DiffusionConfig {
     }
 
     fn scale_to_budget(&mut self, budget: &Budget) {
-        self.lr_schedule = self.lr_schedule.scaled(budget);
-        if let Some(ema) = &mut self.ema {
-            *ema = ema.scaled(budget);
-        }
+        crate::training::scale(&mut self.lr_schedule, self.ema.as_mut(), budget);
     }
 
     fn build(&self, data: &DataInfo, device: Device) -> Result<Box<dyn GenerativeModel>> {

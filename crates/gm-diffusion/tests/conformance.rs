@@ -54,7 +54,9 @@ fn every_shipped_masked_diffusion_model_conforms() {
     single_thread();
     let registry = registry();
     for (name, _) in gm_diffusion::masked_model::SHIPPED_CONFIGS {
-        let run = registry.load_run(&format!("masked_diffusion/{name}")).unwrap();
+        let run = registry
+            .load_run(&format!("masked_diffusion/{name}"))
+            .unwrap();
         let mut c: MaskedDiffusionConfig = run.model_config().unwrap();
         shrink_network(&mut c.denoiser);
         c.sampler_steps = 3;
@@ -155,7 +157,9 @@ fn parameter_estimates_of_the_other_families_match() {
         assert_eq!(estimate, model.num_parameters() as i128, "{name}");
     }
     for (name, _) in gm_diffusion::masked_model::SHIPPED_CONFIGS {
-        let run = registry.load_run(&format!("masked_diffusion/{name}")).unwrap();
+        let run = registry
+            .load_run(&format!("masked_diffusion/{name}"))
+            .unwrap();
         let c: MaskedDiffusionConfig = run.model_config().unwrap();
         let info = gm_core::data::named_info(&run.dataset).unwrap();
         let model = gm_diffusion::MaskedDiffusion::new(&c, &info, Device::Cpu).unwrap();

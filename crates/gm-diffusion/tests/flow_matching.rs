@@ -47,7 +47,9 @@ fn trained_flow_matching() -> FlowMatching {
 }
 
 fn trained_diffusion() -> Diffusion {
-    let run = common::registry().load_run("diffusion/toy_mlp_ode").unwrap();
+    let run = common::registry()
+        .load_run("diffusion/toy_mlp_ode")
+        .unwrap();
     let mut c: DiffusionConfig = run.model_config().unwrap();
     c.denoiser = small_mlp();
     c.ema = None;
@@ -66,7 +68,12 @@ fn grid_mass(log_p: impl Fn(&Tensor) -> Tensor) -> f64 {
     let gy = axis.unsqueeze(0).expand([n, n], false).reshape([-1]);
     let grid = Tensor::stack(&[gx, gy], 1);
     let lp = log_p(&grid);
-    lp.to_kind(Kind::Double).exp().sum(Kind::Double).double_value(&[]) * h * h
+    lp.to_kind(Kind::Double)
+        .exp()
+        .sum(Kind::Double)
+        .double_value(&[])
+        * h
+        * h
 }
 
 /// A trained flow-matching model: its exact ODE log-density at the shipped tolerance (1e-7)
@@ -107,7 +114,10 @@ fn a_trained_flow_matching_density_is_consistent_and_normalised() {
             .unwrap()
             .log_density
     });
-    assert!((mass - 1.0).abs() < 0.03, "the density integrates to {mass}");
+    assert!(
+        (mass - 1.0).abs() < 0.03,
+        "the density integrates to {mass}"
+    );
     // Better than the untrained N(0, 2²) it started from (ln p averages about −3.6 there).
     let mean = reference.mean(Kind::Double).double_value(&[]);
     assert!(mean > -3.4, "mean test log-density {mean}");
@@ -145,7 +155,10 @@ fn a_trained_diffusion_probability_flow_density_is_consistent_and_normalised() {
             .unwrap()
             .log_density
     });
-    assert!((mass - 1.0).abs() < 0.03, "the density integrates to {mass}");
+    assert!(
+        (mass - 1.0).abs() < 0.03,
+        "the density integrates to {mass}"
+    );
 }
 
 /// Sampling reports its network evaluations: steps × stages for fixed-step solvers.
@@ -171,7 +184,8 @@ fn samplers_report_their_evaluations_and_refuse_bad_options() {
     assert!(error_text(bad).contains("unknown ODE solver"));
     let bad = model.sample_with(5, &SampleOptions::new().tolerance(0.0));
     assert!(error_text(bad).contains("tolerance"));
-    // Images are refused an exact divergence: one backward pass per pixel.
+    // Images are refused an exact divergence (one backward pass per pixel) when the model is
+    // built, not after training; the Hutchinson one scores them, as a bound.
     let grey = gm_core::data::named_info("mnist_grey").unwrap();
     let mut img: FlowMatchingConfig = common::registry()
         .load_run("flow_matching/mnist_unet")
@@ -181,11 +195,15 @@ fn samplers_report_their_evaluations_and_refuse_bad_options() {
     if let DenoiserConfig::Unet { channels, .. } = &mut img.velocity {
         *channels = 8;
     }
-    img.likelihood.divergence = Divergence::Exact;
     let m = FlowMatching::new(&img, &grey, Device::Cpu).unwrap();
-    let x = gm_core::testing::example_data(&grey, 2);
-    assert!(error_text(m.log_likelihood(&x)).contains("hutchinson"));
     assert_eq!(m.likelihood_kind(), LikelihoodKind::LowerBound);
+    img.likelihood.divergence = Divergence::Exact;
+    let refused = FlowMatching::new(&img, &grey, Device::Cpu);
+    let text = error_text(refused);
+    assert!(
+        text.contains("likelihood.divergence") && text.contains("hutchinson"),
+        "{text}"
+    );
 }
 
 /// Reflow: before its step the model trains on data, at its step the teacher becomes the
@@ -193,7 +211,9 @@ fn samplers_report_their_evaluations_and_refuse_bad_options() {
 #[test]
 fn reflow_freezes_the_teacher_at_its_step() {
     common::single_thread();
-    let run = common::registry().load_run("flow_matching/toy_reflow").unwrap();
+    let run = common::registry()
+        .load_run("flow_matching/toy_reflow")
+        .unwrap();
     let mut c: FlowMatchingConfig = run.model_config().unwrap();
     c.velocity = small_mlp();
     c.ema = None;
@@ -223,7 +243,10 @@ fn reflow_freezes_the_teacher_at_its_step() {
     model.train_step(&Batch::new(x.shallow_clone())).unwrap();
     assert!(model.reflowing());
     for (t, w) in teacher(&model).iter().zip(&before) {
-        assert!(t.equal(w), "the teacher is not the model at the reflow step");
+        assert!(
+            t.equal(w),
+            "the teacher is not the model at the reflow step"
+        );
     }
     let frozen = teacher(&model);
     model.train_step(&Batch::new(x)).unwrap();
@@ -254,7 +277,10 @@ fn guided_velocity_mixes_the_two_models() {
     let x = gm_core::testing::example_data(&info, 4);
     let labels = Tensor::from_slice(&[1i64, 2, 3, 4]);
     model
-        .train_step(&Batch::with_labels(x.shallow_clone(), labels.shallow_clone()))
+        .train_step(&Batch::with_labels(
+            x.shallow_clone(),
+            labels.shallow_clone(),
+        ))
         .unwrap();
     let y = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[0.2f64, 0.4, 0.6, 0.8]);
@@ -292,3 +318,75 @@ fn encoding_and_sampling_invert_each_other() {
     assert!(err < 5e-3, "decode(encode(x)) differs from x by {err}");
 }
 
+/// One training step's reported loss is the mean squared error of the velocity against
+/// x₁ − (1 − σ_min) x₀ on x_t = t x₁ + (1 − (1 − σ_min) t) x₀, recomputed here from the same
+/// random draws (noise, then times) for σ_min = 0.05.
+#[test]
+fn the_training_loss_is_the_conditional_flow_matching_loss() {
+    common::single_thread();
+    let run = common::registry().load_run("flow_matching/toy").unwrap();
+    let mut c: FlowMatchingConfig = run.model_config().unwrap();
+    c.velocity = small_mlp();
+    c.sigma_min = 0.05;
+    let mut model = FlowMatching::new(&c, &toy_info(), Device::Cpu).unwrap();
+    // One step first, so the zero-initialised output layer no longer predicts 0.
+    let x = ToyDataset::TwoMoons.sample(32, Device::Cpu).unwrap();
+    model.train_step(&Batch::new(x.shallow_clone())).unwrap();
+    gm_core::device::seed_torch(77);
+    let x1 = &x / 2.0;
+    let x0 = x1.randn_like();
+    let t = Tensor::rand([32], (Kind::Float, Device::Cpu));
+    let c_ = 1.0 - 0.05;
+    let te = t.unsqueeze(1);
+    let xt = &te * &x1 + (-(&te * c_) + 1.0) * &x0;
+    let v = model.velocity(&xt, &t, None, 1.0).unwrap();
+    let want = (v - (&x1 - &x0 * c_))
+        .square()
+        .mean(Kind::Double)
+        .double_value(&[]);
+    gm_core::device::seed_torch(77);
+    let got = model
+        .train_step(&Batch::new(x))
+        .unwrap()
+        .to_host(1)
+        .unwrap()[0]
+        .1;
+    assert!(
+        (got - want).abs() < 1e-6 * want.max(1.0),
+        "loss {got}, recomputed {want}"
+    );
+}
+
+/// Dequantisation onto [-1, 1]: each level's values fill its own cell of width 2/(L − 1) around
+/// its symmetric value, and the bound it gives is a sub-probability: for a density q on the
+/// line, Σ_v exp(E_u[ln q(y)] + ln(2/(L − 1))) ≤ 1 (Jensen, then the cells tile the line).
+#[test]
+fn dequantisation_fills_each_levels_cell_and_bounds_probabilities() {
+    use gm_core::data::transforms::{
+        dequantize_to_symmetric, dequantized_symmetric_log_jacobian, levels_to_symmetric,
+    };
+    gm_core::device::seed_torch(78);
+    let levels = 4u32;
+    let width: f64 = 2.0 / 3.0;
+    assert!((dequantized_symmetric_log_jacobian(levels) - width.ln()).abs() < 1e-15);
+    let v = Tensor::from_slice(&[0i64, 1, 2, 3])
+        .repeat([5000])
+        .to_kind(Kind::Float);
+    let y = dequantize_to_symmetric(&v, levels).unwrap();
+    let centre = levels_to_symmetric(&v, levels).unwrap();
+    let offset = (&y - &centre) / width;
+    assert!(offset.min().double_value(&[]) >= -0.5 && offset.max().double_value(&[]) < 0.5);
+    assert!(
+        offset.abs().max().double_value(&[]) > 0.49,
+        "the cells are filled to their edges"
+    );
+    // q = N(0.2, 0.5²): the bound's probabilities, E_u by the mean over 5,000 draws per level.
+    let lq =
+        -((&y - 0.2) / 0.5).square() * 0.5 - (0.5f64 * (2.0 * std::f64::consts::PI).sqrt()).ln();
+    let per_level = lq.reshape([5000, 4]).mean_dim(0, false, Kind::Double);
+    let total = (per_level + dequantized_symmetric_log_jacobian(levels))
+        .exp()
+        .sum(Kind::Double)
+        .double_value(&[]);
+    assert!(total <= 1.0 && total > 0.8, "the bounds sum to {total}");
+}

@@ -9,7 +9,9 @@ use gm_core::model::{Batch, GenerativeModel, SampleOptions};
 use gm_core::spec::DataInfo;
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::testing::{error_text, example_data};
-use gm_diffusion::{DenoiserConfig, MaskSchedule, MaskedDiffusion, MaskedDiffusionConfig, MaskingProcess};
+use gm_diffusion::{
+    DenoiserConfig, MaskSchedule, MaskedDiffusion, MaskedDiffusionConfig, MaskingProcess,
+};
 
 const K: i64 = 3;
 const D: i64 = 3;
@@ -21,7 +23,9 @@ fn table() -> (Tensor, Tensor) {
         .flat_map(|c| (0..D).map(move |i| (c / K.pow(i as u32)) % K))
         .collect();
     let configs = Tensor::from_slice(&configs).reshape([n, D]);
-    let weights: Vec<f64> = (0..n).map(|c| 1.0 + ((c * 7) % 5) as f64 + (c % 2) as f64 * 3.0).collect();
+    let weights: Vec<f64> = (0..n)
+        .map(|c| 1.0 + ((c * 7) % 5) as f64 + (c % 2) as f64 * 3.0)
+        .collect();
     let p = Tensor::from_slice(&weights);
     let p = &p / p.sum(Kind::Double);
     (configs, p)
@@ -30,7 +34,10 @@ fn table() -> (Tensor, Tensor) {
 /// The true conditionals p(x_i = v | unmasked values of x_t) `[b, K, D]` (log), by enumeration.
 fn perfect_log_probs(xt: &Tensor, configs: &Tensor, p: &Tensor) -> Tensor {
     let masked = xt.eq(K).unsqueeze(1); // [b, 1, D]
-    let agree = configs.unsqueeze(0).eq_tensor(&xt.unsqueeze(1)).logical_or(&masked); // [b, n, D]
+    let agree = configs
+        .unsqueeze(0)
+        .eq_tensor(&xt.unsqueeze(1))
+        .logical_or(&masked); // [b, n, D]
     let consistent = agree.all_dim(2, false).to_kind(Kind::Double) * p.unsqueeze(0); // [b, n]
     let mut out = Vec::new();
     for v in 0..K {
@@ -53,7 +60,13 @@ fn enumerated_elbo(x: &[i64], configs: &Tensor, p: &Tensor) -> f64 {
     for set in 1..(1 << D) {
         let k = (0..D).filter(|i| set & (1 << i) != 0).count() as i64;
         let xt: Vec<i64> = (0..D)
-            .map(|i| if set & (1 << i) != 0 { K } else { x[i as usize] })
+            .map(|i| {
+                if set & (1 << i) != 0 {
+                    K
+                } else {
+                    x[i as usize]
+                }
+            })
             .collect();
         let lp = perfect_log_probs(&Tensor::from_slice(&xt).unsqueeze(0), configs, p);
         let nll: f64 = (0..D)
@@ -77,7 +90,10 @@ fn with_true_conditionals_the_elbo_is_the_nll() {
         let x: Vec<i64> = Vec::try_from(configs.get(c)).unwrap();
         let elbo = enumerated_elbo(&x, &configs, &p);
         let nll = -p.double_value(&[c]).ln();
-        assert!((elbo - nll).abs() < 1e-10, "config {c}: ELBO {elbo} vs NLL {nll}");
+        assert!(
+            (elbo - nll).abs() < 1e-10,
+            "config {c}: ELBO {elbo} vs NLL {nll}"
+        );
     }
     // The model's integrand at fixed times, averaged over 20,000 mask draws, against its exact
     // expectation w(t) Σ_S t^|S| (1 − t)^(D − |S|) Σ_{i∈S} −ln p(x_i | x outside S) (4 standard
@@ -87,22 +103,36 @@ fn with_true_conditionals_the_elbo_is_the_nll() {
         Ok(perfect_log_probs(xt, &configs, &p))
     };
     for schedule in [MaskSchedule::Linear, MaskSchedule::Cosine] {
-        let process = MaskingProcess { schedule, levels: K };
+        let process = MaskingProcess {
+            schedule,
+            levels: K,
+        };
         for t in [0.2, 0.5, 0.8] {
             let draws = 20_000;
             let xs = Tensor::from_slice(&x).unsqueeze(0).repeat([draws, 1]);
             let ts = Tensor::full([draws], t, (Kind::Double, Device::Cpu));
             let xt = process.mask(&xs, &ts).unwrap();
-            let values = process.integrand(&xs, &xt, &ts, &lp(&xt, &ts).unwrap()).unwrap();
+            let values = process
+                .integrand(&xs, &xt, &ts, &lp(&xt, &ts).unwrap())
+                .unwrap();
             let mean = values.mean(Kind::Double).double_value(&[]);
             let se = values.std(true).double_value(&[]) / (draws as f64).sqrt();
             let alpha = schedule.alpha_at(t);
-            let w = schedule.weight(&Tensor::from_slice(&[t])).unwrap().double_value(&[0]);
+            let w = schedule
+                .weight(&Tensor::from_slice(&[t]))
+                .unwrap()
+                .double_value(&[0]);
             let mut exact = 0.0;
             for set in 1..(1 << D) {
                 let k = (0..D).filter(|i| set & (1 << i) != 0).count() as i32;
                 let masked: Vec<i64> = (0..D)
-                    .map(|i| if set & (1 << i) != 0 { K } else { x[i as usize] })
+                    .map(|i| {
+                        if set & (1 << i) != 0 {
+                            K
+                        } else {
+                            x[i as usize]
+                        }
+                    })
                     .collect();
                 let l = perfect_log_probs(&Tensor::from_slice(&masked).unsqueeze(0), &configs, &p);
                 let nll: f64 = (0..D)
@@ -128,7 +158,10 @@ fn with_true_conditionals_the_elbo_is_the_nll() {
         let mean = reps.iter().sum::<f64>() / 10.0;
         let se = (reps.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / 9.0 / 10.0).sqrt();
         let entropy = -(&p * p.log()).sum(Kind::Double).double_value(&[]);
-        assert!((mean - entropy).abs() <= 4.0 * se, "{schedule:?}: {mean} ± {se} vs entropy {entropy}");
+        assert!(
+            (mean - entropy).abs() <= 4.0 * se,
+            "{schedule:?}: {mean} ± {se} vs entropy {entropy}"
+        );
     }
 }
 
@@ -143,18 +176,25 @@ fn with_true_conditionals_the_sampler_draws_the_distribution() {
     };
     let lp = |xt: &Tensor, _t: &Tensor| Ok(perfect_log_probs(xt, &configs, &p));
     let draws = 20_000;
-    let (x, calls) = process.sample(draws, D, &lp, 200, 1.0, Device::Cpu).unwrap();
+    let (x, calls) = process
+        .sample(draws, D, &lp, 200, 1.0, Device::Cpu)
+        .unwrap();
     assert_eq!(calls, 200);
     assert!(x.lt(K).all().int64_value(&[]) == 1, "values left masked");
     let index = (x.select(1, 0) + x.select(1, 1) * K + x.select(1, 2) * K * K).to_kind(Kind::Int64);
-    let counts = index.bincount::<Tensor>(None, K.pow(D as u32)).to_kind(Kind::Double);
+    let counts = index
+        .bincount::<Tensor>(None, K.pow(D as u32))
+        .to_kind(Kind::Double);
     for c in 0..configs.size()[0] {
         let pc = p.double_value(&[c]);
         let freq = counts.double_value(&[c]) / draws as f64;
         let se = (pc * (1.0 - pc) / draws as f64).sqrt();
         // Two values revealed in the same step are drawn independently: with 200 steps that
         // happens for about 1% of samples, a bias well under 0.005.
-        assert!((freq - pc).abs() < 4.0 * se + 0.005, "config {c}: {freq} vs {pc}");
+        assert!(
+            (freq - pc).abs() < 4.0 * se + 0.005,
+            "config {c}: {freq} vs {pc}"
+        );
     }
 }
 
@@ -170,17 +210,30 @@ fn schedule_weights_are_the_elbo_weights() {
         assert!((s.alpha_at(0.0) - 1.0).abs() < 1e-12);
         assert!(s.alpha_at(1.0).abs() < 1e-12);
         // The share masked at t is 1 − α_t.
-        let process = MaskingProcess { schedule: s, levels: 2 };
+        let process = MaskingProcess {
+            schedule: s,
+            levels: 2,
+        };
         let x = Tensor::zeros([4, 20_000], (Kind::Int64, Device::Cpu));
-        let masked = process.mask(&x, &t).unwrap().eq(2).to_kind(Kind::Double).mean_dim(1, false, Kind::Double);
-        let err = (masked - (-s.alpha(&t).unwrap() + 1.0)).abs().max().double_value(&[]);
+        let masked = process
+            .mask(&x, &t)
+            .unwrap()
+            .eq(2)
+            .to_kind(Kind::Double)
+            .mean_dim(1, false, Kind::Double);
+        let err = (masked - (-s.alpha(&t).unwrap() + 1.0))
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(err < 0.015, "{s:?}: masked share off by {err}");
     }
 }
 
 fn binary_model(kind: &str) -> (MaskedDiffusion, DataInfo) {
     let info = gm_core::data::named_info("mnist_binary").unwrap();
-    let run = common::registry().load_run("masked_diffusion/mnist_binary").unwrap();
+    let run = common::registry()
+        .load_run("masked_diffusion/mnist_binary")
+        .unwrap();
     let mut c: MaskedDiffusionConfig = run.model_config().unwrap();
     c.denoiser = match kind {
         "unet" => DenoiserConfig::Unet {
@@ -208,7 +261,10 @@ fn untrained_binary_model_scores_the_uniform_model() {
         let ll = model.log_likelihood(&x).unwrap().unwrap();
         let nats = -ll.mean(Kind::Double).double_value(&[]);
         let uniform = 784.0 * 2f64.ln();
-        assert!((nats - uniform).abs() < 0.01 * uniform, "{kind}: {nats} vs {uniform}");
+        assert!(
+            (nats - uniform).abs() < 0.01 * uniform,
+            "{kind}: {nats} vs {uniform}"
+        );
         assert_eq!(model.last_evaluations(), Some(16));
     }
 }
@@ -231,19 +287,35 @@ fn training_lowers_the_bound_and_samples_are_in_the_data_space() {
     let mut model = MaskedDiffusion::new(&c, &info, Device::Cpu).unwrap();
     // A fixed stripe pattern: learnable, unlike uniform noise (whose entropy is 784 ln 2).
     let pattern = (Tensor::arange(784, (Kind::Int64, Device::Cpu)).remainder(3)).eq(0);
-    let x = pattern.to_kind(Kind::Float).reshape([1, 1, 28, 28]).repeat([64, 1, 1, 1]);
+    let x = pattern
+        .to_kind(Kind::Float)
+        .reshape([1, 1, 28, 28])
+        .repeat([64, 1, 1, 1]);
     for _ in 0..30 {
         model.train_step(&Batch::new(x.shallow_clone())).unwrap();
     }
-    let nats = -model.log_likelihood(&x).unwrap().unwrap().mean(Kind::Double).double_value(&[]);
-    assert!(nats < 0.9 * 784.0 * 2f64.ln(), "after 30 steps: {nats} nats");
-    let s = model.sample_with(3, &SampleOptions::new().steps(10)).unwrap();
+    let nats = -model
+        .log_likelihood(&x)
+        .unwrap()
+        .unwrap()
+        .mean(Kind::Double)
+        .double_value(&[]);
+    assert!(
+        nats < 0.9 * 784.0 * 2f64.ln(),
+        "after 30 steps: {nats} nats"
+    );
+    let s = model
+        .sample_with(3, &SampleOptions::new().steps(10))
+        .unwrap();
     assert_eq!(s.size(), [3, 1, 28, 28]);
     assert!(s.eq(0.0).logical_or(&s.eq(1.0)).all().int64_value(&[]) == 1);
     assert_eq!(model.last_evaluations(), Some(10));
     let greedy = model.sample_with(2, &SampleOptions::new().steps(4).temperature(0.0));
     assert!(greedy.is_ok());
-    assert!(error_text(model.sample_with(2, &SampleOptions::new().solver("ddim"))).contains("ancestral"));
+    assert!(
+        error_text(model.sample_with(2, &SampleOptions::new().solver("ddim")))
+            .contains("ancestral")
+    );
     let continuous = DataInfo::new(&[2], gm_core::data::ValueKind::Continuous, 0);
     let c = MaskedDiffusionConfig::default();
     assert!(error_text(MaskedDiffusion::new(&c, &continuous, Device::Cpu)).contains("discrete"));

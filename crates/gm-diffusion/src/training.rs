@@ -1,0 +1,126 @@
+//! What every model of the crate trains with: its weights' var store, one Adam optimizer with a
+//! learning-rate schedule and an optional weight average, saved under the same names
+//! (`model.`, `adam.`, `ema.`) by all of them; and the family registration they share.
+
+use gm_core::model::{load_var_store, var_store_state, WeightChoice};
+use gm_core::spec::{Budget, Registry};
+use gm_core::tch::{nn, Tensor};
+use gm_core::train::config::{in_section, Config};
+use gm_core::train::{Adam, AdamConfig, Ema, EmaConfig, LrSchedule, StateDict};
+use gm_core::Result;
+
+/// The optimizer settings of a config, checked under their TOML keys.
+pub fn validate(
+    optimizer: &AdamConfig,
+    schedule: &LrSchedule,
+    ema: Option<&EmaConfig>,
+) -> Result<()> {
+    in_section("optimizer", optimizer.validate())?;
+    in_section("lr_schedule", schedule.validate())?;
+    if let Some(ema) = ema {
+        in_section("ema", ema.validate())?;
+    }
+    Ok(())
+}
+
+/// The schedule's and the average's lengths scaled to the run's step budget.
+pub fn scale(schedule: &mut LrSchedule, ema: Option<&mut EmaConfig>, budget: &Budget) {
+    *schedule = schedule.scaled(budget);
+    if let Some(ema) = ema {
+        *ema = ema.scaled(budget);
+    }
+}
+
+/// Registers `family`'s config type and its shipped run files as `family/<stem>`.
+pub fn register_family<C>(
+    registry: &mut Registry,
+    family: &'static str,
+    shipped: &[(&str, &'static str)],
+) where
+    C: gm_core::spec::ModelSpec + Config + Clone + 'static,
+{
+    registry.add_family::<C>(family);
+    for (name, text) in shipped {
+        registry.add_shipped(format!("{family}/{name}"), text);
+    }
+}
+
+/// A var store's weights with their optimizer, learning-rate schedule and average.
+#[derive(Debug)]
+pub struct Training {
+    pub vs: nn::VarStore,
+    optimizer: Adam,
+    schedule: LrSchedule,
+    base_lr: f64,
+    ema: Option<Ema>,
+}
+
+impl Training {
+    /// The optimizer (and average) of every trainable variable of `vs`.
+    pub fn new(
+        vs: nn::VarStore,
+        optimizer: &AdamConfig,
+        schedule: &LrSchedule,
+        ema: Option<&EmaConfig>,
+    ) -> Result<Self> {
+        let adam = Adam::new(vs.trainable_variables(), optimizer.clone())?;
+        let ema = ema.map(|e| e.init(&vs)).transpose()?;
+        Ok(Training {
+            vs,
+            optimizer: adam,
+            schedule: schedule.clone(),
+            base_lr: optimizer.lr,
+            ema,
+        })
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.optimizer.steps().max(0) as u64
+    }
+
+    /// One update on `loss` at the schedule's learning rate, then the average's.
+    pub fn step(&mut self, loss: &Tensor) -> Result<()> {
+        let lr = self.schedule.lr(self.base_lr, self.steps());
+        self.optimizer.backward_step(loss, lr)?;
+        let steps = self.steps();
+        if let Some(ema) = &mut self.ema {
+            ema.update(steps)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the weights `choice` asks for: the average (once trained) or the live ones.
+    pub fn with_weights<R>(
+        &self,
+        choice: WeightChoice,
+        f: impl FnOnce() -> Result<R>,
+    ) -> Result<R> {
+        Ema::with_choice(self.ema.as_ref(), self.steps() > 0, choice, f)
+    }
+
+    /// Trainable scalars.
+    pub fn parameters(&self) -> i64 {
+        gm_core::nn::count_parameters(&self.vs.trainable_variables())
+    }
+
+    /// Weights (`model.`), optimizer state (`adam.`) and average (`ema.`).
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut state = var_store_state(&self.vs, "model.");
+        state.extend(self.optimizer.state("adam."));
+        if let Some(ema) = &self.ema {
+            state.extend(ema.state("ema."));
+        }
+        state
+    }
+
+    /// Restores what [`Training::state`] produced.
+    pub fn load_state(&mut self, state: &mut StateDict) -> Result<()> {
+        load_var_store(&self.vs, "model.", state)?;
+        self.optimizer.load_state("adam.", state)?;
+        if let Some(ema) = &mut self.ema {
+            ema.load_state("ema.", state)?;
+        }
+        Ok(())
+    }
+}
