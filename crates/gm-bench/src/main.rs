@@ -27,7 +27,9 @@ enum Command {
         profile: String,
         #[arg(long, default_value = "target/gm-report")]
         out: PathBuf,
-        /// Only run entries whose id contains this text (e.g. `flow/nsf`).
+        /// Only run entries whose id contains this text starting at a component, i.e. at its
+        /// start or after a `/` (`diffusion/` selects the diffusion family, not
+        /// `masked_diffusion/...`; `flow/nsf`, `eight_gaussians`).
         #[arg(long)]
         only: Option<String>,
         /// A suite file instead of the built-in `crates/gm-bench/suite.toml`.
@@ -105,7 +107,10 @@ fn bench_all(
     let all = load_suite(profile, suite_file.as_ref())?;
     let entries: Vec<&Entry> = all
         .iter()
-        .filter(|e| only.as_deref().is_none_or(|o| e.id.contains(o)))
+        .filter(|e| {
+            only.as_deref()
+                .is_none_or(|o| gm_bench::suite::id_matches(&e.id, o))
+        })
         .collect();
     if entries.is_empty() {
         return Err(gm_core::GmError::config(

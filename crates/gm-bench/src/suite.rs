@@ -154,6 +154,12 @@ pub struct Entry {
     pub likelihood_examples: Option<i64>,
 }
 
+/// Whether an entry id (`family/model/dataset`) matches an `--only` filter: the filter occurs
+/// in it starting at a component, at the start or right after a `/`.
+pub fn id_matches(id: &str, filter: &str) -> bool {
+    id.starts_with(filter) || id.contains(&format!("/{filter}"))
+}
+
 /// The built-in suite for a profile.
 pub fn suite(profile: Profile) -> Result<Vec<Entry>> {
     suite_from(BUILT_IN_SUITE, "gm-bench/suite.toml", profile, &registry())

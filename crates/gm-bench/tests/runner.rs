@@ -191,6 +191,40 @@ fn every_profile_builds_a_suite() {
     assert!("fast".parse::<Profile>().is_err());
 }
 
+/// `--only` matches from the start of a component: a family's prefix does not pick up another
+/// family whose name ends the same way.
+#[test]
+fn only_filters_match_whole_components() {
+    use gm_bench::suite::id_matches;
+    let ids = [
+        "diffusion/unet/mnist_grey",
+        "diffusion/unet_conditional/mnist_grey",
+        "masked_diffusion/absorbing/mnist_binary",
+        "flow_matching/unet/mnist_grey",
+        "flow/nsf/two_moons",
+    ];
+    let picked =
+        |f: &str| -> Vec<&str> { ids.iter().copied().filter(|id| id_matches(id, f)).collect() };
+    assert_eq!(
+        picked("diffusion/"),
+        [
+            "diffusion/unet/mnist_grey",
+            "diffusion/unet_conditional/mnist_grey"
+        ]
+    );
+    assert_eq!(picked("flow/"), ["flow/nsf/two_moons"]);
+    assert_eq!(
+        picked("masked_diffusion"),
+        ["masked_diffusion/absorbing/mnist_binary"]
+    );
+    assert_eq!(
+        picked("mnist_binary"),
+        ["masked_diffusion/absorbing/mnist_binary"]
+    );
+    assert_eq!(picked("flow_matching/unet").len(), 1);
+    assert!(picked("iffusion").is_empty());
+}
+
 /// The budget reaches every step-measured length through the spec: the quick profile's VAE
 /// decays its learning rate to the minimum on its last step and shortens its KL warm-up in
 /// proportion.

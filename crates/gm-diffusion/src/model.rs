@@ -6,7 +6,7 @@ use crate::conditioning;
 use crate::config::{DiffusionConfig, DiffusionLikelihood};
 use crate::data_space::DataSpace;
 use crate::denoiser::Denoiser;
-use crate::ode::OdeConfig;
+use crate::ode::{OdeConfig, OdeSolver};
 use crate::probability_flow::{self, Divergence, FlowLogDensity};
 use crate::process::{Decoder, DenoiseFn, DenoiserOutput, Process, Solver, Variance};
 use crate::schedule::Schedule;
@@ -292,10 +292,14 @@ impl Diffusion {
         y: &Tensor,
         tau: &Tensor,
         labels: Option<&Tensor>,
+        guidance: f64,
     ) -> Result<Tensor> {
         let t_max = self.config.timesteps;
         let steps = tau.f_mul_scalar(t_max as f64)?;
-        let out = self.denoise(y, &steps, labels)?;
+        let out = match labels {
+            Some(l) => self.guided(y, &steps, l, guidance)?,
+            None => self.denoise(y, &steps, None)?,
+        };
         let alpha_bar = self
             .config
             .schedule
@@ -343,7 +347,8 @@ impl Diffusion {
             .to_model_dequantized(&x.f_to_device(self.device())?)?;
         let log_jacobian = self.space.dequantized_log_jacobian();
         let (start, end) = self.config.schedule.continuous_range(self.config.timesteps);
-        let v = |y: &Tensor, tau: &Tensor| self.probability_flow_velocity(y, tau, labels.as_ref());
+        let v =
+            |y: &Tensor, tau: &Tensor| self.probability_flow_velocity(y, tau, labels.as_ref(), 1.0);
         let mut out = self.with_weights(weights, || {
             probability_flow::log_density(&v, &y, start, end, divergence, ode)
         })?;
@@ -451,11 +456,26 @@ impl GenerativeModel for Diffusion {
 
     /// Reads `labels` (conditional models; drawn uniformly when absent), `guidance` (the
     /// classifier-free guidance scale; the config's by default), `solver` (`ddpm`, `ddim`,
-    /// `dpm_solver_2m`), `steps` (denoiser calls), `eta` (DDIM), `temperature` (scales the
-    /// initial and injected noise), `weights` and `seed`.
+    /// `dpm_solver_2m`, or an ODE solver `euler`, `heun`, `rk4`, `dopri5` on the
+    /// probability-flow ODE), `steps` (denoiser calls; an ODE solver's steps), `tolerance`
+    /// (`dopri5`), `eta` (DDIM), `temperature` (scales the initial and injected noise),
+    /// `weights` and `seed`.
     fn sample_with(&self, n: i64, options: &SampleOptions) -> Result<Tensor> {
         options.begin(n)?;
-        let (solver, steps, eta) = self.sampler_choice(options)?;
+        let ode_solver = options
+            .solver
+            .as_deref()
+            .and_then(|s| s.parse::<OdeSolver>().ok());
+        let (solver, steps, eta) = match ode_solver {
+            // The ODE solvers integrate the probability-flow ODE instead (steps: fixed-step
+            // solvers' steps; tolerance: Dormand–Prince's, 1e-4 by default).
+            Some(_) => (
+                Solver::Ddim,
+                options.steps.or(self.config.sampler.steps).unwrap_or(50),
+                0.0,
+            ),
+            None => self.sampler_choice(options)?,
+        };
         let guidance = options.guidance.unwrap_or(self.config.guidance);
         conditioning::check_guidance(self.classes, guidance, self.config.label_dropout)?;
         let per_example = self
@@ -479,6 +499,32 @@ impl GenerativeModel for Diffusion {
             .collect();
         let noise = Tensor::f_randn(shape.as_slice(), (Kind::Float, device))?
             .f_mul_scalar(options.temperature)?;
+        let per_call = if guidance != 1.0 && self.classes > 0 {
+            2
+        } else {
+            1
+        };
+        if let Some(ode_solver) = ode_solver {
+            let tolerance = options.tolerance.unwrap_or(1e-4);
+            let ode = OdeConfig {
+                solver: ode_solver,
+                steps,
+                rtol: tolerance,
+                atol: tolerance,
+                ..OdeConfig::default()
+            };
+            let (start, end) = self.config.schedule.continuous_range(self.config.timesteps);
+            let v = |y: &Tensor, tau: &Tensor| {
+                self.probability_flow_velocity(y, tau, labels.as_ref(), guidance)
+            };
+            let (y, evaluations) = gm_core::tch::no_grad(|| {
+                self.with_weights(options.weights, || {
+                    probability_flow::transport(&v, &noise, end, start, &ode)
+                })
+            })?;
+            self.evaluations.set(Some(evaluations * per_call));
+            return self.to_data_space(&y);
+        }
         let denoise = |xt: &Tensor, t: &Tensor| match &labels {
             Some(l) => self.guided(xt, t, l, guidance),
             None => self.denoise(xt, t, None),
