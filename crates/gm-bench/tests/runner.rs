@@ -160,7 +160,7 @@ fn sampler_variants_are_judged_and_hashed() {
     );
     // A sampler the model does not know fails alone, with its error; the run stands.
     e.samplers.push(gm_bench::suite::SamplerVariant {
-        solver: Some("euler".into()),
+        solver: Some("leapfrog".into()),
         steps: None,
         eta: None,
         guidance: None,
@@ -171,7 +171,7 @@ fn sampler_variants_are_judged_and_hashed() {
     assert_eq!(again.steps, result.steps);
     let failed = again.samplers.last().unwrap();
     assert!(
-        failed.error.as_deref().unwrap_or("").contains("euler"),
+        failed.error.as_deref().unwrap_or("").contains("leapfrog"),
         "{failed:?}"
     );
     let bad = text.replace("eta = 1.0", "eta = 1.0, temperature = 2.0");
@@ -277,6 +277,24 @@ fn budgets_are_applied_by_the_specs() {
                             e.id,
                             ema.start_step
                         );
+                    }
+                    c.lr_schedule
+                }
+                "flow_matching" => {
+                    let c: gm_diffusion::FlowMatchingConfig = e.run.model_config().unwrap();
+                    if let Some(ema) = &c.ema {
+                        assert!(ema.start_step < steps, "{}: EMA start", e.id);
+                    }
+                    if let Some(reflow) = &c.reflow {
+                        // The reflow round keeps its share of the run (half, as written).
+                        assert_eq!(reflow.start_step, steps / 2, "{}: reflow start", e.id);
+                    }
+                    c.lr_schedule
+                }
+                "masked_diffusion" => {
+                    let c: gm_diffusion::MaskedDiffusionConfig = e.run.model_config().unwrap();
+                    if let Some(ema) = &c.ema {
+                        assert!(ema.start_step < steps, "{}: EMA start", e.id);
                     }
                     c.lr_schedule
                 }

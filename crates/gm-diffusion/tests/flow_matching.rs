@@ -178,6 +178,16 @@ fn a_trained_diffusion_probability_flow_density_is_consistent_and_normalised() {
         fine < 0.6 * coarse,
         "DDIM-500 {fine} is not closer than DDIM-20 {coarse}"
     );
+    // The fixed-step solvers on the same ODE converge towards it too.
+    let (euler20, euler100) = (
+        median(&draw("euler", 20), &ode),
+        median(&draw("euler", 100), &ode),
+    );
+    let rk4 = median(&draw("rk4", 20), &ode);
+    assert!(
+        euler100 < 0.5 * euler20 && rk4 < euler20,
+        "Euler-20 {euler20}, Euler-100 {euler100}, RK4-20 {rk4}"
+    );
     let mass = grid_mass(|g| {
         model
             .probability_flow_log_density(
