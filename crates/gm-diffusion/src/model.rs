@@ -18,7 +18,7 @@ use gm_core::model::{
 use gm_core::spec::DataInfo;
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::{Config, StateDict};
-use gm_core::Result;
+use gm_core::{GmError, Result};
 
 /// Chains of at least this many denoiser calls show a progress bar (on a terminal).
 const PROGRESS_FROM_STEPS: usize = 100;
@@ -474,7 +474,16 @@ impl GenerativeModel for Diffusion {
                 options.steps.or(self.config.sampler.steps).unwrap_or(50),
                 0.0,
             ),
-            None => self.sampler_choice(options)?,
+            None => self.sampler_choice(options).map_err(|e| match &options.solver {
+                Some(name) => GmError::config(
+                    "solver",
+                    format!(
+                        "unknown solver {name:?}; expected ddpm, ddim or dpm_solver_2m, or an ODE solver on the probability-flow ODE: {}",
+                        OdeSolver::NAMES.join(", ")
+                    ),
+                ),
+                None => e,
+            })?,
         };
         let guidance = options.guidance.unwrap_or(self.config.guidance);
         conditioning::check_guidance(self.classes, guidance, self.config.label_dropout)?;

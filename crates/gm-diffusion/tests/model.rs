@@ -202,11 +202,16 @@ fn bad_options_and_configs_are_refused_with_their_names() {
             .sample_with(2, &SampleOptions::new().solver(solver))
             .unwrap();
     }
-    let msg = error_text(model.sample_with(2, &SampleOptions::new().solver("euler")));
+    let msg = error_text(model.sample_with(2, &SampleOptions::new().solver("leapfrog")));
     assert!(
-        msg.contains("unknown solver") && msg.contains("euler"),
+        msg.contains("unknown solver") && msg.contains("leapfrog") && msg.contains("dopri5"),
         "{msg}"
     );
+    // The ODE solvers integrate the probability-flow ODE, with their evaluations counted.
+    let _ = model
+        .sample_with(2, &SampleOptions::new().solver("heun").steps(3))
+        .unwrap();
+    assert_eq!(model.last_evaluations(), Some(6));
     let msg = error_text(model.sample_with(2, &SampleOptions::new().eta(1.5)));
     assert!(msg.contains("eta"), "{msg}");
     let msg = error_text(model.sample_with(2, &SampleOptions::new().guidance(f64::NAN)));
