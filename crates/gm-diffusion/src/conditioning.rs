@@ -2,7 +2,7 @@
 //! extra label `classes` means "no label", so one network is both the conditional and the
 //! unconditional model), the labels a likelihood conditions on, and classifier-free guidance.
 
-use gm_core::model::{check_labels, Batch};
+use gm_core::model::{check_labels, Batch, SampleOptions};
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::train::config::check_range;
 use gm_core::{GmError, Result};
@@ -58,6 +58,28 @@ pub fn likelihood_labels(
             "{what}: this conditional model was trained without label dropout, so it has no unconditional likelihood; pass labels"
         ))),
     }
+}
+
+/// The start of a sampling call: the labels (a conditional model's, given or drawn uniformly,
+/// drawn first) and `n` standard-normal draws `[n] ++ event_shape` scaled by the temperature.
+pub fn start_sampling(
+    options: &SampleOptions,
+    n: i64,
+    classes: i64,
+    event_shape: &[i64],
+    device: Device,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let labels = if classes > 0 {
+        Some(options.labels_for(n, classes, device)?)
+    } else {
+        None
+    };
+    let shape: Vec<i64> = std::iter::once(n)
+        .chain(event_shape.iter().copied())
+        .collect();
+    let noise = Tensor::f_randn(shape.as_slice(), (Kind::Float, device))?
+        .f_mul_scalar(options.temperature)?;
+    Ok((labels, noise))
 }
 
 /// Checks a config's conditioning keys: `label_dropout` in [0, 1), `guidance` in [0, 100], and

@@ -120,16 +120,9 @@ impl Default for DiffusionConfig {
             sampler: SamplerConfig::default(),
             likelihood_strata: 100,
             likelihood: DiffusionLikelihood::Bound,
-            optimizer: AdamConfig {
-                lr: 1e-3,
-                grad_clip_norm: Some(1.0),
-                ..AdamConfig::default()
-            },
+            optimizer: crate::training::default_optimizer(),
             lr_schedule: LrSchedule::Constant,
-            ema: Some(EmaConfig {
-                decay: 0.999,
-                start_step: 0,
-            }),
+            ema: crate::training::default_ema(),
         }
     }
 }

@@ -128,16 +128,9 @@ impl Default for FlowMatchingConfig {
             sampler: OdeConfig::adaptive(1e-4, 1e-4),
             likelihood: ProbabilityFlowConfig::default(),
             reflow: None,
-            optimizer: AdamConfig {
-                lr: 1e-3,
-                grad_clip_norm: Some(1.0),
-                ..AdamConfig::default()
-            },
+            optimizer: training::default_optimizer(),
             lr_schedule: LrSchedule::Constant,
-            ema: Some(EmaConfig {
-                decay: 0.999,
-                start_step: 0,
-            }),
+            ema: training::default_ema(),
         }
     }
 }
@@ -495,17 +488,13 @@ impl GenerativeModel for FlowMatching {
                 / 2,
             "FlowMatching.sample_with",
         )?;
-        let device = self.device();
-        let labels = if self.classes > 0 {
-            Some(options.labels_for(n, self.classes, device)?)
-        } else {
-            None
-        };
-        let shape: Vec<i64> = std::iter::once(n)
-            .chain(self.data.event_shape.iter().copied())
-            .collect();
-        let z = Tensor::f_randn(shape.as_slice(), (Kind::Float, device))?
-            .f_mul_scalar(options.temperature)?;
+        let (labels, z) = conditioning::start_sampling(
+            options,
+            n,
+            self.classes,
+            &self.data.event_shape,
+            self.device(),
+        )?;
         let v = |x: &Tensor, t: &Tensor| self.velocity(x, t, labels.as_ref(), guidance);
         let (y, evaluations) = gm_core::tch::no_grad(|| {
             self.with_weights(options.weights, || {

@@ -44,16 +44,9 @@ impl Default for MaskedDiffusionConfig {
             denoiser: DenoiserConfig::default(),
             sampler_steps: 100,
             likelihood_strata: 16,
-            optimizer: AdamConfig {
-                lr: 1e-3,
-                grad_clip_norm: Some(1.0),
-                ..AdamConfig::default()
-            },
+            optimizer: training::default_optimizer(),
             lr_schedule: LrSchedule::Constant,
-            ema: Some(EmaConfig {
-                decay: 0.999,
-                start_step: 0,
-            }),
+            ema: training::default_ema(),
         }
     }
 }

@@ -497,17 +497,13 @@ impl GenerativeModel for Diffusion {
             per_example / 2,
             "Diffusion.sample_with",
         )?;
-        let device = self.device();
-        let labels = if self.classes > 0 {
-            Some(options.labels_for(n, self.classes, device)?)
-        } else {
-            None
-        };
-        let shape: Vec<i64> = std::iter::once(n)
-            .chain(self.data.event_shape.iter().copied())
-            .collect();
-        let noise = Tensor::f_randn(shape.as_slice(), (Kind::Float, device))?
-            .f_mul_scalar(options.temperature)?;
+        let (labels, noise) = conditioning::start_sampling(
+            options,
+            n,
+            self.classes,
+            &self.data.event_shape,
+            self.device(),
+        )?;
         let per_call = if guidance != 1.0 && self.classes > 0 {
             2
         } else {

@@ -9,6 +9,24 @@ use gm_core::train::config::{in_section, Config};
 use gm_core::train::{Adam, AdamConfig, Ema, EmaConfig, LrSchedule, StateDict};
 use gm_core::Result;
 
+/// The defaults of every model of the crate: Adam at 1e-3 with the gradient norm clipped at 1,
+/// and an average of decay 0.999 from the start.
+pub fn default_optimizer() -> AdamConfig {
+    AdamConfig {
+        lr: 1e-3,
+        grad_clip_norm: Some(1.0),
+        ..AdamConfig::default()
+    }
+}
+
+/// See [`default_optimizer`].
+pub fn default_ema() -> Option<EmaConfig> {
+    Some(EmaConfig {
+        decay: 0.999,
+        start_step: 0,
+    })
+}
+
 /// The optimizer settings of a config, checked under their TOML keys.
 pub fn validate(
     optimizer: &AdamConfig,
