@@ -10,6 +10,12 @@ use serde::Serialize;
 pub struct Nll {
     /// Mean over the test set, in nats per example.
     pub nats: f64,
+    /// The standard error of that mean over the test examples (it includes a stochastic
+    /// estimator's own noise).
+    pub stderr: f64,
+    /// Each test example's log-likelihood, in nats (for paired comparisons).
+    #[serde(skip)]
+    pub log_likelihoods: Vec<f64>,
     /// The same in bits per dimension.
     pub bits_per_dim: f64,
     /// `exact` or `upper_bound` (on the NLL).
@@ -23,21 +29,58 @@ pub fn test_nll(model: &dyn GenerativeModel, x: &Tensor, batch: i64) -> Result<O
         LikelihoodKind::LowerBound => "upper_bound",
         LikelihoodKind::None => return Ok(None),
     };
-    let n = x.size()[0];
     let dims: i64 = x.size()[1..].iter().product();
-    let mut total = 0.0;
+    let mut log_likelihoods = Vec::with_capacity(x.size()[0] as usize);
     for chunk in x.split(batch, 0) {
         match model.log_likelihood(&chunk)? {
-            Some(ll) => total += ll.f_sum(Kind::Double)?.f_double_value(&[])?,
+            Some(ll) => log_likelihoods.extend(Vec::<f64>::try_from(&ll.f_to_kind(Kind::Double)?)?),
             None => return Ok(None),
         }
     }
-    let nats = -total / n as f64;
+    let (mean, stderr) = mean_and_stderr(&log_likelihoods);
+    let nats = -mean;
     Ok(Some(Nll {
         nats,
+        stderr,
+        log_likelihoods,
         bits_per_dim: gm_core::bounds::bits_per_dim(nats, dims as usize),
         kind,
     }))
+}
+
+/// The mean of `values` and its standard error (sample standard deviation / √n; 0 for fewer
+/// than two values).
+pub fn mean_and_stderr(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// The paired estimate of KL(p_data ‖ model) from held-out points drawn from p_data: the mean
+/// over points of ln p_data(x) − ln q(x), with its standard error. Pairing the two densities at
+/// the same points cancels most of the noise an unpaired "NLL minus a separately estimated
+/// entropy" carries. Errors if the lists differ in length or hold fewer than two points.
+pub fn paired_kl(data_log_p: &[f64], model_log_p: &[f64]) -> Result<(f64, f64)> {
+    if data_log_p.len() != model_log_p.len() || data_log_p.len() < 2 {
+        return Err(gm_core::GmError::Domain(format!(
+            "paired_kl: need two equally long lists of at least 2 log-densities, got {} and {}",
+            data_log_p.len(),
+            model_log_p.len()
+        )));
+    }
+    let differences: Vec<f64> = data_log_p
+        .iter()
+        .zip(model_log_p)
+        .map(|(p, q)| p - q)
+        .collect();
+    Ok(mean_and_stderr(&differences))
 }
 
 /// Sample-based metrics on a vector data set: the model's samples against held-out data, and

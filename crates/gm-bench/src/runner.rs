@@ -7,7 +7,7 @@
 
 use crate::classifier::DigitClassifier;
 use crate::image_metrics::{image_metrics, ImageMetrics};
-use crate::metrics::{sample_metrics, test_nll, Nll, SampleMetrics};
+use crate::metrics::{paired_kl, sample_metrics, test_nll, Nll, SampleMetrics};
 use crate::suite::Entry;
 use gm_core::data::NamedData;
 use gm_core::tch::{Device, Kind};
@@ -30,6 +30,9 @@ pub struct RunResult {
     pub status: String,
     pub error: Option<String>,
     pub nll_nats: Option<f64>,
+    /// The standard error of the test NLL over test examples.
+    #[serde(default)]
+    pub nll_stderr: Option<f64>,
     pub bits_per_dim: Option<f64>,
     /// `exact` or `upper_bound` on the NLL.
     pub nll_kind: Option<String>,
@@ -38,6 +41,12 @@ pub struct RunResult {
     pub entropy_stderr: Option<f64>,
     /// Test NLL minus entropy: 0 for a perfect model.
     pub gap_nats: Option<f64>,
+    /// For toy sets: the paired estimate of KL(p_data ‖ model), the mean over test points of
+    /// ln p_data − ln q, and its standard error (0 for a perfect model, within its error).
+    #[serde(default)]
+    pub kl_nats: Option<f64>,
+    #[serde(default)]
+    pub kl_stderr: Option<f64>,
     pub parameters: i64,
     pub steps: u64,
     pub train_seconds: f64,
@@ -184,11 +193,14 @@ pub fn failed_result(entry: &Entry, error: String) -> RunResult {
         status: "failed".into(),
         error: Some(error),
         nll_nats: None,
+        nll_stderr: None,
         bits_per_dim: None,
         nll_kind: None,
         entropy_nats: None,
         entropy_stderr: None,
         gap_nats: None,
+        kl_nats: None,
+        kl_stderr: None,
         parameters: 0,
         steps: 0,
         train_seconds: 0.0,
@@ -258,6 +270,16 @@ fn train_and_evaluate(
     };
     let gap = match (&nll, entropy) {
         (Some(n), Some(h)) => Some(n.nats - h),
+        _ => None,
+    };
+    let kl = match (&nll, data.toy) {
+        (Some(n), Some(set)) => {
+            let data_log_p = Vec::<f64>::try_from(
+                &set.log_prob(&test_x)?
+                    .f_to_kind(gm_core::tch::Kind::Double)?,
+            )?;
+            Some(paired_kl(&data_log_p, &n.log_likelihoods)?)
+        }
         _ => None,
     };
 
@@ -344,11 +366,14 @@ fn train_and_evaluate(
         status: "ok".into(),
         error: None,
         nll_nats: nll.as_ref().map(|n| n.nats),
+        nll_stderr: nll.as_ref().map(|n| n.stderr),
         bits_per_dim: nll.as_ref().map(|n| n.bits_per_dim),
         nll_kind: nll.as_ref().map(|n| n.kind.to_string()),
         entropy_nats: entropy,
         entropy_stderr: stderr,
         gap_nats: gap,
+        kl_nats: kl.map(|k| k.0),
+        kl_stderr: kl.map(|k| k.1),
         parameters: model.num_parameters(),
         steps,
         train_seconds: history.train_seconds,

@@ -438,3 +438,120 @@ fn non_finite_metrics_fail_the_run() {
     assert!(error.contains("non-finite test NLL"), "{error}");
     assert!(gm_bench::runner::stored_result(&e, &out).is_none());
 }
+
+/// A model equal to the data's density (two moons' exact log-density, its sampler): the
+/// paired KL is exactly 0 with a zero standard error, the reported NLL is exactly the mean of
+/// −ln p_data over the test points (computed here independently), and its standard error is the
+/// spread of those values over √n.
+struct OracleModel {
+    w: gm_core::tch::Tensor,
+}
+
+impl GenerativeModel for OracleModel {
+    fn family(&self) -> &'static str {
+        "test"
+    }
+    fn train_step(
+        &mut self,
+        _: &gm_core::model::Batch,
+    ) -> gm_core::Result<gm_core::model::StepOutput> {
+        Ok(gm_core::model::StepOutput::new().with("loss", &self.w.sum(gm_core::tch::Kind::Float)))
+    }
+    fn sample_with(
+        &self,
+        n: i64,
+        _: &gm_core::model::SampleOptions,
+    ) -> gm_core::Result<gm_core::tch::Tensor> {
+        gm_core::data::toy::ToyDataset::TwoMoons.sample(n, Device::Cpu)
+    }
+    fn likelihood_kind(&self) -> gm_core::model::LikelihoodKind {
+        gm_core::model::LikelihoodKind::Exact
+    }
+    fn log_likelihood(
+        &self,
+        x: &gm_core::tch::Tensor,
+    ) -> gm_core::Result<Option<gm_core::tch::Tensor>> {
+        Ok(Some(gm_core::data::toy::ToyDataset::TwoMoons.log_prob(x)?))
+    }
+    fn num_parameters(&self) -> i64 {
+        1
+    }
+    fn state(&self) -> Vec<(String, gm_core::tch::Tensor)> {
+        vec![("w".into(), self.w.shallow_clone())]
+    }
+    fn load_state(&mut self, state: &mut gm_core::train::StateDict) -> gm_core::Result<()> {
+        let t = state.take("w", &[1])?;
+        gm_core::tch::no_grad(|| self.w.f_copy_(&t))?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct OracleSpec {}
+
+impl gm_core::train::Config for OracleSpec {
+    fn validate(&self) -> gm_core::Result<()> {
+        Ok(())
+    }
+}
+
+impl ModelSpec for OracleSpec {
+    fn family(&self) -> &'static str {
+        "test"
+    }
+    fn scale_to_budget(&mut self, _: &Budget) {}
+    fn build(&self, _: &DataInfo, _: Device) -> gm_core::Result<Box<dyn GenerativeModel>> {
+        Ok(Box::new(OracleModel {
+            w: gm_core::tch::Tensor::ones([1], (gm_core::tch::Kind::Float, Device::Cpu)),
+        }))
+    }
+}
+
+#[test]
+fn a_model_equal_to_the_data_scores_zero_paired_kl_and_its_exact_nll() {
+    let data = load_named("two_moons", Device::Cpu, 64, 300, 0).unwrap();
+    let out = out_dir("oracle");
+    let mut e = entry("test/oracle/two_moons", false);
+    e.run.model = Box::new(OracleSpec {});
+    e.config_text = "oracle = true".into();
+    let r = run_entry(&e, &data, &out, Device::Cpu, None);
+    assert_eq!(r.status, "ok", "{:?}", r.error);
+    assert_eq!(r.kl_nats, Some(0.0));
+    assert_eq!(r.kl_stderr, Some(0.0));
+    let lp: Vec<f64> = Vec::try_from(
+        &gm_core::data::toy::ToyDataset::TwoMoons
+            .log_prob(&data.test.x)
+            .unwrap()
+            .to_kind(gm_core::tch::Kind::Double),
+    )
+    .unwrap();
+    let n = lp.len() as f64;
+    let nll = -lp.iter().sum::<f64>() / n;
+    let sd = (lp.iter().map(|v| (v + nll).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    assert!(
+        (r.nll_nats.unwrap() - nll).abs() < 1e-12,
+        "{:?} vs {nll}",
+        r.nll_nats
+    );
+    assert!((r.nll_stderr.unwrap() - sd / n.sqrt()).abs() < 1e-12);
+    // The unpaired gap of the same perfect model is off by the entropy estimate's noise.
+    assert!(r.gap_nats.unwrap().abs() < 4.0 * (r.nll_stderr.unwrap() + r.entropy_stderr.unwrap()));
+}
+
+/// The paired KL of shifted log-densities is the shift with no spread; unequal or too short
+/// lists are errors.
+#[test]
+fn paired_kl_on_known_cases() {
+    use gm_bench::metrics::{mean_and_stderr, paired_kl};
+    let p = [-1.0, -2.0, -0.5, -3.0];
+    let q: Vec<f64> = p.iter().map(|v| v - 0.25).collect();
+    assert_eq!(paired_kl(&p, &q).unwrap(), (0.25, 0.0));
+    let q2 = [-1.5, -2.0, -1.5, -3.0];
+    let (mean, se) = paired_kl(&p, &q2).unwrap();
+    // Differences 0.5, 0, 1, 0: mean 0.375, sample sd √(0.229166…), over √4.
+    assert!((mean - 0.375).abs() < 1e-15);
+    assert!((se - (0.6875f64 / 3.0).sqrt() / 2.0).abs() < 1e-15);
+    assert!(paired_kl(&p, &q2[..3]).is_err());
+    assert!(paired_kl(&p[..1], &q2[..1]).is_err());
+    assert_eq!(mean_and_stderr(&[2.0]), (2.0, 0.0));
+}
