@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use gm_bench::classifier::DigitClassifier;
 use gm_bench::report::{self, Report};
 use gm_bench::runner::{failed_result, run_entry, stored_result, RunResult};
-use gm_bench::suite::{registry, suite, suite_from, Entry, Profile};
+use gm_bench::suite::{registry, suite, suite_from, Entry, Profile, Shard};
 use gm_core::data::{load_named, NamedData};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +33,23 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
         /// A suite file instead of the built-in `crates/gm-bench/suite.toml`.
+        #[arg(long)]
+        suite: Option<PathBuf>,
+        /// Run only the K-th of N deterministic shares of the entries (`--shard 3/8`), e.g. one
+        /// per task of a Slurm array or a Kubernetes indexed Job; merge with `gm report`.
+        #[arg(long)]
+        shard: Option<String>,
+    },
+    /// Merge the results in the output folders of several `bench-all` runs (shards, or runs on
+    /// other machines) into one report.
+    Report {
+        /// The result folders to merge (each a `bench-all --out` folder).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[arg(long, default_value = "quick")]
+        profile: String,
+        #[arg(long, default_value = "target/gm-report")]
+        out: PathBuf,
         #[arg(long)]
         suite: Option<PathBuf>,
     },
@@ -92,7 +109,17 @@ fn run(cli: Cli) -> gm_core::Result<ExitCode> {
             out,
             only,
             suite,
-        } => bench_all(profile.parse()?, &profile, out, only, suite),
+            shard,
+        } => {
+            let shard = shard.map(|s| s.parse::<Shard>()).transpose()?;
+            bench_all(profile.parse()?, &profile, out, only, suite, shard)
+        }
+        Command::Report {
+            dirs,
+            profile,
+            out,
+            suite,
+        } => merge_reports(profile.parse()?, &profile, &dirs, out, suite),
     }
 }
 
@@ -102,11 +129,15 @@ fn bench_all(
     out: PathBuf,
     only: Option<String>,
     suite_file: Option<PathBuf>,
+    shard: Option<Shard>,
 ) -> gm_core::Result<ExitCode> {
     let device = gm_core::device::default_device()?;
     let all = load_suite(profile, suite_file.as_ref())?;
     let entries: Vec<&Entry> = all
         .iter()
+        .enumerate()
+        .filter(|(i, _)| shard.is_none_or(|s| s.contains(*i)))
+        .map(|(_, e)| e)
         .filter(|e| {
             only.as_deref()
                 .is_none_or(|o| gm_bench::suite::id_matches(&e.id, o))
@@ -215,6 +246,71 @@ fn bench_all(
         );
         Ok(ExitCode::from(2))
     }
+}
+
+/// `gm report`: every entry of the profile whose finished result is stored in one of `dirs`
+/// (the first folder that has it), written as one report in `out`, with the sample pictures
+/// copied there. Errors if no folder holds any result.
+fn merge_reports(
+    profile: Profile,
+    name: &str,
+    dirs: &[PathBuf],
+    out: PathBuf,
+    suite_file: Option<PathBuf>,
+) -> gm_core::Result<ExitCode> {
+    let all = load_suite(profile, suite_file.as_ref())?;
+    let mut results = Vec::new();
+    let mut missing = Vec::new();
+    std::fs::create_dir_all(out.join("images")).map_err(|e| gm_core::GmError::io(&out, e))?;
+    for entry in &all {
+        let found = dirs
+            .iter()
+            .find_map(|d| stored_result(entry, d).map(|r| (d, r)));
+        match found {
+            Some((dir, result)) => {
+                if let Some(png) = &result.samples_png {
+                    let (from, to) = (dir.join(png), out.join(png));
+                    if from.exists() && from != to {
+                        std::fs::copy(&from, &to).map_err(|e| gm_core::GmError::io(&from, e))?;
+                    }
+                }
+                results.push(result);
+            }
+            None => missing.push(entry.id.as_str()),
+        }
+    }
+    if results.is_empty() {
+        return Err(gm_core::GmError::config(
+            "report",
+            format!(
+                "none of {} holds a finished result of profile {name}",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let n = results.len();
+    report::write(
+        &Report {
+            profile: name.to_string(),
+            device: "merged".into(),
+            threads: gm_core::tch::get_num_threads(),
+            total_seconds: results.iter().map(|r| r.train_seconds).sum(),
+            results,
+        },
+        &out,
+    )?;
+    eprintln!(
+        "gm report: {n} of the profile's {} runs merged into {}/report.md, report.json and index.html",
+        all.len(),
+        out.display()
+    );
+    if !missing.is_empty() {
+        eprintln!("gm report: no result yet for {}", missing.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The image metrics of a result for its summary line, or nothing.

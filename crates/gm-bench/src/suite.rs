@@ -160,6 +160,44 @@ pub fn id_matches(id: &str, filter: &str) -> bool {
     id.starts_with(filter) || id.contains(&format!("/{filter}"))
 }
 
+/// A deterministic share of a suite: `--shard K/N` (1 ≤ K ≤ N) takes the entries whose position
+/// in the suite is K − 1 modulo N, so the N shards together run every entry exactly once and
+/// each can run on its own machine (a Slurm array task, a Kubernetes indexed Job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = GmError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            GmError::config(
+                "shard",
+                format!("expected K/N with 1 <= K <= N (e.g. 2/8), got {s:?}"),
+            )
+        };
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// Whether the entry at `position` in the suite belongs to this shard.
+    pub fn contains(&self, position: usize) -> bool {
+        position % self.count == self.index - 1
+    }
+}
+
 /// The built-in suite for a profile.
 pub fn suite(profile: Profile) -> Result<Vec<Entry>> {
     suite_from(BUILT_IN_SUITE, "gm-bench/suite.toml", profile, &registry())
