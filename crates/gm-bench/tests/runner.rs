@@ -352,12 +352,15 @@ fn bad_suites_are_refused() {
     assert!(gm_bench::suite::suite_from(typo, "t", Profile::Quick, &registry).is_err());
 }
 
-/// A model that trains but reports NaN likelihoods, as a diverged evaluation would.
-struct NanModel {
+/// A model that trains nothing, with a likelihood of our choosing: NaN everywhere (as a
+/// diverged evaluation would report), or, as the oracle, two moons' exact log-density with the
+/// data's own sampler.
+struct StubModel {
     w: gm_core::tch::Tensor,
+    oracle: bool,
 }
 
-impl GenerativeModel for NanModel {
+impl GenerativeModel for StubModel {
     fn family(&self) -> &'static str {
         "test"
     }
@@ -372,6 +375,9 @@ impl GenerativeModel for NanModel {
         n: i64,
         _: &gm_core::model::SampleOptions,
     ) -> gm_core::Result<gm_core::tch::Tensor> {
+        if self.oracle {
+            return gm_core::data::toy::ToyDataset::TwoMoons.sample(n, Device::Cpu);
+        }
         Ok(gm_core::tch::Tensor::zeros(
             [n, 2],
             (gm_core::tch::Kind::Float, Device::Cpu),
@@ -384,6 +390,9 @@ impl GenerativeModel for NanModel {
         &self,
         x: &gm_core::tch::Tensor,
     ) -> gm_core::Result<Option<gm_core::tch::Tensor>> {
+        if self.oracle {
+            return Ok(Some(gm_core::data::toy::ToyDataset::TwoMoons.log_prob(x)?));
+        }
         Ok(Some(gm_core::tch::Tensor::full(
             [x.size()[0]],
             f64::NAN,
@@ -404,22 +413,25 @@ impl GenerativeModel for NanModel {
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct NanSpec {}
+struct StubSpec {
+    oracle: bool,
+}
 
-impl gm_core::train::Config for NanSpec {
+impl gm_core::train::Config for StubSpec {
     fn validate(&self) -> gm_core::Result<()> {
         Ok(())
     }
 }
 
-impl ModelSpec for NanSpec {
+impl ModelSpec for StubSpec {
     fn family(&self) -> &'static str {
         "test"
     }
     fn scale_to_budget(&mut self, _: &Budget) {}
     fn build(&self, _: &DataInfo, _: Device) -> gm_core::Result<Box<dyn GenerativeModel>> {
-        Ok(Box::new(NanModel {
+        Ok(Box::new(StubModel {
             w: gm_core::tch::Tensor::ones([1], (gm_core::tch::Kind::Float, Device::Cpu)),
+            oracle: self.oracle,
         }))
     }
 }
@@ -430,7 +442,7 @@ fn non_finite_metrics_fail_the_run() {
     let data = load_named("two_moons", Device::Cpu, 64, 64, 0).unwrap();
     let out = out_dir("nan-metric");
     let mut e = entry("test/nan/two_moons", false);
-    e.run.model = Box::new(NanSpec {});
+    e.run.model = Box::new(StubSpec { oracle: false });
     e.config_text = "nan = true".into();
     let result = run_entry(&e, &data, &out, Device::Cpu, None);
     assert_eq!(result.status, "failed");
@@ -439,80 +451,15 @@ fn non_finite_metrics_fail_the_run() {
     assert!(gm_bench::runner::stored_result(&e, &out).is_none());
 }
 
-/// A model equal to the data's density (two moons' exact log-density, its sampler): the
-/// paired KL is exactly 0 with a zero standard error, the reported NLL is exactly the mean of
-/// −ln p_data over the test points (computed here independently), and its standard error is the
-/// spread of those values over √n.
-struct OracleModel {
-    w: gm_core::tch::Tensor,
-}
-
-impl GenerativeModel for OracleModel {
-    fn family(&self) -> &'static str {
-        "test"
-    }
-    fn train_step(
-        &mut self,
-        _: &gm_core::model::Batch,
-    ) -> gm_core::Result<gm_core::model::StepOutput> {
-        Ok(gm_core::model::StepOutput::new().with("loss", &self.w.sum(gm_core::tch::Kind::Float)))
-    }
-    fn sample_with(
-        &self,
-        n: i64,
-        _: &gm_core::model::SampleOptions,
-    ) -> gm_core::Result<gm_core::tch::Tensor> {
-        gm_core::data::toy::ToyDataset::TwoMoons.sample(n, Device::Cpu)
-    }
-    fn likelihood_kind(&self) -> gm_core::model::LikelihoodKind {
-        gm_core::model::LikelihoodKind::Exact
-    }
-    fn log_likelihood(
-        &self,
-        x: &gm_core::tch::Tensor,
-    ) -> gm_core::Result<Option<gm_core::tch::Tensor>> {
-        Ok(Some(gm_core::data::toy::ToyDataset::TwoMoons.log_prob(x)?))
-    }
-    fn num_parameters(&self) -> i64 {
-        1
-    }
-    fn state(&self) -> Vec<(String, gm_core::tch::Tensor)> {
-        vec![("w".into(), self.w.shallow_clone())]
-    }
-    fn load_state(&mut self, state: &mut gm_core::train::StateDict) -> gm_core::Result<()> {
-        let t = state.take("w", &[1])?;
-        gm_core::tch::no_grad(|| self.w.f_copy_(&t))?;
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct OracleSpec {}
-
-impl gm_core::train::Config for OracleSpec {
-    fn validate(&self) -> gm_core::Result<()> {
-        Ok(())
-    }
-}
-
-impl ModelSpec for OracleSpec {
-    fn family(&self) -> &'static str {
-        "test"
-    }
-    fn scale_to_budget(&mut self, _: &Budget) {}
-    fn build(&self, _: &DataInfo, _: Device) -> gm_core::Result<Box<dyn GenerativeModel>> {
-        Ok(Box::new(OracleModel {
-            w: gm_core::tch::Tensor::ones([1], (gm_core::tch::Kind::Float, Device::Cpu)),
-        }))
-    }
-}
-
+/// A model equal to the data's density (the oracle stub): the paired KL is exactly 0 with a
+/// zero standard error, the reported NLL is exactly the mean of −ln p_data over the test points
+/// (computed here independently), and its standard error is the spread of those values over √n.
 #[test]
 fn a_model_equal_to_the_data_scores_zero_paired_kl_and_its_exact_nll() {
     let data = load_named("two_moons", Device::Cpu, 64, 300, 0).unwrap();
     let out = out_dir("oracle");
     let mut e = entry("test/oracle/two_moons", false);
-    e.run.model = Box::new(OracleSpec {});
+    e.run.model = Box::new(StubSpec { oracle: true });
     e.config_text = "oracle = true".into();
     let r = run_entry(&e, &data, &out, Device::Cpu, None);
     assert_eq!(r.status, "ok", "{:?}", r.error);

@@ -382,10 +382,7 @@ impl FlowMatching {
             self.device(),
             "FlowMatching.log_likelihood labels",
         )?;
-        let probes = match config.divergence {
-            Divergence::Hutchinson { probes } => probes,
-            Divergence::Exact => 1,
-        };
+        let probes = config.divergence.probes();
         gm_core::nn::check_activation_budget(
             b.saturating_mul(probes),
             self.config

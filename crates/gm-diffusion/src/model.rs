@@ -327,10 +327,7 @@ impl Diffusion {
         let what = "Diffusion.probability_flow_log_density";
         let x = self.checked(x, &format!("{what} x"))?;
         let b = x.size()[0];
-        let probes = match divergence {
-            Divergence::Hutchinson { probes } => probes,
-            Divergence::Exact => 1,
-        };
+        let probes = divergence.probes();
         gm_core::nn::check_activation_budget(
             b.saturating_mul(probes),
             self.config

@@ -36,6 +36,16 @@ impl Default for Divergence {
     }
 }
 
+impl Divergence {
+    /// Trajectories per example: the probes of Hutchinson's estimator, 1 for the exact one.
+    pub fn probes(self) -> i64 {
+        match self {
+            Divergence::Exact => 1,
+            Divergence::Hutchinson { probes } => probes,
+        }
+    }
+}
+
 impl Config for Divergence {
     fn validate(&self) -> Result<()> {
         if let Divergence::Hutchinson { probes } = self {

@@ -22,31 +22,45 @@ fn max_error(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
+/// The order `solver` shows on `field` from `y0` over [0, `t1`]: log2 of the error ratio between
+/// `steps` and 2 × `steps` steps against the exact end point(s), after checking its evaluations.
+fn observed_order(
+    field: &VectorField,
+    y0: &[f64],
+    t1: f64,
+    exact: &Tensor,
+    solver: OdeSolver,
+    steps: usize,
+) -> f64 {
+    let error = |steps| {
+        let s = solve(
+            field,
+            vec![doubles(y0)],
+            0.0,
+            t1,
+            &OdeConfig::fixed(solver, steps),
+        )
+        .unwrap();
+        assert_eq!(s.evaluations, steps * solver.evaluations_per_step());
+        max_error(&s.state[0], exact)
+    };
+    (error(steps) / error(2 * steps)).log2()
+}
+
+const ORDERS: [(OdeSolver, f64); 3] = [
+    (OdeSolver::Euler, 1.0),
+    (OdeSolver::Heun, 2.0),
+    (OdeSolver::Rk4, 4.0),
+];
+
 #[test]
 fn fixed_step_solvers_converge_at_their_order() {
     common::single_thread();
     let lambda = doubles(&[-1.3, 0.7]);
     let exact = doubles(&[(-1.3f64).exp(), 0.7f64.exp()]);
     let field = linear(&lambda);
-    for (solver, order) in [
-        (OdeSolver::Euler, 1.0),
-        (OdeSolver::Heun, 2.0),
-        (OdeSolver::Rk4, 4.0),
-    ] {
-        let error = |steps| {
-            let s = solve(
-                &field as &VectorField,
-                vec![doubles(&[1.0, 1.0])],
-                0.0,
-                1.0,
-                &OdeConfig::fixed(solver, steps),
-            )
-            .unwrap();
-            assert_eq!(s.evaluations, steps * solver.evaluations_per_step());
-            max_error(&s.state[0], &exact)
-        };
-        let (coarse, fine) = (error(16), error(32));
-        let observed = (coarse / fine).log2();
+    for (solver, order) in ORDERS {
+        let observed = observed_order(&field, &[1.0, 1.0], 1.0, &exact, solver, 16);
         assert!(
             (observed - order).abs() < 0.25,
             "{solver:?}: observed order {observed:.3}, expected {order}"
@@ -60,24 +74,9 @@ fn fixed_step_solvers_converge_at_their_order() {
 fn fixed_step_solvers_keep_their_order_on_a_time_dependent_field() {
     let field =
         |t: &Tensor, y: &[Tensor]| -> Result<Vec<Tensor>> { Ok(vec![y[0].f_mul(&t.f_cos()?)?]) };
-    let exact = 2f64.sin().exp();
-    for (solver, order) in [
-        (OdeSolver::Euler, 1.0),
-        (OdeSolver::Heun, 2.0),
-        (OdeSolver::Rk4, 4.0),
-    ] {
-        let error = |steps| {
-            let s = solve(
-                &field as &VectorField,
-                vec![doubles(&[1.0])],
-                0.0,
-                2.0,
-                &OdeConfig::fixed(solver, steps),
-            )
-            .unwrap();
-            (s.state[0].double_value(&[0]) - exact).abs()
-        };
-        let observed = (error(32) / error(64)).log2();
+    let exact = doubles(&[2f64.sin().exp()]);
+    for (solver, order) in ORDERS {
+        let observed = observed_order(&field, &[1.0], 2.0, &exact, solver, 32);
         assert!(
             (observed - order).abs() < 0.25,
             "{solver:?}: observed order {observed:.3} on a time-dependent field, expected {order}"
