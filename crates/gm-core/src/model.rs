@@ -12,6 +12,8 @@
 //!   discrete data space or an empty batch is an error that says what was found, and the
 //!   model's state is left unchanged.
 //! - Sampling goes through one method, [`GenerativeModel::sample_with`] with [`SampleOptions`].
+//! - Latent codes given to [`GenerativeModel::decode`] are checked the same way
+//!   ([`check_latent`]): the shape `encode` returns, a real or integer dtype, finite values.
 //!
 //! A model owns its networks *and* its optimizers: a GAN has two, a VAE one, and each decides
 //! how many updates one [`GenerativeModel::train_step`] makes. Its whole training state
@@ -313,6 +315,67 @@ pub fn check_integers(t: &Tensor, upper: i64, what: &str, noun: &str) -> Result<
     Ok(())
 }
 
+/// Checks a latent code at a model's boundary (what [`GenerativeModel::decode`] takes):
+/// `[batch] ++ latent_shape` with `batch ≥ 1`, a real or integer dtype (converted, as data
+/// are) and every value finite. Returns it as `kind` on `device`; `what` names the caller in
+/// the error.
+pub fn check_latent(
+    z: &Tensor,
+    latent_shape: &[i64],
+    kind: Kind,
+    device: Device,
+    what: &str,
+) -> Result<Tensor> {
+    let size = z.size();
+    check_batch_shape(&size, latent_shape, what)?;
+    if !matches!(
+        z.kind(),
+        Kind::Float
+            | Kind::Double
+            | Kind::Half
+            | Kind::BFloat16
+            | Kind::Uint8
+            | Kind::Int8
+            | Kind::Int16
+            | Kind::Int
+            | Kind::Int64
+    ) {
+        return Err(GmError::Domain(format!(
+            "{what}: a latent code must be real or integer, got a {:?} tensor",
+            z.kind()
+        )));
+    }
+    let non_finite = z
+        .f_isfinite()?
+        .f_logical_not()?
+        .f_sum(Kind::Int64)?
+        .f_int64_value(&[])?;
+    if non_finite > 0 {
+        return Err(GmError::Domain(format!(
+            "{what}: found {non_finite} NaN or infinite value(s); a latent code must be finite"
+        )));
+    }
+    Ok(z.f_to_device(device)?.f_to_kind(kind)?)
+}
+
+/// Checks that `size` is `[batch] ++ shape` with a non-empty batch; `what` names the caller.
+fn check_batch_shape(size: &[i64], shape: &[i64], what: &str) -> Result<()> {
+    if size.len() != shape.len() + 1 || size[1..] != *shape {
+        let expected: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        return Err(GmError::shape(
+            what,
+            format!("[batch, {}]", expected.join(", ")),
+            size,
+        ));
+    }
+    if size[0] == 0 {
+        return Err(GmError::Domain(format!(
+            "{what}: got an empty batch {size:?}; expected a non-empty batch"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks data at a model's boundary against the input contract: `[batch] ++ event_shape` with
 /// `batch ≥ 1`, a real or integer dtype, every value finite, and for discrete data every value
 /// an integer in `0..levels`. Returns the data as `Float` (or `Double` if given `Double`).
@@ -324,19 +387,7 @@ pub fn check_data(
     what: &str,
 ) -> Result<Tensor> {
     let size = x.size();
-    if size.len() != event_shape.len() + 1 || size[1..] != *event_shape {
-        let expected: Vec<String> = event_shape.iter().map(|d| d.to_string()).collect();
-        return Err(GmError::shape(
-            what,
-            format!("[batch, {}]", expected.join(", ")),
-            &size,
-        ));
-    }
-    if size[0] == 0 {
-        return Err(GmError::Domain(format!(
-            "{what}: got an empty batch {size:?}; expected a non-empty batch"
-        )));
-    }
+    check_batch_shape(&size, event_shape, what)?;
     let x = match x.kind() {
         Kind::Float | Kind::Double => x.shallow_clone(),
         Kind::Half
@@ -408,6 +459,14 @@ pub trait GenerativeModel {
     /// What [`GenerativeModel::log_likelihood`] returns.
     fn likelihood_kind(&self) -> LikelihoodKind;
 
+    /// How [`GenerativeModel::log_likelihood`] is computed, in words a report can print, where
+    /// more than its kind needs saying: the number of importance samples of an IWAE bound, the
+    /// dequantisation of a discrete data set, the strata of a diffusion bound, the ODE solver and
+    /// divergence estimator of a probability-flow likelihood. `None`: nothing to add.
+    fn likelihood_estimator(&self) -> Option<String> {
+        None
+    }
+
     /// Per-example log-likelihood in nats, `[batch]`: exact or a lower bound as the kind says;
     /// `None` for a family without one.
     fn log_likelihood(&self, x: &Tensor) -> Result<Option<Tensor>>;
@@ -425,15 +484,28 @@ pub trait GenerativeModel {
         0
     }
 
-    /// Batched network evaluations of the most recent `sample_with`, `log_likelihood` or
-    /// `encode` call of an iterative model (an ODE or diffusion sampler's steps, an adaptive
-    /// solver's count); `None` for one-pass models.
+    /// Batched network evaluations of the most recent `sample_with`, `log_likelihood`,
+    /// `encode` or `decode` call of an iterative model (an ODE or diffusion sampler's steps,
+    /// an adaptive solver's count); `None` for one-pass models.
     fn last_evaluations(&self) -> Option<usize> {
         None
     }
 
     /// A latent code `[batch, ...]` for families that have an encoder.
     fn encode(&self, _x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// The data-space point `[batch] ++ event_shape` a latent code of
+    /// [`GenerativeModel::encode`] maps back to, for families whose encoder has an exact or
+    /// approximate inverse: a flow's inverse, a VAE's decoder mean, DDIM or the
+    /// probability-flow ODE run from the latent towards the data. The result is in the units
+    /// of [`GenerativeModel::sample_with`]'s samples (discrete data as levels), so
+    /// `decode(encode(x))` compares with `x` directly and measures how invertible the encoder
+    /// is; each family documents whether it rounds to the data space. `z` must have the shape
+    /// and dtype `encode` returns (any batch size ≥ 1) and finite values, else an error.
+    /// `None` wherever `encode` gives `None`.
+    fn decode(&self, _z: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }
 

@@ -19,8 +19,8 @@ use crate::probability_flow::{self, Divergence, FlowLogDensity};
 use crate::training::{self, Training};
 use gm_core::data::ValueKind;
 use gm_core::model::{
-    check_data, load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind,
-    SampleOptions, StepOutput, WeightChoice,
+    check_data, check_latent, load_var_store, var_store_state, Batch, GenerativeModel,
+    LikelihoodKind, SampleOptions, StepOutput, WeightChoice,
 };
 use gm_core::spec::{Budget, DataInfo, ModelSpec, Registry};
 use gm_core::tch::{nn, Device, Kind, Tensor};
@@ -520,6 +520,18 @@ impl GenerativeModel for FlowMatching {
         self.log_likelihood_given(x, None)
     }
 
+    fn likelihood_estimator(&self) -> Option<String> {
+        Some(format!(
+            "ODE change of variables, {}, {}{}",
+            self.config.likelihood.ode.describe(),
+            self.config.likelihood.divergence.describe(),
+            match self.data.values {
+                ValueKind::Discrete { .. } => ", uniform dequantisation (1 draw)",
+                ValueKind::Continuous => "",
+            }
+        ))
+    }
+
     /// The ODE log-density with the config's solver and divergence and the EMA weights; a
     /// conditional model trained with label dropout gives its unconditional density when no
     /// labels are passed.
@@ -536,8 +548,10 @@ impl GenerativeModel for FlowMatching {
         self.evaluations.get()
     }
 
-    /// The noise the ODE maps `x` to (unconditional models; the sampler's solver), which the
-    /// sampler maps back to about `x` (continuous data; discrete data are dequantised first).
+    /// The noise `[batch] ++ event_shape` the ODE maps `x` to from t = 1 to t = 0
+    /// (unconditional models; the config's sampler, the EMA weights), which
+    /// [`GenerativeModel::decode`] maps back to about `x`. Discrete data are dequantised first
+    /// (fresh uniform noise within each level's cell), so their latent is random.
     fn encode(&self, x: &Tensor) -> Result<Option<Tensor>> {
         if self.classes > 0 {
             return Ok(None);
@@ -552,6 +566,36 @@ impl GenerativeModel for FlowMatching {
         })?;
         self.evaluations.set(Some(evaluations));
         Ok(Some(z))
+    }
+
+    /// The ODE from the noise `z` `[batch] ++ event_shape` at t = 0 to t = 1 with the solver
+    /// and weights `encode` uses (unconditional models; `None` for a conditional one), mapped
+    /// to the data space as `sample_with` maps samples: continuous values multiplied back by
+    /// `data_scale`, discrete ones rounded to the nearest level (as floats). So
+    /// `decode(encode(x))` is `x` up to the solver's error for continuous data; for discrete
+    /// data the dequantisation noise (up to half a level) is rounded away, and the result is
+    /// exactly `x` unless the solver's error carries a value across its cell's edge.
+    fn decode(&self, z: &Tensor) -> Result<Option<Tensor>> {
+        if self.classes > 0 {
+            return Ok(None);
+        }
+        let what = "FlowMatching.decode z";
+        let z = check_latent(z, &self.data.event_shape, Kind::Float, self.device(), what)?;
+        gm_core::nn::check_activation_budget(
+            z.size()[0],
+            self.config
+                .velocity
+                .activations_per_example(&self.data.event_shape),
+            what,
+        )?;
+        let v = |x: &Tensor, t: &Tensor| self.velocity(x, t, None, 1.0);
+        let (y, evaluations) = gm_core::tch::no_grad(|| {
+            self.with_weights(WeightChoice::Ema, || {
+                probability_flow::transport(&v, &z, 0.0, 1.0, &self.config.sampler)
+            })
+        })?;
+        self.evaluations.set(Some(evaluations));
+        self.space.to_data(&y).map(Some)
     }
 
     fn spec_fingerprint(&self) -> Option<String> {

@@ -327,6 +327,13 @@ impl GenerativeModel for MaskedDiffusion {
         LikelihoodKind::LowerBound
     }
 
+    fn likelihood_estimator(&self) -> Option<String> {
+        Some(format!(
+            "ELBO of the masking process, {} stratified random times per example",
+            self.config.likelihood_strata
+        ))
+    }
+
     /// The ELBO (an unbiased estimate with `likelihood_strata` stratified times per example)
     /// with the EMA weights, in nats.
     fn log_likelihood(&self, x: &Tensor) -> Result<Option<Tensor>> {

@@ -13,7 +13,8 @@ use crate::schedule::Schedule;
 use crate::training::Training;
 use gm_core::data::ValueKind;
 use gm_core::model::{
-    check_data, Batch, GenerativeModel, LikelihoodKind, SampleOptions, StepOutput, WeightChoice,
+    check_data, check_latent, Batch, GenerativeModel, LikelihoodKind, SampleOptions, StepOutput,
+    WeightChoice,
 };
 use gm_core::spec::DataInfo;
 use gm_core::tch::{nn, Device, Kind, Tensor};
@@ -22,6 +23,9 @@ use gm_core::{GmError, Result};
 
 /// Chains of at least this many denoiser calls show a progress bar (on a terminal).
 const PROGRESS_FROM_STEPS: usize = 100;
+
+/// Fixed-point refinements of each step of the DDIM encoding (see [`Process::ddim_encode`]).
+const ENCODE_REFINEMENTS: usize = 2;
 
 /// A diffusion model: a denoiser with its optimizer and weight average, and the process it
 /// reverses. One [`GenerativeModel::train_step`] draws a step per example, noises the batch
@@ -354,6 +358,15 @@ impl Diffusion {
         Ok(out)
     }
 
+    /// The DDIM steps of [`GenerativeModel::encode`] and [`GenerativeModel::decode`]: the
+    /// config's sampler steps, or T.
+    fn latent_steps(&self) -> usize {
+        self.config
+            .sampler
+            .steps
+            .unwrap_or(self.config.timesteps as usize)
+    }
+
     /// The sampler, steps and η `options` ask for, or the config's defaults.
     fn sampler_choice(&self, options: &SampleOptions) -> Result<(Solver, usize, f64)> {
         let solver = match &options.solver {
@@ -572,6 +585,24 @@ impl GenerativeModel for Diffusion {
         }
     }
 
+    fn likelihood_estimator(&self) -> Option<String> {
+        let dequantised = match self.data.values {
+            ValueKind::Discrete { .. } => ", uniform dequantisation (1 draw)",
+            ValueKind::Continuous => "",
+        };
+        Some(match &self.config.likelihood {
+            DiffusionLikelihood::Bound => format!(
+                "variational bound over T = {} steps, {} stratified random steps per example",
+                self.config.timesteps, self.config.likelihood_strata
+            ),
+            DiffusionLikelihood::ProbabilityFlow { ode, divergence } => format!(
+                "probability-flow ODE, {}, {}{dequantised}",
+                ode.describe(),
+                divergence.describe()
+            ),
+        })
+    }
+
     /// The config's likelihood with the EMA weights: the variational bound (an unbiased
     /// stratified estimate, `likelihood_strata` steps per example) or the probability-flow
     /// ODE's; a conditional model trained with label dropout gives its unconditional one.
@@ -602,8 +633,9 @@ impl GenerativeModel for Diffusion {
         self.classes
     }
 
-    /// The deterministic DDIM latent x_T (unconditional models; the config's sampler steps),
-    /// which DDIM with η = 0 maps back to about `x`.
+    /// The deterministic DDIM latent x_T `[batch] ++ event_shape` (unconditional models; the
+    /// config's sampler steps, the EMA weights), which [`GenerativeModel::decode`] maps back
+    /// to about `x`.
     fn encode(&self, x: &Tensor) -> Result<Option<Tensor>> {
         if self.classes > 0 {
             return Ok(None);
@@ -618,17 +650,58 @@ impl GenerativeModel for Diffusion {
             "Diffusion.encode",
         )?;
         let y = self.to_model_space(&x)?;
-        let steps = self
-            .config
-            .sampler
-            .steps
-            .unwrap_or(self.config.timesteps as usize);
+        let steps = self.latent_steps();
         let denoise = |xt: &Tensor, t: &Tensor| self.denoise(xt, t, None);
-        gm_core::tch::no_grad(|| {
+        let z = gm_core::tch::no_grad(|| {
             self.with_weights(WeightChoice::Ema, || {
-                Ok(Some(self.process.ddim_encode(&y, &denoise, steps, 2)?))
+                self.process
+                    .ddim_encode(&y, &denoise, steps, ENCODE_REFINEMENTS)
             })
-        })
+        })?;
+        let calls = self.process.schedule.sampling_steps(steps).len() - 1;
+        self.evaluations.set(Some(calls * (ENCODE_REFINEMENTS + 1)));
+        Ok(Some(z))
+    }
+
+    /// Deterministic DDIM (η = 0) from the latent x_T `[batch] ++ event_shape` with the steps
+    /// and weights `encode` uses (unconditional models; `None` for a conditional one), mapped
+    /// to the data space as `sample_with` maps samples: continuous values multiplied back by
+    /// `data_scale`, discrete ones rounded to the nearest level (as floats). The encoding
+    /// solves each DDIM step by fixed-point iteration, so `decode(encode(x))` returns `x` up
+    /// to that iteration's residual (and exactly, for discrete data, while the residual stays
+    /// under half a level).
+    fn decode(&self, z: &Tensor) -> Result<Option<Tensor>> {
+        if self.classes > 0 {
+            return Ok(None);
+        }
+        let what = "Diffusion.decode z";
+        let z = check_latent(z, &self.data.event_shape, Kind::Float, self.device(), what)?;
+        gm_core::nn::check_activation_budget(
+            z.size()[0],
+            self.config
+                .denoiser
+                .activations_per_example(&self.data.event_shape)
+                / 2,
+            what,
+        )?;
+        let steps = self.latent_steps();
+        let denoise = |xt: &Tensor, t: &Tensor| self.denoise(xt, t, None);
+        let y = gm_core::tch::no_grad(|| {
+            self.with_weights(WeightChoice::Ema, || {
+                self.process.sample(
+                    &z,
+                    &denoise as &DenoiseFn,
+                    Solver::Ddim,
+                    steps,
+                    0.0,
+                    1.0,
+                    None,
+                )
+            })
+        })?;
+        self.evaluations
+            .set(Some(self.process.schedule.sampling_steps(steps).len() - 1));
+        self.to_data_space(&y).map(Some)
     }
 
     fn spec_fingerprint(&self) -> Option<String> {

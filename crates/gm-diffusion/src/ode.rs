@@ -82,6 +82,16 @@ pub struct OdeConfig {
     pub max_evaluations: usize,
 }
 
+impl OdeConfig {
+    /// The solver in words for reports: `dopri5 (rtol 1e-5, atol 1e-5)` or `rk4, 20 steps`.
+    pub fn describe(&self) -> String {
+        match self.solver {
+            OdeSolver::Dopri5 => format!("dopri5 (rtol {:e}, atol {:e})", self.rtol, self.atol),
+            solver => format!("{solver:?}, {} steps", self.steps).to_lowercase(),
+        }
+    }
+}
+
 impl Default for OdeConfig {
     fn default() -> Self {
         OdeConfig {

@@ -30,6 +30,18 @@ pub enum Divergence {
     Hutchinson { probes: i64 },
 }
 
+impl Divergence {
+    /// The estimator in words for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Divergence::Exact => "exact divergence".into(),
+            Divergence::Hutchinson { probes } => {
+                format!("Hutchinson divergence, {probes} Rademacher probes")
+            }
+        }
+    }
+}
+
 impl Default for Divergence {
     fn default() -> Self {
         Divergence::Exact

@@ -10,8 +10,8 @@ use crate::vector::{
 use gm_core::data::ValueKind;
 use gm_core::distributions::{Distribution, StandardNormal};
 use gm_core::model::{
-    check_data, check_labels, load_var_store, var_store_state, Batch, GenerativeModel,
-    LikelihoodKind, SampleOptions, StepOutput, WeightChoice,
+    check_data, check_labels, check_latent, load_var_store, var_store_state, Batch,
+    GenerativeModel, LikelihoodKind, SampleOptions, StepOutput, WeightChoice,
 };
 use gm_core::nn::{MlpConfig, Ordering};
 use gm_core::tch::{nn, Device, Kind, Tensor};
@@ -61,6 +61,11 @@ impl Flow {
 
     pub fn event_shape(&self) -> &[i64] {
         &self.event_shape
+    }
+
+    /// The size of the flat latent `[batch, latent]` the layers map an example to.
+    pub fn latent(&self) -> i64 {
+        self.latent
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -129,6 +134,8 @@ impl Flow {
     }
 
     /// `n` draws (with an optional context `[n, C]`), scaled by `temperature` in the latent space.
+    /// Draws holding a NaN or an infinity are refused with [`GmError::NonFinite`] naming the
+    /// first layer whose output is not finite (at step 0; [`FlowModel`] reports its own).
     pub fn sample(&self, n: i64, context: Option<&Tensor>, temperature: f64) -> Result<Tensor> {
         gm_core::tch::no_grad(|| {
             let z = self
@@ -136,7 +143,9 @@ impl Flow {
                 .sample(&[n])?
                 .f_to_kind(self.kind)?
                 .f_mul_scalar(temperature)?;
-            Ok(self.inverse(&z, context)?.0)
+            let x = self.inverse(&z, context)?.0;
+            crate::layer::ensure_finite_draws(&self.layers, &z, &x, context, 0)?;
+            Ok(x)
         })
     }
 }
@@ -388,6 +397,19 @@ impl FlowModel {
         self.log_prob_checked(&x, labels)
     }
 
+    /// Points of the flow's space (`[0, 1]` for discrete data) in the data space: continuous
+    /// values as they are, discrete ones as the level whose dequantisation cell holds them,
+    /// `floor(y · levels)` clamped into `0..levels` (integers as floats).
+    fn to_data_space(&self, y: Tensor) -> Result<Tensor> {
+        match self.config.data {
+            DataSpace::Continuous => Ok(y),
+            DataSpace::Discrete { levels } => {
+                let l = levels as f64;
+                Ok(y.f_mul_scalar(l)?.f_floor()?.f_clamp(0.0, l - 1.0)?)
+            }
+        }
+    }
+
     /// Runs `f` with the averaged weights when `weights` asks for them and the model keeps an
     /// average, with the raw weights otherwise.
     fn with_weights<R>(&self, weights: WeightChoice, f: impl FnOnce() -> Result<R>) -> Result<R> {
@@ -444,7 +466,9 @@ impl GenerativeModel for FlowModel {
     }
 
     /// Reads `labels` (conditional flows), `temperature` (scales the base noise), `weights`
-    /// and `seed`. Discrete models return integer levels (as floats).
+    /// and `seed`. Discrete models return integer levels (as floats). A draw holding a NaN or an
+    /// infinity is refused with [`GmError::NonFinite`] at the current training step, naming
+    /// the layer where it appeared.
     fn sample_with(&self, n: i64, options: &SampleOptions) -> Result<Tensor> {
         options.begin(n)?;
         let labels = match self.config.context_classes {
@@ -452,16 +476,12 @@ impl GenerativeModel for FlowModel {
             k => Some(options.labels_for(n, k, self.vs.device())?),
         };
         let context = self.context(labels.as_ref(), n)?;
-        let y = self.with_weights(options.weights, || {
-            self.flow.sample(n, context.as_ref(), options.temperature)
-        })?;
-        match self.config.data {
-            DataSpace::Continuous => Ok(y),
-            DataSpace::Discrete { levels } => {
-                let l = levels as f64;
-                Ok(y.f_mul_scalar(l)?.f_floor()?.f_clamp(0.0, l - 1.0)?)
-            }
-        }
+        let y = self
+            .with_weights(options.weights, || {
+                self.flow.sample(n, context.as_ref(), options.temperature)
+            })
+            .map_err(|e| crate::layer::at_step(e, self.optimizer.steps() as u64))?;
+        self.to_data_space(y)
     }
 
     fn likelihood_kind(&self) -> LikelihoodKind {
@@ -475,6 +495,15 @@ impl GenerativeModel for FlowModel {
         self.evaluate(x, None).map(Some)
     }
 
+    fn likelihood_estimator(&self) -> Option<String> {
+        match self.config.data {
+            DataSpace::Continuous => None,
+            DataSpace::Discrete { levels } => Some(format!(
+                "uniform dequantisation of {levels} levels, 1 draw per example"
+            )),
+        }
+    }
+
     fn log_likelihood_given(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Option<Tensor>> {
         self.evaluate(x, labels).map(Some)
     }
@@ -483,12 +512,49 @@ impl GenerativeModel for FlowModel {
         self.config.context_classes
     }
 
+    /// The flat latent `f(x)` `[batch, latent]` of an unconditional flow (`None` for a
+    /// conditional one), with the averaged weights where kept, as `log_likelihood` and
+    /// `sample` use. Discrete data are mapped deterministically to the centres of their
+    /// dequantisation cells, `(x + ½) / levels`, the space the flow was trained on.
     fn encode(&self, x: &Tensor) -> Result<Option<Tensor>> {
         if self.config.context_classes > 0 {
             return Ok(None);
         }
         let x = self.checked(x, "FlowModel.encode x")?;
-        gm_core::tch::no_grad(|| Ok(Some(self.flow.transform_to_noise(&x, None)?.0)))
+        let y = match self.config.data {
+            DataSpace::Continuous => x,
+            DataSpace::Discrete { levels } => x.f_add_scalar(0.5)?.f_div_scalar(levels as f64)?,
+        };
+        gm_core::tch::no_grad(|| {
+            self.with_weights(WeightChoice::Ema, || {
+                Ok(Some(self.flow.transform_to_noise(&y, None)?.0))
+            })
+        })
+    }
+
+    /// The flow's inverse `f⁻¹(z)` of flat latents `[batch, latent]` (unconditional flows;
+    /// `None` for a conditional one), with the weights `encode` uses, mapped to the data space
+    /// as `sample_with` maps draws: continuous values unchanged, discrete ones to the level
+    /// `floor(y · levels)` (clamped), as floats. `decode(encode(x))` is `x` up to float
+    /// rounding for continuous data, and exactly `x` for discrete data as long as the inverse's
+    /// error stays below half a cell (`1 / (2 · levels)` on the flow's scale).
+    fn decode(&self, z: &Tensor) -> Result<Option<Tensor>> {
+        if self.config.context_classes > 0 {
+            return Ok(None);
+        }
+        let what = "FlowModel.decode z";
+        let z = check_latent(
+            z,
+            &[self.flow.latent()],
+            self.flow.kind(),
+            self.vs.device(),
+            what,
+        )?;
+        gm_core::nn::check_activation_budget(z.size()[0], self.activations_per_example, what)?;
+        let y = gm_core::tch::no_grad(|| {
+            self.with_weights(WeightChoice::Ema, || Ok(self.flow.inverse(&z, None)?.0))
+        })?;
+        self.to_data_space(y).map(Some)
     }
 
     fn spec_fingerprint(&self) -> Option<String> {

@@ -143,6 +143,36 @@ impl FlowLayer for MultiScale {
     }
 
     fn inverse(&self, z: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let (x, ld, _) = self.run_inverse(z, context, false)?;
+        Ok((x, ld))
+    }
+
+    /// Names the level, step and layer whose output first holds a NaN or an infinity.
+    fn inverse_located(
+        &self,
+        y: &Tensor,
+        context: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<String>)> {
+        let (x, _, place) = self.run_inverse(y, context, true)?;
+        Ok((x, place))
+    }
+
+    fn name(&self) -> &'static str {
+        "multi_scale"
+    }
+}
+impl_bijector_for_layer!(MultiScale);
+
+impl MultiScale {
+    /// The inverse, `(x, ln |det ∂x/∂z|, place)`; with `locate`, it checks every layer's output
+    /// and stops at the first that is not finite, naming it in `place` (a diagnosis: each check
+    /// reads back to the host).
+    fn run_inverse(
+        &self,
+        z: &Tensor,
+        context: Option<&Tensor>,
+        locate: bool,
+    ) -> Result<(Tensor, Tensor, Option<String>)> {
         reject_context("multi-scale flow", context)?;
         let d = self.output_features();
         if z.dim() != 2 || z.size()[1] != d {
@@ -177,23 +207,24 @@ impl FlowLayer for MultiScale {
         }
         let mut total = Tensor::f_zeros([batch], (z.kind(), z.device()))?;
         let mut h = pieces.pop().expect("at least one level");
-        for level in self.levels.iter().rev() {
+        for (l, level) in self.levels.iter().enumerate().rev() {
             if level.factor_out.is_some() {
                 let out = pieces.pop().expect("one piece per factored-out level");
                 h = Tensor::f_cat(&[&h, &out], 1)?;
             }
-            for layer in level.steps.iter().rev() {
+            // Three layers per step: ActNorm, 1×1 convolution, coupling.
+            for (i, layer) in level.steps.iter().enumerate().rev() {
                 let (prev, ld) = layer.inverse(&h, None)?;
                 h = prev;
                 total = total.f_add(&ld)?;
+                if locate && !crate::layer::all_finite(&h)? {
+                    let place = format!("multi_scale level {l} step {} {}", i / 3, layer.name());
+                    return Ok((h, total, Some(place)));
+                }
             }
             h = Squeeze.inverse(&h, None)?.0;
         }
-        Ok((h, total))
-    }
-
-    fn name(&self) -> &'static str {
-        "multi_scale"
+        let place = (locate && !crate::layer::all_finite(&h)?).then(|| "multi_scale".to_string());
+        Ok((h, total, place))
     }
 }
-impl_bijector_for_layer!(MultiScale);

@@ -5,6 +5,20 @@ use crate::layer::{impl_bijector_for_layer, reject_context, FlowLayer};
 use gm_core::tch::{nn, Kind, Tensor};
 use gm_core::{GmError, Result};
 
+/// The largest log-factor [`ImageCoupling`]'s inverse multiplies by in float32, `-ln sigmoid(raw
+/// + 2)` capped so that `exp` of it stays finite (`e^64 ≈ 6e27`).
+pub const MAX_INVERSE_LOG_SCALE: f64 = 64.0;
+
+/// The magnitude [`ImageCoupling`]'s inverse clamps its output to in float32: far beyond any
+/// value of a flow on data, yet leaving `1e23` of headroom below float32's largest value for the
+/// linear layers and conditioners that follow in the sampling direction.
+pub const INVERSE_BOUND: f64 = 1e15;
+
+/// The same two limits in float64, whose range is far wider (`e^600 ≈ 4e260`): there the
+/// inverse stays exact for every factor a double can hold, as the law tests require.
+pub const MAX_INVERSE_LOG_SCALE_F64: f64 = 600.0;
+pub const INVERSE_BOUND_F64: f64 = 1e150;
+
 fn check_image(name: &str, x: &Tensor, channels: i64) -> Result<()> {
     if x.dim() != 4 || x.size()[1] != channels {
         return Err(GmError::shape(
@@ -161,6 +175,17 @@ pub enum ImageMask {
 
 /// Affine coupling for images with a small convolutional conditioner. The scale is
 /// `sigmoid(raw + 2)`, as in Glow: bounded, and close to 1 at the start.
+///
+/// The forward map only contracts (scale ≤ 1), but the inverse divides by the scale, which has
+/// no lower bound: a latent off the data can reach a conditioner whose `raw` is very negative,
+/// be expanded by orders of magnitude, and feed the next conditioner values so large that its
+/// `exp(-log_scale)` overflows; the infinities then meet in the following 1×1 convolution as
+/// `inf - inf = NaN`. The inverse therefore caps the factor it multiplies by at
+/// `exp(`[`MAX_INVERSE_LOG_SCALE`]`)` and clamps its output to `±`[`INVERSE_BOUND`]. Both only act
+/// where the exact inverse has left every scale the flow was trained on (an output beyond
+/// `1e15`, more than `1e14` times what the forward pass sees on data, where float32 keeps no
+/// digit of the O(1) values it is later mixed with), so the inverse is unchanged wherever it was
+/// meaningful, and a draw stays finite. The forward map and both log-determinants are unchanged.
 pub struct ImageCoupling {
     conv_in: nn::Conv2D,
     conv_mid: nn::Conv2D,
@@ -246,7 +271,15 @@ impl ImageCoupling {
         // ln sigmoid(raw + 2) = -softplus(-(raw + 2)).
         let log_scale = raw.f_add_scalar(2.0)?.f_neg()?.f_softplus()?.f_neg()?;
         let moved = if inverse {
-            x.f_sub(&shift)?.f_mul(&log_scale.f_neg()?.f_exp()?)?
+            // Finite factor times finite difference: at worst ±inf, never NaN; then clamped.
+            // Exact wherever the factor is below e^64 and the result below the bound (see the
+            // type's documentation).
+            let (cap, bound) = match x.kind() {
+                Kind::Double => (MAX_INVERSE_LOG_SCALE_F64, INVERSE_BOUND_F64),
+                _ => (MAX_INVERSE_LOG_SCALE, INVERSE_BOUND),
+            };
+            let factor = log_scale.f_neg()?.f_clamp_max(cap)?.f_exp()?;
+            x.f_sub(&shift)?.f_mul(&factor)?.f_clamp(-bound, bound)?
         } else {
             x.f_mul(&log_scale.f_exp()?)?.f_add(&shift)?
         };

@@ -7,7 +7,7 @@
 
 use crate::spline;
 use gm_core::bijectors::{Bijector, ConditionalBijector};
-use gm_core::tch::Tensor;
+use gm_core::tch::{Kind, Tensor};
 use gm_core::{GmError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,77 @@ pub trait FlowLayer {
     fn inverse(&self, y: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)>;
     /// A short name for messages and reports.
     fn name(&self) -> &'static str;
+
+    /// [`FlowLayer::inverse`]'s output, and, if it holds a NaN or an infinity, where that first
+    /// appeared: this layer's name, or for a layer made of layers the inner one's place. A
+    /// diagnosis for the error path (it reads the output back to the host), not for sampling.
+    fn inverse_located(
+        &self,
+        y: &Tensor,
+        context: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<String>)> {
+        let (x, _) = self.inverse(y, context)?;
+        let place = (!all_finite(&x)?).then(|| self.name().to_string());
+        Ok((x, place))
+    }
+}
+
+/// Whether every entry of `t` is finite (one read back to the host).
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
+}
+
+/// `e` with the training step `step` if it is a [`GmError::NonFinite`]; other errors as they are.
+pub fn at_step(e: GmError, step: u64) -> GmError {
+    match e {
+        GmError::NonFinite { what, value, .. } => GmError::NonFinite { what, step, value },
+        e => e,
+    }
+}
+
+/// Refuses draws `x = f⁻¹(z)` of `layers` (in data → noise order) that hold a NaN or an
+/// infinity, with [`GmError::NonFinite`] (at `step`) naming how many values and the first layer
+/// of the sampling direction whose output is not finite (found by replaying the inverse of
+/// `z`, only when `x` is not finite).
+pub fn ensure_finite_draws(
+    layers: &[Box<dyn FlowLayer>],
+    z: &Tensor,
+    x: &Tensor,
+    context: Option<&Tensor>,
+    step: u64,
+) -> Result<()> {
+    if all_finite(x)? {
+        return Ok(());
+    }
+    let bad = x.f_isfinite()?.f_logical_not()?;
+    let count = bad.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+    let value = x.f_masked_select(&bad)?.f_double_value(&[0])?;
+    let place = if !all_finite(z)? {
+        Some("the base draw (latent times temperature)".to_string())
+    } else {
+        let mut h = z.shallow_clone();
+        let mut place = None;
+        for layer in layers.iter().rev() {
+            let (next, inner) = layer.inverse_located(&h, context)?;
+            if inner.is_some() {
+                place = inner;
+                break;
+            }
+            h = next;
+        }
+        place
+    };
+    Err(GmError::NonFinite {
+        what: format!(
+            "flow sample ({count} of {} values; first non-finite after {})",
+            x.numel(),
+            place
+                .as_deref()
+                .unwrap_or("an unknown layer: the replay was finite")
+        ),
+        step,
+        value,
+    })
 }
 
 /// Every gm-core bijector is a context-free flow layer.

@@ -267,3 +267,58 @@ fn bad_flow_configs_name_the_key() {
         assert!(err.contains(key), "{text}: {err}");
     }
 }
+
+/// `decode` refuses latents of the wrong shape, dtype (booleans) or values with an error, and
+/// a conditional flow has no encoder to invert.
+#[test]
+fn bad_latents_are_refused() {
+    let model = FlowModel::new(&FlowConfig::default(), &[2], Device::Cpu).unwrap();
+    let ok = Tensor::randn([3, 2], (Kind::Float, Device::Cpu));
+    let reference = model.decode(&ok).unwrap().unwrap();
+    assert_eq!(reference.size(), [3, 2]);
+    // Other real and integer dtypes are converted to the flow's, as data are.
+    let from_double = model.decode(&ok.to_kind(Kind::Double)).unwrap().unwrap();
+    assert_eq!(from_double.kind(), Kind::Float);
+    assert!(from_double.allclose(&reference, 1e-6, 1e-6, false));
+    assert!(model.decode(&ok.to_kind(Kind::Int64)).is_ok());
+    for (bad, needle) in [
+        (
+            Tensor::zeros([3, 3], (Kind::Float, Device::Cpu)),
+            "expected shape",
+        ),
+        (
+            Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+            "expected shape",
+        ),
+        (
+            Tensor::zeros([3, 2, 1], (Kind::Float, Device::Cpu)),
+            "expected shape",
+        ),
+        (
+            Tensor::zeros([0, 2], (Kind::Float, Device::Cpu)),
+            "non-empty",
+        ),
+        (
+            Tensor::zeros([3, 2], (Kind::Bool, Device::Cpu)),
+            "real or integer",
+        ),
+        (ok.copy().fill_(f64::NAN), "NaN"),
+        (ok.copy().fill_(f64::INFINITY), "infinite"),
+    ] {
+        let err = error_text(model.decode(&bad));
+        assert!(err.contains(needle), "{bad:?}: {err}");
+    }
+    let image = FlowModel::new(&small_glow(), &[1, 4, 4], Device::Cpu).unwrap();
+    let err = error_text(image.decode(&Tensor::zeros([2, 1, 4, 4], (Kind::Float, Device::Cpu))));
+    assert!(err.contains("[batch, 16]"), "{err}");
+    let conditional = FlowModel::new(
+        &FlowConfig {
+            context_classes: 2,
+            ..FlowConfig::default()
+        },
+        &[2],
+        Device::Cpu,
+    )
+    .unwrap();
+    assert!(conditional.decode(&ok).unwrap().is_none());
+}

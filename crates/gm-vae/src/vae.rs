@@ -9,8 +9,8 @@ use gm_core::bounds::{elbo, iwae_bound};
 use gm_core::distributions::Distribution;
 use gm_core::kl::kl_divergence;
 use gm_core::model::{
-    load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind, SampleOptions,
-    StepOutput,
+    check_latent, load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind,
+    SampleOptions, StepOutput,
 };
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::config::with_section;
@@ -792,9 +792,45 @@ impl GenerativeModel for Vae {
         Ok(Some(self.net.marginal_log_likelihood(x)?))
     }
 
+    fn likelihood_estimator(&self) -> Option<String> {
+        Some(format!(
+            "importance-weighted bound (IWAE), {} posterior samples per example",
+            self.net.eval_samples()
+        ))
+    }
+
     /// The posterior mean `[batch, latent_dim]` (unconditional VAEs; see `encode_with`).
     fn encode(&self, x: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(self.net.encode(x)?.mean()?))
+    }
+
+    /// The mean of the likelihood `p(x | z)` for latents `[batch, latent_dim]`, as
+    /// `[batch] ++ data_shape` in the units of `sample_with`'s draws but not rounded: real
+    /// values for a Gaussian likelihood, the probability of a 1 for a Bernoulli, the expected
+    /// level in `[0, levels − 1]` for the discretized logistic and categorical ones (floats).
+    /// The mean is the reconstruction with the least expected squared error, so
+    /// `decode(encode(x))` (equal to [`Vae::reconstruct`]) measures the VAE's reconstruction
+    /// directly against `x`; no random draw enters. Like `encode`, a conditional VAE refuses
+    /// (use [`Vae::decode_with`] with a context).
+    fn decode(&self, z: &Tensor) -> Result<Option<Tensor>> {
+        let what = "Vae.decode z";
+        let z = check_latent(
+            z,
+            &[self.config.latent_dim],
+            self.net.kind(),
+            self.net.device(),
+            what,
+        )?;
+        let elements: i128 = self.config.data_shape.iter().map(|&d| d as i128).product();
+        gm_core::nn::check_activation_budget(
+            z.size()[0],
+            self.config
+                .decoder
+                .activations_per_example(&self.config.data_shape)
+                + elements * self.config.likelihood.params_per_element() as i128,
+            what,
+        )?;
+        gm_core::tch::no_grad(|| Ok(Some(self.net.decode(&z)?.mean()?)))
     }
 
     fn spec_fingerprint(&self) -> Option<String> {

@@ -18,8 +18,8 @@ use crate::network::{GridDecoder, GridEncoder};
 use gm_core::code_prior::CodePrior;
 use gm_core::distributions::Distribution;
 use gm_core::model::{
-    load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind, SampleOptions,
-    StepOutput,
+    check_integers, load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind,
+    SampleOptions, StepOutput,
 };
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::config::{check_positive, check_range, in_section, with_section};
@@ -720,6 +720,12 @@ impl GenerativeModel for VqVae {
         gm_core::tch::no_grad(|| self.decode_codes(&prior.sample(n)?)?.sample(&[]))
     }
 
+    fn likelihood_estimator(&self) -> Option<String> {
+        self.prior.as_ref().map(|_| {
+            "ELBO of the deterministic code assignment: ln p(x | codes) + ln p(codes) under the code prior".to_string()
+        })
+    }
+
     fn likelihood_kind(&self) -> LikelihoodKind {
         if self.prior.is_some() {
             LikelihoodKind::LowerBound
@@ -743,6 +749,41 @@ impl GenerativeModel for VqVae {
     /// The code grid `[batch] ++ grid` (`Int64`).
     fn encode(&self, x: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(self.encode_codes(x)?))
+    }
+
+    /// The mean of `p(x | codes)` for code grids `[batch] ++ grid` (integers in
+    /// `0..num_codes`), as `[batch] ++ data_shape` in the units of the samples but not rounded
+    /// (see [`crate::Vae`]'s `decode`): `decode(encode(x))` is [`VqVae::reconstruct`]`(x)`.
+    fn decode(&self, codes: &Tensor) -> Result<Option<Tensor>> {
+        let what = "VqVae.decode codes";
+        let size = codes.size();
+        if size.len() != self.grid.len() + 1 || size[1..] != self.grid[..] {
+            let grid: Vec<String> = self.grid.iter().map(|d| d.to_string()).collect();
+            return Err(GmError::shape(
+                what,
+                format!("[batch, {}]", grid.join(", ")),
+                &size,
+            ));
+        }
+        if size[0] == 0 {
+            return Err(GmError::Domain(format!(
+                "{what}: got an empty batch {size:?}; expected a non-empty batch"
+            )));
+        }
+        check_integers(codes, self.config.quantizer.num_codes, what, "codes")?;
+        let elements: i128 = self.config.data_shape.iter().map(|&d| d as i128).product();
+        gm_core::nn::check_activation_budget(
+            size[0],
+            self.config
+                .decoder
+                .activations_per_example(&self.config.data_shape)
+                + elements * self.head.params_per_element() as i128,
+            what,
+        )?;
+        let codes = codes
+            .f_to_kind(Kind::Int64)?
+            .f_to_device(self.vs.device())?;
+        gm_core::tch::no_grad(|| Ok(Some(self.decode_codes(&codes)?.mean()?)))
     }
 
     fn spec_fingerprint(&self) -> Option<String> {

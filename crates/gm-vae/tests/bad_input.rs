@@ -215,3 +215,87 @@ fn bad_vae_configs_name_the_key() {
         assert!(err.contains(key), "{text}: {err}");
     }
 }
+
+/// `decode` refuses latents of the wrong shape, a boolean dtype, non-finite values and empty
+/// batches (the VAE), and code grids of the wrong shape, non-integer or out-of-range codes
+/// (the VQ-VAE), with errors; a conditional VAE refuses as its `encode` does.
+#[test]
+fn bad_latents_are_refused() {
+    single_thread();
+    gm_core::tch::manual_seed(2);
+    let vae = Vae::new(&small(), Device::Cpu).unwrap();
+    let z = Tensor::randn([4, 3], (Kind::Float, Device::Cpu));
+    assert_eq!(
+        GenerativeModel::decode(&vae, &z).unwrap().unwrap().size(),
+        [4, 16]
+    );
+    assert!(GenerativeModel::decode(&vae, &z.to_kind(Kind::Double)).is_ok());
+    for (bad, needle) in [
+        (
+            Tensor::zeros([4, 2], (Kind::Float, Device::Cpu)),
+            "expected shape",
+        ),
+        (
+            Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+            "expected shape",
+        ),
+        (
+            Tensor::zeros([2, 4, 3], (Kind::Float, Device::Cpu)),
+            "expected shape",
+        ),
+        (
+            Tensor::zeros([0, 3], (Kind::Float, Device::Cpu)),
+            "non-empty",
+        ),
+        (z.to_kind(Kind::Bool), "real or integer"),
+        (z.copy().fill_(f64::NAN), "NaN"),
+        (z.copy().fill_(f64::NEG_INFINITY), "infinite"),
+    ] {
+        let err = error_text(GenerativeModel::decode(&vae, &bad));
+        assert!(err.contains(needle), "{bad:?}: {err}");
+    }
+    let conditional = Vae::new(
+        &VaeConfig {
+            context: ContextConfig::Labels { classes: 3 },
+            ..small()
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    let err = error_text(GenerativeModel::decode(&conditional, &z));
+    assert!(err.contains("conditional"), "{err}");
+
+    let vq_config = VqVaeConfig {
+        data_shape: vec![16],
+        encoder: mlp(&[8]),
+        decoder: mlp(&[8]),
+        num_latents: 2,
+        ..Default::default()
+    };
+    let vq = VqVae::new(&vq_config, Device::Cpu).unwrap();
+    let codes = GenerativeModel::encode(&vq, &binary(4)).unwrap().unwrap();
+    assert_eq!(codes.size(), [4, 2]);
+    assert!(GenerativeModel::decode(&vq, &codes).unwrap().is_some());
+    let k = vq.num_codes();
+    for (bad, needle) in [
+        (
+            Tensor::zeros([4, 3], (Kind::Int64, Device::Cpu)),
+            "expected shape",
+        ),
+        (
+            Tensor::zeros([4], (Kind::Int64, Device::Cpu)),
+            "expected shape",
+        ),
+        (
+            Tensor::zeros([0, 2], (Kind::Int64, Device::Cpu)),
+            "non-empty",
+        ),
+        (codes.to_kind(Kind::Float), "integers"),
+        (codes.to_kind(Kind::Bool), "integers"),
+        (codes.full_like(k), &format!("[0, {k})")),
+        (codes.full_like(-1), "[0, "),
+    ] {
+        let err = error_text(GenerativeModel::decode(&vq, &bad));
+        assert!(err.contains(needle), "{bad:?}: {err}");
+    }
+}

@@ -368,3 +368,24 @@ fn vq_vae_trains_with_both_codebook_updates() {
         );
     }
 }
+
+/// `decode` of a code grid is the mean of `p(x | codes)`, so `decode(encode(x))` is
+/// `VqVae::reconstruct(x)`: `x`'s shape, in the Bernoulli data range [0, 1]; codes of any
+/// integer dtype decode alike.
+#[test]
+fn decode_of_the_codes_is_the_mean_reconstruction() {
+    single_thread();
+    gm_core::tch::manual_seed(8);
+    let vq = VqVae::new(&small_vq_config(CodebookUpdate::default()), Device::Cpu).unwrap();
+    let x = binary_data(5, 36, 9);
+    let codes = GenerativeModel::encode(&vq, &x).unwrap().unwrap();
+    let back = GenerativeModel::decode(&vq, &codes).unwrap().unwrap();
+    assert_eq!(back.size(), x.size());
+    assert!(back.allclose(&vq.reconstruct(&x).unwrap(), 1e-6, 1e-6, false));
+    let (lo, hi) = (back.min().double_value(&[]), back.max().double_value(&[]));
+    assert!(lo >= 0.0 && hi <= 1.0, "decoded values in [{lo}, {hi}]");
+    let from_int32 = GenerativeModel::decode(&vq, &codes.to_kind(Kind::Int))
+        .unwrap()
+        .unwrap();
+    assert!(from_int32.equal(&back));
+}

@@ -73,6 +73,9 @@ pub struct TrainHistory {
 pub struct Trainer {
     config: TrainConfig,
     checkpoint: Option<PathBuf>,
+    /// Further text entries of the checkpoint's metadata (e.g. the run file that built the
+    /// model, so `gm sample` can rebuild it from the checkpoint alone).
+    metadata: Vec<(String, String)>,
 }
 
 impl Trainer {
@@ -81,7 +84,17 @@ impl Trainer {
         Ok(Trainer {
             config,
             checkpoint: None,
+            metadata: Vec::new(),
         })
+    }
+
+    /// Adds a text entry to every checkpoint's metadata (the reserved keys `family`, `spec`,
+    /// `seed`, `batch_size` and `history` are the trainer's own and cannot be replaced).
+    pub fn with_metadata(mut self, key: &str, value: &str) -> Self {
+        if !["family", "spec", "seed", "batch_size", "history"].contains(&key) {
+            self.metadata.push((key.to_string(), value.to_string()));
+        }
+        self
     }
 
     /// Saves to and resumes from this file.
@@ -177,6 +190,9 @@ impl Trainer {
 
     fn save(&self, model: &dyn GenerativeModel, path: &Path, history: &TrainHistory) -> Result<()> {
         let mut meta = checkpoint_meta(model);
+        for (key, value) in &self.metadata {
+            meta[key.as_str()] = value.as_str().into();
+        }
         meta["seed"] = self.config.seed.into();
         meta["batch_size"] = self.config.batch_size.into();
         meta["history"] = serde_json::to_value(history).map_err(|e| GmError::Checkpoint {
