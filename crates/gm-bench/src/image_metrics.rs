@@ -203,15 +203,24 @@ pub fn image_metrics(
     let test = unit_range(test, top)?;
     let m = gm_core::model::leading_dim(&test, "[n, 1, 28, 28]", "image_metrics test")?;
     let m_train = gm_core::model::leading_dim(train, "[n, 1, 28, 28]", "image_metrics train")?;
-    let train = unit_range(&train.f_narrow(0, 0, m.min(m_train))?, top)?;
+    // The reference row scores as many training digits as there are samples, so that the
+    // Fréchet distance's small-sample bias is the same in both rows.
+    let _ = m;
+    let train = unit_range(&train.f_narrow(0, 0, n.min(m_train))?, top)?;
     let test_features = classifier.features(&test)?;
     let sample_features = classifier.features(&samples)?;
     let train_features = classifier.features(&train)?;
     let predicted = classifier.predict(&samples)?;
+    let (frechet, frechet_reference) = crate::metrics::with_floor(
+        &crate::metrics::FrechetDistance,
+        &sample_features,
+        &train_features,
+        &test_features,
+    )?;
     Ok(ImageMetrics {
         n,
-        frechet_distance: frechet_distance(&sample_features, &test_features)?,
-        frechet_distance_reference: frechet_distance(&train_features, &test_features)?,
+        frechet_distance: frechet,
+        frechet_distance_reference: frechet_reference,
         fidelity: fidelity(&test_features, &sample_features, 5)?,
         fidelity_reference: fidelity(&test_features, &train_features, 5)?,
         class_shares: class_shares(&predicted, 10)?,

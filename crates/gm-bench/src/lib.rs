@@ -7,17 +7,26 @@
 //!   `suite.toml`; models are built through gm-core's registry of family specs.
 //! - [`runner`]: trains one entry through gm-core's `Trainer` (resuming from its checkpoint,
 //!   keyed by a hash of its configuration), evaluates it, and survives a failing entry.
-//! - [`metrics`]: negative log-likelihoods, the gap to a toy set's true entropy, sample
-//!   distances to held-out data (with the data's own floor), throughput.
+//! - [`metrics`]: negative log-likelihoods with their standard errors, the paired KL to a toy
+//!   set's true density, the [`metrics::Metric`] trait of two-sample distances (energy, MMD,
+//!   sliced Wasserstein, Fréchet) with the data's own floor.
 //! - [`classifier`], [`image_metrics`]: a digit classifier trained once and cached in the data
 //!   folder, and the Fréchet distance, class balance and conditional accuracy of image samples
 //!   in its features.
-//! - [`report`]: the three report files.
+//! - [`report`]: `report.json`, `report.md` and `index.html` with [`charts`] (SVG, drawn
+//!   with plotters), the family summary table, and the tables the terminal prints.
+//! - [`memory`], [`provenance`]: a phase's peak memory; the code version, device, threads
+//!   and date each result records (results are keyed by the code that produced them).
+//! - [`saved`]: a trained model rebuilt from its checkpoint alone (`gm sample`, `gm eval`).
 
+pub mod charts;
 pub mod classifier;
 pub mod image_metrics;
 pub mod images;
+pub mod memory;
 pub mod metrics;
+pub mod provenance;
 pub mod report;
 pub mod runner;
+pub mod saved;
 pub mod suite;

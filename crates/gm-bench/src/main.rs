@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use gm_bench::classifier::DigitClassifier;
 use gm_bench::report::{self, Report};
-use gm_bench::runner::{failed_result, run_entry, stored_result, RunResult};
+use gm_bench::runner::{failed_result, recorded_result, run_entry, stored_result, RunResult};
 use gm_bench::suite::{registry, suite, suite_from, Entry, Profile, Shard};
 use gm_core::data::{load_named, NamedData};
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Train and evaluate every family on every suitable data set; write the report.
     BenchAll {
-        /// quick (~10 min on 2 CPU cores), default (~1 h), or full (for a GPU).
+        /// quick (10 min on 2 CPU cores), default (1 h), or full (for a GPU).
         #[arg(long, default_value = "quick")]
         profile: String,
         #[arg(long, default_value = "target/gm-report")]
@@ -39,6 +39,18 @@ enum Command {
         /// per task of a Slurm array or a Kubernetes indexed Job; merge with `gm report`.
         #[arg(long)]
         shard: Option<String>,
+        /// Run this many shares side by side, each in its own process with its share of the
+        /// cores as libtorch threads (1: one run at a time with all cores). Default: one process
+        /// per core (up to 8) on a CPU, which measured 1.22× faster than one process with two
+        /// threads for the quick profile on 2 cores; 1 on a GPU or with `--shard`.
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// libtorch's intra-op threads (default: libtorch's choice, one per core).
+        #[arg(long)]
+        threads: Option<i32>,
+        /// Internal: a share started by `--jobs`; it neither locks nor writes the report.
+        #[arg(long, hide = true)]
+        worker: bool,
     },
     /// Merge the results in the output folders of several `bench-all` runs (shards, or runs on
     /// other machines) into one report.
@@ -53,15 +65,60 @@ enum Command {
         #[arg(long)]
         suite: Option<PathBuf>,
     },
-    /// List the entries of a profile.
+    /// Train one model from a run file (a shipped name such as `vae/mnist_mlp`, see `gm list`,
+    /// or a path ending in .toml), resuming from the checkpoint in `--out` if there is one.
+    Train {
+        config: String,
+        /// The folder for `checkpoint.safetensors` and `config.toml`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A step budget instead of the run file's (its schedules rescale with it).
+        #[arg(long)]
+        steps: Option<u64>,
+        /// A data set instead of the run file's.
+        #[arg(long)]
+        dataset: Option<String>,
+    },
+    /// Draw samples from a checkpoint and save them as a picture (an image grid, or a scatter
+    /// plot for 2-D data).
+    Sample {
+        checkpoint: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        n: i64,
+        #[arg(long, default_value = "samples.png")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The sampler of an iterative model (e.g. ddim, dpm_solver_2m, euler, rk4).
+        #[arg(long)]
+        solver: Option<String>,
+        /// The sampler's steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Classifier-free guidance scale of a conditional diffusion model.
+        #[arg(long)]
+        guidance: Option<f64>,
+    },
+    /// Evaluate one checkpoint the way `bench-all` does; prints the result as JSON.
+    Eval {
+        checkpoint: PathBuf,
+        /// Where the samples picture goes.
+        #[arg(long, default_value = "target/gm-eval")]
+        out: PathBuf,
+        /// Evaluate the likelihood on the first N test examples only.
+        #[arg(long)]
+        examples: Option<i64>,
+    },
+    /// The registered families, shipped run files and data sets; with `--profile`, the entries
+    /// of that benchmark profile.
     List {
-        #[arg(long, default_value = "quick")]
-        profile: String,
+        #[arg(long)]
+        profile: Option<String>,
         #[arg(long)]
         suite: Option<PathBuf>,
     },
-    /// List the registered families and their shipped run files.
-    ListConfigs,
 }
 
 /// The entries of `profile` from `suite_file`, or from the built-in suite.
@@ -87,20 +144,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> gm_core::Result<ExitCode> {
     match cli.command {
-        Command::ListConfigs => {
+        Command::List { profile, suite } => {
             let registry = registry();
             println!("families: {}", registry.families().join(", "));
+            println!("data sets: {}", gm_core::data::DATASET_NAMES.join(", "));
+            println!("shipped run files (gm train NAME):");
             for name in registry.shipped_names() {
-                println!("{name}");
+                println!("  {name}");
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::List { profile, suite } => {
-            for e in load_suite(profile.parse()?, suite.as_ref())? {
-                println!(
-                    "{}  ({} steps, batch {})",
-                    e.id, e.run.train.steps, e.run.train.batch_size
-                );
+            if let Some(profile) = profile {
+                println!("entries of profile {profile}:");
+                for e in load_suite(profile.parse()?, suite.as_ref())? {
+                    println!(
+                        "  {}  ({} steps, batch {})",
+                        e.id, e.run.train.steps, e.run.train.batch_size
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -110,9 +169,48 @@ fn run(cli: Cli) -> gm_core::Result<ExitCode> {
             only,
             suite,
             shard,
+            jobs,
+            threads,
+            worker,
         } => {
+            if let Some(t) = threads {
+                if t < 1 {
+                    return Err(gm_core::GmError::config(
+                        "threads",
+                        format!("must be at least 1, got {t}"),
+                    ));
+                }
+                gm_core::tch::set_num_threads(t);
+            }
             let shard = shard.map(|s| s.parse::<Shard>()).transpose()?;
-            bench_all(profile.parse()?, &profile, out, only, suite, shard)
+            let jobs = match jobs {
+                Some(n) => n,
+                None if shard.is_some() || worker => 1,
+                None => match gm_core::device::default_device()? {
+                    gm_core::tch::Device::Cpu => std::thread::available_parallelism()
+                        .map_or(1, |n| n.get())
+                        .min(8),
+                    _ => 1,
+                },
+            };
+            let options = BenchOptions {
+                profile: profile.parse()?,
+                name: profile,
+                out,
+                only,
+                suite,
+                shard,
+                worker,
+                jobs,
+            };
+            match jobs {
+                0 => Err(gm_core::GmError::config(
+                    "jobs",
+                    "must be at least 1, got 0",
+                )),
+                1 => bench_all(&options),
+                n => bench_all_side_by_side(&options, n, threads),
+            }
         }
         Command::Report {
             dirs,
@@ -120,84 +218,409 @@ fn run(cli: Cli) -> gm_core::Result<ExitCode> {
             out,
             suite,
         } => merge_reports(profile.parse()?, &profile, &dirs, out, suite),
+        Command::Train {
+            config,
+            out,
+            steps,
+            dataset,
+        } => train(&config, out, steps, dataset),
+        Command::Sample {
+            checkpoint,
+            n,
+            out,
+            seed,
+            solver,
+            steps,
+            temperature,
+            guidance,
+        } => {
+            let device = gm_core::device::default_device()?;
+            let saved = gm_bench::saved::load(&checkpoint, device)?;
+            let mut options = gm_core::model::SampleOptions::new().seed(seed);
+            options.solver = solver;
+            options.steps = steps;
+            options.guidance = guidance;
+            if let Some(t) = temperature {
+                options = options.temperature(t);
+            }
+            let samples = gm_core::tch::no_grad(|| saved.model.sample_with(n, &options))?;
+            let info = gm_core::data::named_info(&saved.run.dataset)?;
+            let toy = saved
+                .run
+                .dataset
+                .parse::<gm_core::data::toy::ToyDataset>()
+                .ok();
+            gm_bench::runner::write_samples_picture(&samples, toy, info.values, &out)?;
+            eprintln!(
+                "gm sample: {n} samples of the {} model ({} steps trained) in {}",
+                saved.run.family(),
+                saved.history.steps_done,
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            checkpoint,
+            out,
+            examples,
+        } => evaluate_checkpoint(&checkpoint, &out, examples),
     }
 }
 
-fn bench_all(
-    profile: Profile,
-    name: &str,
-    out: PathBuf,
-    only: Option<String>,
-    suite_file: Option<PathBuf>,
-    shard: Option<Shard>,
+/// `gm train`: one run, with a progress bar, its checkpoint and run file in `out`.
+fn train(
+    config: &str,
+    out: Option<PathBuf>,
+    steps: Option<u64>,
+    dataset: Option<String>,
 ) -> gm_core::Result<ExitCode> {
     let device = gm_core::device::default_device()?;
-    let all = load_suite(profile, suite_file.as_ref())?;
-    let entries: Vec<&Entry> = all
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| shard.is_none_or(|s| s.contains(*i)))
-        .map(|(_, e)| e)
-        .filter(|e| {
-            only.as_deref()
-                .is_none_or(|o| gm_bench::suite::id_matches(&e.id, o))
+    let mut run = registry().load_run(config)?;
+    if let Some(steps) = steps {
+        run = run.with_steps(steps)?;
+    }
+    if let Some(dataset) = dataset {
+        run.dataset = dataset;
+        run.validate()?;
+    }
+    let out = out.unwrap_or_else(|| {
+        PathBuf::from("target/gm-train").join(format!("{}_{}", run.family(), run.dataset))
+    });
+    std::fs::create_dir_all(&out).map_err(|e| gm_core::GmError::io(&out, e))?;
+    let text = run.to_toml_string()?;
+    std::fs::write(out.join("config.toml"), &text).map_err(|e| gm_core::GmError::io(&out, e))?;
+    let data = load_named(&run.dataset, device, 50_000, 20_000, 0)?;
+    gm_core::device::seed_everything(run.train.seed);
+    let mut model = run.model.build(&data.info(), device)?;
+    let checkpoint = out.join("checkpoint.safetensors");
+    eprintln!(
+        "gm train: {} on {} for {} steps ({} parameters), checkpoint {}",
+        run.family(),
+        run.dataset,
+        run.train.steps,
+        model.num_parameters(),
+        checkpoint.display()
+    );
+    let mut progress = RunProgress::new(&format!("{}/{}", run.family(), run.dataset), false);
+    let total = run.train.steps;
+    let history = gm_core::train::Trainer::new(run.train.clone())?
+        .with_checkpoint(&checkpoint)
+        .with_metadata("run", &text)
+        .fit(
+            model.as_mut(),
+            &data.train.x,
+            data.train.labels.as_ref(),
+            |step, stats| progress.update(step, total, stats),
+        )?;
+    progress.finish();
+    let last = history
+        .points
+        .last()
+        .map(|(_, stats)| {
+            stats
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         })
-        .collect();
-    if entries.is_empty() {
+        .unwrap_or_default();
+    eprintln!(
+        "gm train: {} steps in {:.0} s; last log: {last}",
+        history.steps_done, history.train_seconds
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gm eval`: the bench's evaluation of one checkpoint, printed as JSON.
+fn evaluate_checkpoint(
+    checkpoint: &std::path::Path,
+    out: &std::path::Path,
+    examples: Option<i64>,
+) -> gm_core::Result<ExitCode> {
+    if let Some(n) = examples.filter(|n| *n < 2) {
         return Err(gm_core::GmError::config(
-            "only",
-            format!(
-                "no entry of profile {name} matches {:?}; `gm list --profile {name}` shows the ids",
-                only.unwrap_or_default()
-            ),
+            "examples",
+            format!("must be at least 2 (a standard error needs two), got {n}"),
         ));
     }
-    let _lock = OutputLock::acquire(&out)?;
+    let device = gm_core::device::default_device()?;
+    let saved = gm_bench::saved::load(checkpoint, device)?;
+    let data = load_named(&saved.run.dataset, device, 50_000, 20_000, 0)?;
+    let classifier = if gm_bench::runner::judged_as_digits(&data) {
+        Some(
+            gm_core::data::mnist::Mnist::load_default()
+                .and_then(|m| DigitClassifier::load_or_train(&m))?,
+        )
+    } else {
+        None
+    };
+    let mut entry = Entry::for_run("eval", saved.run)?;
+    entry.likelihood_examples = examples;
+    std::fs::create_dir_all(out).map_err(|e| gm_core::GmError::io(out, e))?;
+    let result = gm_bench::runner::evaluate(
+        &entry,
+        saved.model.as_ref(),
+        &saved.history,
+        &data,
+        out,
+        device,
+        classifier.as_ref(),
+    )?;
+    eprintln!("{}", summary_line(&entry, &result));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&result)
+            .map_err(|e| gm_core::GmError::config("eval", e.to_string()))?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A run's training progress: a bar with its loss and ETA on a terminal, otherwise a plain line
+/// at most every 30 seconds (and at the end).
+struct RunProgress {
+    id: String,
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_line: Option<Instant>,
+}
+
+impl RunProgress {
+    fn new(id: &str, plain: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = (!plain && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(1);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} steps, {msg}, ETA {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(id.to_string());
+            bar
+        });
+        RunProgress {
+            id: id.to_string(),
+            bar,
+            started: Instant::now(),
+            last_line: None,
+        }
+    }
+
+    fn update(&mut self, step: u64, total: u64, stats: &[(String, f64)]) {
+        let loss = stats
+            .first()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .unwrap_or_default();
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(total);
+                bar.set_position(step);
+                bar.set_message(loss);
+            }
+            None => {
+                let due = self
+                    .last_line
+                    .is_none_or(|t| t.elapsed().as_secs_f64() >= 30.0);
+                if due || step == total {
+                    let elapsed = self.started.elapsed().as_secs_f64();
+                    eprintln!("{}: step {step}/{total}, {loss}, {elapsed:.0} s", self.id);
+                    self.last_line = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// What one `bench-all` invocation runs and where.
+struct BenchOptions {
+    profile: Profile,
+    name: String,
+    out: PathBuf,
+    only: Option<String>,
+    suite: Option<PathBuf>,
+    shard: Option<Shard>,
+    worker: bool,
+    /// Processes side by side (for the report).
+    jobs: usize,
+}
+
+impl BenchOptions {
+    /// The profile's entries and those this invocation runs (its shard, its `--only`).
+    fn entries(&self) -> gm_core::Result<(Vec<Entry>, Vec<usize>)> {
+        let all = load_suite(self.profile, self.suite.as_ref())?;
+        let matching = |i: &usize| {
+            self.only
+                .as_deref()
+                .is_none_or(|o| gm_bench::suite::id_matches(&all[*i].id, o))
+        };
+        let chosen: Vec<usize> = if self.worker {
+            // A `--jobs` share: the shares divide the runs `--only` picked, evenly; a share
+            // left with nothing to do has simply finished.
+            let picked: Vec<usize> = (0..all.len()).filter(matching).collect();
+            picked
+                .into_iter()
+                .enumerate()
+                .filter(|(k, _)| self.shard.is_none_or(|s| s.contains(*k)))
+                .map(|(_, i)| i)
+                .collect()
+        } else {
+            (0..all.len())
+                .filter(|i| self.shard.is_none_or(|s| s.contains(*i)))
+                .filter(matching)
+                .collect()
+        };
+        if chosen.is_empty() && !self.worker {
+            return Err(gm_core::GmError::config(
+                "only",
+                format!(
+                    "no entry of profile {} matches {:?}; `gm list --profile {}` shows the ids",
+                    self.name,
+                    self.only.clone().unwrap_or_default(),
+                    self.name
+                ),
+            ));
+        }
+        Ok((all, chosen))
+    }
+}
+
+/// `bench-all --jobs N`: N shares of the entries run side by side, each in its own `gm`
+/// process (libtorch's random generator is process-wide, so runs sharing a process would not be
+/// reproducible), with the cores divided among them; then one report from their results.
+fn bench_all_side_by_side(
+    options: &BenchOptions,
+    jobs: usize,
+    threads: Option<i32>,
+) -> gm_core::Result<ExitCode> {
+    if options.shard.is_some() || options.worker {
+        return Err(gm_core::GmError::config(
+            "jobs",
+            "--jobs splits the suite into shares itself; it cannot be combined with --shard",
+        ));
+    }
+    let (all, chosen) = options.entries()?;
+    let _lock = OutputLock::acquire(&options.out)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_job = threads.unwrap_or((cores / jobs).max(1) as i32);
     eprintln!(
-        "gm bench-all: profile {name}, {} of {} runs, device {device:?}, report in {}",
-        entries.len(),
+        "gm bench-all: profile {}, {} of {} runs in {jobs} processes side by side, {per_job} libtorch threads each, report in {}",
+        options.name,
+        chosen.len(),
         all.len(),
+        options.out.display()
+    );
+    let started = Instant::now();
+    // The digit classifier is trained (or loaded) once here, not by every share at once.
+    if chosen.iter().any(|&i| all[i].dataset.starts_with("mnist")) {
+        if let Err(e) = gm_core::data::mnist::Mnist::load_default()
+            .and_then(|m| DigitClassifier::load_or_train(&m))
+        {
+            eprintln!("gm bench-all: the digit classifier failed ({e}); the shares will report it");
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| gm_core::GmError::io("gm", e))?;
+    let mut children = Vec::new();
+    for k in 1..=jobs {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["bench-all", "--profile", &options.name, "--worker"])
+            .arg("--out")
+            .arg(&options.out)
+            .args(["--shard", &format!("{k}/{jobs}")])
+            .args(["--threads", &per_job.to_string()]);
+        if let Some(only) = &options.only {
+            cmd.args(["--only", only]);
+        }
+        if let Some(suite) = &options.suite {
+            cmd.arg("--suite").arg(suite);
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                WORKERS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(child.id());
+                children.push(child);
+            }
+            Err(e) => {
+                stop_workers();
+                return Err(gm_core::GmError::io(&exe, e));
+            }
+        }
+    }
+    let mut broken = Vec::new();
+    for (k, mut child) in children.into_iter().enumerate() {
+        let status = child.wait().map_err(|e| {
+            stop_workers();
+            gm_core::GmError::io(&exe, e)
+        })?;
+        // 2: some of its runs failed, which the report shows; anything else is the share's own
+        // failure.
+        if !status.success() && status.code() != Some(2) {
+            broken.push(format!("share {}/{jobs} ({status})", k + 1));
+        }
+    }
+    let recorded: HashMap<String, RunResult> = chosen
+        .iter()
+        .filter_map(|&i| recorded_result(&all[i], &options.out).map(|r| (all[i].id.clone(), r)))
+        .collect();
+    finish_bench(options, &all, &chosen, &recorded, started, &broken)
+}
+
+fn bench_all(options: &BenchOptions) -> gm_core::Result<ExitCode> {
+    let device = gm_core::device::default_device()?;
+    let (all, chosen) = options.entries()?;
+    if chosen.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let out = &options.out;
+    let _lock = if options.worker {
+        None
+    } else {
+        Some(OutputLock::acquire(out)?)
+    };
+    eprintln!(
+        "gm bench-all: profile {}, {} of {} runs, device {device:?}, {} libtorch threads, report in {}",
+        options.name,
+        chosen.len(),
+        all.len(),
+        gm_core::tch::get_num_threads(),
         out.display()
     );
     let started = Instant::now();
-    let bar = indicatif::ProgressBar::new(entries.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
     let mut data_cache: HashMap<String, NamedData> = HashMap::new();
     let mut fresh: HashMap<String, RunResult> = HashMap::new();
     let mut classifier: Option<gm_core::Result<DigitClassifier>> = None;
-    for entry in &entries {
-        bar.set_message(entry.id.clone());
+    for (done, &i) in chosen.iter().enumerate() {
+        let entry = &all[i];
+        let say = |line: String| eprintln!("[{}/{}] {line}", done + 1, chosen.len());
         if !data_cache.contains_key(&entry.dataset) {
             match load_named(&entry.dataset, device, 50_000, 20_000, 0) {
                 Ok(d) => {
                     data_cache.insert(entry.dataset.clone(), d);
                 }
                 Err(e) => {
-                    let result = failed_result(
+                    let mut result = failed_result(
                         entry,
                         format!("cannot load data set {}: {e}", entry.dataset),
                     );
-                    bar.suspend(|| {
-                        eprintln!(
-                            "{}: FAILED: {}",
-                            entry.id,
-                            result.error.as_deref().unwrap_or("")
-                        )
-                    });
+                    gm_bench::runner::record(entry, out, &mut result);
+                    say(summary_line(entry, &result));
                     fresh.insert(entry.id.clone(), result);
-                    bar.inc(1);
                     continue;
                 }
             }
         }
         let data = &data_cache[&entry.dataset];
         // The digit classifier judges image samples; trained once, cached in the data folder.
-        if classifier.is_none() && data.toy.is_none() && data.event_shape == [1, 28, 28] {
-            bar.set_message(format!("{}: loading the digit classifier", entry.id));
+        if classifier.is_none() && gm_bench::runner::judged_as_digits(&data) {
+            say(format!("{}: loading the digit classifier", entry.id));
             classifier = Some(
                 gm_core::data::mnist::Mnist::load_default()
                     .and_then(|m| DigitClassifier::load_or_train(&m)),
@@ -206,42 +629,73 @@ fn bench_all(
         let judge = match &classifier {
             Some(Ok(c)) if data.toy.is_none() => Some(c),
             Some(Err(e)) if data.toy.is_none() => {
-                bar.suspend(|| {
-                    eprintln!(
-                        "{}: no image metrics: the digit classifier failed: {e}",
-                        entry.id
-                    )
-                });
+                say(format!(
+                    "{}: no image metrics: the digit classifier failed: {e}",
+                    entry.id
+                ));
                 None
             }
             _ => None,
         };
-        let result = run_entry(entry, data, &out, device, judge);
-        bar.suspend(|| eprintln!("{}", summary_line(entry, &result)));
+        let mut progress = RunProgress::new(&entry.id, options.worker);
+        let result = run_entry(
+            entry,
+            data,
+            out,
+            device,
+            judge,
+            &mut |step, total, stats| progress.update(step, total, stats),
+        );
+        progress.finish();
+        say(summary_line(entry, &result));
         fresh.insert(entry.id.clone(), result);
-        bar.inc(1);
         // Rewrite the report after every run, so an interrupted benchmark still leaves one.
-        write_report(&all, &fresh, name, device, started, &out)?;
+        if !options.worker {
+            write_report(&all, &fresh, options, device, started)?;
+        }
     }
-    bar.finish_and_clear();
-    let reported = write_report(&all, &fresh, name, device, started, &out)?;
-    eprintln!(
-        "wrote {}/report.md, report.json and index.html ({reported} of the profile's {} runs have results)",
-        out.display(),
-        all.len()
-    );
-    let failed: Vec<&str> = entries
+    finish_bench(options, &all, &chosen, &fresh, started, &[])
+}
+
+/// Writes the report (unless this is a worker), prints its main tables, and returns the exit
+/// code: 0 when every chosen run succeeded, 2 when some failed, 1 when a share broke.
+fn finish_bench(
+    options: &BenchOptions,
+    all: &[Entry],
+    chosen: &[usize],
+    fresh: &HashMap<String, RunResult>,
+    started: Instant,
+    broken: &[String],
+) -> gm_core::Result<ExitCode> {
+    if !options.worker {
+        let device = gm_core::device::default_device()?;
+        let report = write_report(all, fresh, options, device, started)?;
+        let reported = report.results.len();
+        println!("{}", report::terminal_tables(&report));
+        eprintln!(
+            "wrote {}/report.md, report.json and index.html ({reported} of the profile's {} runs have results; {:.0} s)",
+            options.out.display(),
+            all.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let failed: Vec<&str> = chosen
         .iter()
+        .map(|&i| &all[i])
         .filter(|e| fresh.get(&e.id).is_none_or(|r| r.status != "ok"))
         .map(|e| e.id.as_str())
         .collect();
+    if !broken.is_empty() {
+        eprintln!("gm bench-all: {} broke", broken.join(", "));
+        return Ok(ExitCode::FAILURE);
+    }
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
             "gm bench-all: {} of {} runs failed: {}",
             failed.len(),
-            entries.len(),
+            chosen.len(),
             failed.join(", ")
         );
         Ok(ExitCode::from(2))
@@ -283,7 +737,7 @@ fn merge_reports(
         return Err(gm_core::GmError::config(
             "report",
             format!(
-                "none of {} holds a finished result of profile {name}",
+                "none of {} holds a finished result of profile {name} from this code version (results of other code are not reported as current)",
                 dirs.iter()
                     .map(|d| d.display().to_string())
                     .collect::<Vec<_>>()
@@ -292,16 +746,8 @@ fn merge_reports(
         ));
     }
     let n = results.len();
-    report::write(
-        &Report {
-            profile: name.to_string(),
-            device: "merged".into(),
-            threads: gm_core::tch::get_num_threads(),
-            total_seconds: results.iter().map(|r| r.train_seconds).sum(),
-            results,
-        },
-        &out,
-    )?;
+    let total = results.iter().map(|r| r.phases.total()).sum();
+    report::write(&Report::new(name, "merged", total, results), &out)?;
     eprintln!(
         "gm report: {n} of the profile's {} runs merged into {}/report.md, report.json and index.html",
         all.len(),
@@ -378,27 +824,32 @@ fn summary_line(entry: &Entry, result: &RunResult) -> String {
 fn write_report(
     all: &[Entry],
     fresh: &HashMap<String, RunResult>,
-    profile: &str,
+    options: &BenchOptions,
     device: gm_core::tch::Device,
     started: Instant,
-    out: &std::path::Path,
-) -> gm_core::Result<usize> {
+) -> gm_core::Result<Report> {
+    let out = &options.out;
     let results: Vec<RunResult> = all
         .iter()
         .filter_map(|e| fresh.get(&e.id).cloned().or_else(|| stored_result(e, out)))
         .collect();
-    let n = results.len();
-    report::write(
-        &Report {
-            profile: profile.to_string(),
-            device: format!("{device:?}"),
-            threads: gm_core::tch::get_num_threads(),
-            total_seconds: started.elapsed().as_secs_f64(),
-            results,
-        },
-        out,
-    )?;
-    Ok(n)
+    let mut report = Report::new(
+        &options.name,
+        &format!("{device:?}"),
+        started.elapsed().as_secs_f64(),
+        results,
+    );
+    if options.jobs > 1 {
+        report.jobs = options.jobs;
+        report.threads = report
+            .results
+            .iter()
+            .map(|r| r.provenance.threads)
+            .max()
+            .unwrap_or(report.threads);
+    }
+    report::write(&report, out)?;
+    Ok(report)
 }
 
 /// One `gm bench-all` at a time per output folder: a lock file holding the owner's process id,
@@ -450,6 +901,20 @@ impl OutputLock {
     }
 }
 
+/// The process ids of the `--jobs` shares this process started, stopped with it.
+static WORKERS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Sends SIGTERM to every share this process started (each removes nothing and exits; their
+/// checkpoints are atomic, so a rerun resumes).
+fn stop_workers() {
+    for pid in WORKERS.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        // SAFETY: `kill` has no memory-safety preconditions; a process that is gone is ignored.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+}
+
 /// Whether process `pid` (as text) exists: `kill -0`, which works wherever `kill` does.
 fn process_alive(pid: &str) -> bool {
     match pid.parse::<u32>() {
@@ -468,6 +933,7 @@ fn process_alive(pid: &str) -> bool {
 fn release_lock_on_interrupt(path: &std::path::Path) {
     let path = path.to_path_buf();
     let _ = ctrlc::set_handler(move || {
+        stop_workers();
         let _ = std::fs::remove_file(&path);
         eprintln!(
             "gm bench-all: interrupted; finished runs and checkpoints are kept, rerun to resume"

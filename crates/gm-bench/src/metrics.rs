@@ -83,6 +83,81 @@ pub fn paired_kl(data_log_p: &[f64], model_log_p: &[f64]) -> Result<(f64, f64)> 
     Ok(mean_and_stderr(&differences))
 }
 
+/// A two-sample metric: how far samples lie from reference data, as one number (lower is
+/// better; about 0 when both come from the same law). Each is usable on its own, and
+/// [`with_floor`] puts it next to the data's own value.
+pub trait Metric {
+    /// The metric's name in tables.
+    fn name(&self) -> &'static str;
+    /// The metric of `samples` `[n, d]` against `reference` `[m, d]`.
+    fn score(&self, samples: &Tensor, reference: &Tensor) -> Result<f64>;
+}
+
+/// The energy distance 2E|X − Y| − E|X − X'| − E|Y − Y'| (Székely & Rizzo).
+pub struct EnergyDistance;
+
+impl Metric for EnergyDistance {
+    fn name(&self) -> &'static str {
+        "energy distance"
+    }
+    fn score(&self, samples: &Tensor, reference: &Tensor) -> Result<f64> {
+        gm_core::metrics::energy_distance(samples, reference)
+    }
+}
+
+/// The unbiased squared MMD with a sum of Gaussian kernels of the given bandwidths.
+pub struct Mmd {
+    pub bandwidths: Vec<f64>,
+}
+
+impl Metric for Mmd {
+    fn name(&self) -> &'static str {
+        "MMD²"
+    }
+    fn score(&self, samples: &Tensor, reference: &Tensor) -> Result<f64> {
+        gm_core::metrics::mmd_rbf(samples, reference, &self.bandwidths)
+    }
+}
+
+/// The sliced 2-Wasserstein distance over fixed random projections.
+pub struct SlicedWasserstein {
+    pub projections: usize,
+    pub seed: u64,
+}
+
+impl Metric for SlicedWasserstein {
+    fn name(&self) -> &'static str {
+        "sliced 2-Wasserstein"
+    }
+    fn score(&self, samples: &Tensor, reference: &Tensor) -> Result<f64> {
+        gm_core::metrics::sliced_wasserstein(samples, reference, self.projections, self.seed)
+    }
+}
+
+/// The Fréchet distance between Gaussians fitted to two feature sets (on digits, the bench
+/// classifier's features; see [`crate::image_metrics::frechet_distance`]).
+pub struct FrechetDistance;
+
+impl Metric for FrechetDistance {
+    fn name(&self) -> &'static str {
+        "Fréchet distance"
+    }
+    fn score(&self, samples: &Tensor, reference: &Tensor) -> Result<f64> {
+        crate::image_metrics::frechet_distance(samples, reference)
+    }
+}
+
+/// `metric` of `samples` against `test`, and of `train` against `test` (the floor a perfect
+/// model would score with as many points).
+pub fn with_floor(
+    metric: &dyn Metric,
+    samples: &Tensor,
+    train: &Tensor,
+    test: &Tensor,
+) -> Result<(f64, f64)> {
+    Ok((metric.score(samples, test)?, metric.score(train, test)?))
+}
+
 /// Sample-based metrics on a vector data set: the model's samples against held-out data, and
 /// the same statistics for training data against the same held-out data (the noise floor: a
 /// perfect model scores about that).
@@ -114,9 +189,7 @@ pub fn sample_metrics(
     test: &Tensor,
     modes: Option<&(Tensor, f64)>,
 ) -> Result<SampleMetrics> {
-    use gm_core::metrics::{
-        default_bandwidths, energy_distance, mmd_rbf, mode_coverage, sliced_wasserstein,
-    };
+    use gm_core::metrics::{default_bandwidths, mode_coverage};
     let rows = |t: &Tensor, what: &str| gm_core::model::leading_dim(t, "[n, ...]", what);
     let n = rows(samples, "sample_metrics samples")?
         .min(rows(train, "sample_metrics train")?)
@@ -126,7 +199,16 @@ pub fn sample_metrics(
         train.f_narrow(0, 0, n)?,
         test.f_narrow(0, 0, n)?,
     );
-    let bandwidths = default_bandwidths(1.0);
+    let mmd = Mmd {
+        bandwidths: default_bandwidths(1.0),
+    };
+    let sliced = SlicedWasserstein {
+        projections: 128,
+        seed: 0,
+    };
+    let (energy, energy_floor) = with_floor(&EnergyDistance, &s, &tr, &te)?;
+    let (mmd, mmd_floor) = with_floor(&mmd, &s, &tr, &te)?;
+    let (sliced, sliced_floor) = with_floor(&sliced, &s, &tr, &te)?;
     let coverage = |x: &Tensor| -> Result<Option<gm_core::metrics::ModeCoverage>> {
         modes
             .map(|(centres, std)| mode_coverage(x, centres, *std))
@@ -135,12 +217,12 @@ pub fn sample_metrics(
     let (model_modes, data_modes) = (coverage(&s)?, coverage(&tr)?);
     Ok(SampleMetrics {
         n,
-        energy_distance: energy_distance(&s, &te)?,
-        energy_distance_floor: energy_distance(&tr, &te)?,
-        mmd: mmd_rbf(&s, &te, &bandwidths)?,
-        mmd_floor: mmd_rbf(&tr, &te, &bandwidths)?,
-        sliced_wasserstein: sliced_wasserstein(&s, &te, 128, 0)?,
-        sliced_wasserstein_floor: sliced_wasserstein(&tr, &te, 128, 0)?,
+        energy_distance: energy,
+        energy_distance_floor: energy_floor,
+        mmd,
+        mmd_floor,
+        sliced_wasserstein: sliced,
+        sliced_wasserstein_floor: sliced_floor,
         modes_covered: model_modes.as_ref().map(|m| m.covered),
         modes: model_modes.as_ref().map(|m| m.modes),
         high_quality_share: model_modes.as_ref().map(|m| m.high_quality_share),

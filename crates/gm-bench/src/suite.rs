@@ -50,7 +50,79 @@ impl FromStr for Profile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SuiteFile {
+    /// How each profile evaluates its runs; [`Evaluation::default`] where left out.
+    #[serde(default)]
+    evaluation: ProfileEvaluations,
     entry: Vec<SuiteEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileEvaluations {
+    quick: Option<Evaluation>,
+    default: Option<Evaluation>,
+    full: Option<Evaluation>,
+}
+
+/// How a profile evaluates a run: the sizes that trade the metrics' precision for time. Part of
+/// each result's hash. Keys left out of a profile's table keep [`Evaluation::default`]'s.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Evaluation {
+    /// Points of a toy set's exact density behind its entropy estimate (for the unpaired gap;
+    /// the paired KL needs none).
+    pub entropy_samples: i64,
+    /// Samples drawn and judged per run on the 2-D toy sets (and per further sampler).
+    pub toy_samples: i64,
+    /// Digits drawn for the image metrics, per run and per further sampler (the reference row
+    /// scores as many training digits).
+    pub image_samples: i64,
+    /// At most this many test examples for the likelihood (the first ones); all when left out.
+    /// An entry's own `likelihood_examples` caps it further.
+    pub likelihood_examples: Option<i64>,
+}
+
+impl Default for Evaluation {
+    fn default() -> Self {
+        Evaluation {
+            entropy_samples: 100_000,
+            toy_samples: 2000,
+            image_samples: 1000,
+            likelihood_examples: None,
+        }
+    }
+}
+
+impl Evaluation {
+    fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |key: &str, v: i64, least: i64| {
+            GmError::config(
+                &format!("evaluation.{key}"),
+                format!("{origin}: must be at least {least}, got {v}"),
+            )
+        };
+        if self.entropy_samples < 100 {
+            return Err(bad("entropy_samples", self.entropy_samples, 100));
+        }
+        if self.toy_samples < 10 {
+            return Err(bad("toy_samples", self.toy_samples, 10));
+        }
+        if self.image_samples < 10 {
+            return Err(bad("image_samples", self.image_samples, 10));
+        }
+        if let Some(n) = self.likelihood_examples.filter(|n| *n < 2) {
+            return Err(bad("likelihood_examples", n, 2));
+        }
+        Ok(())
+    }
+
+    /// Test examples for an entry that caps them at `entry_cap`.
+    pub fn likelihood_examples(&self, entry_cap: Option<i64>) -> Option<i64> {
+        match (self.likelihood_examples, entry_cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +142,73 @@ struct SuiteEntry {
     /// Test examples the likelihood is evaluated on (the first ones of the test split); all
     /// when left out. For likelihoods that cost an ODE solve per example.
     likelihood_examples: Option<i64>,
+    /// Per profile, run-file keys to replace, by dotted path (`"model.sampler.steps" = 10`):
+    /// a cheaper sampler or a smaller network where a profile's time budget needs one. The
+    /// patched run is validated like any run file, and its text is what the run is keyed by.
+    #[serde(default)]
+    overrides: ProfileOverrides,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileOverrides {
+    #[serde(default)]
+    quick: toml::Table,
+    #[serde(default)]
+    default: toml::Table,
+    #[serde(default)]
+    full: toml::Table,
+}
+
+impl ProfileOverrides {
+    fn get(&self, profile: Profile) -> &toml::Table {
+        match profile {
+            Profile::Quick => &self.quick,
+            Profile::Default => &self.default,
+            Profile::Full => &self.full,
+        }
+    }
+}
+
+/// `run` with the keys of `overrides` (dotted paths into the run file) replaced, re-read through
+/// `registry` so the result is validated like a run file. A path through a table the run file
+/// does not have, or to a key its config does not know, is an error naming it (a misspelt key
+/// must not silently do nothing).
+fn apply_overrides(
+    run: RunConfig,
+    overrides: &toml::Table,
+    registry: &Registry,
+    origin: &str,
+) -> Result<RunConfig> {
+    if overrides.is_empty() {
+        return Ok(run);
+    }
+    let mut table: toml::Table =
+        toml::from_str(&run.to_toml_string()?).map_err(|e| GmError::ConfigParse {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
+    for (path, value) in overrides {
+        let keys: Vec<&str> = path.split('.').collect();
+        let (last, parents) = keys.split_last().expect("split yields at least one piece");
+        let mut node = &mut table;
+        for key in parents {
+            node = match node.get_mut(*key) {
+                Some(toml::Value::Table(t)) => t,
+                _ => {
+                    return Err(GmError::config(
+                        &format!("overrides.{path}"),
+                        format!("{origin}: the run file has no table {key:?} on this path"),
+                    ))
+                }
+            };
+        }
+        // A key the canonical form leaves out (an unset option) is added; a misspelt one is
+        // refused when the patched run is read back (its configs deny unknown fields).
+        node.insert(last.to_string(), value.clone());
+    }
+    let text = toml::to_string(&table).map_err(|e| GmError::config("overrides", e.to_string()))?;
+    registry.parse_run(&text, &format!("{origin} (with overrides)"))
 }
 
 /// One way to draw samples from a trained model (the `SampleOptions` a suite can set); fields
@@ -152,6 +291,25 @@ pub struct Entry {
     /// Test examples the likelihood is evaluated on; all when `None` (part of the result's
     /// hash).
     pub likelihood_examples: Option<i64>,
+    /// The profile's evaluation sizes (part of the result's hash).
+    pub evaluation: Evaluation,
+}
+
+impl Entry {
+    /// An entry for one run outside any suite (`gm eval`), with id `<family>/<model>/<dataset>`.
+    pub fn for_run(model: &str, run: RunConfig) -> Result<Entry> {
+        Ok(Entry {
+            id: format!("{}/{model}/{}", run.family(), run.dataset),
+            family: run.family().to_string(),
+            model: model.to_string(),
+            dataset: run.dataset.clone(),
+            config_text: run.to_toml_string()?,
+            run,
+            samplers: Vec::new(),
+            likelihood_examples: None,
+            evaluation: Evaluation::default(),
+        })
+    }
 }
 
 /// Whether an entry id (`family/model/dataset`) matches an `--only` filter: the filter occurs
@@ -214,6 +372,13 @@ pub fn suite_from(
         path: origin.into(),
         message: e.to_string(),
     })?;
+    let evaluation = match profile {
+        Profile::Quick => file.evaluation.quick.clone(),
+        Profile::Default => file.evaluation.default.clone(),
+        Profile::Full => file.evaluation.full.clone(),
+    }
+    .unwrap_or_default();
+    evaluation.validate(origin)?;
     let mut entries: Vec<Entry> = Vec::new();
     for item in &file.entry {
         if let Some(n) = item.likelihood_examples.filter(|n| *n < 1) {
@@ -225,7 +390,12 @@ pub fn suite_from(
                 ),
             ));
         }
-        let base = registry.load_run(&item.config)?;
+        let base = apply_overrides(
+            registry.load_run(&item.config)?,
+            item.overrides.get(profile),
+            registry,
+            &format!("{origin}: entry {}", item.model),
+        )?;
         let steps = item.steps.get(profile);
         let datasets = if item.datasets.is_empty() {
             vec![base.dataset.clone()]
@@ -251,7 +421,8 @@ pub fn suite_from(
                 config_text: run.to_toml_string()?,
                 run,
                 samplers: item.samplers.clone(),
-                likelihood_examples: item.likelihood_examples,
+                likelihood_examples: evaluation.likelihood_examples(item.likelihood_examples),
+                evaluation: evaluation.clone(),
             });
         }
     }

@@ -39,6 +39,7 @@ fn entry(id: &str, panics: bool) -> Entry {
     Entry {
         samplers: vec![],
         likelihood_examples: None,
+        evaluation: Default::default(),
         id: id.into(),
         family: "test".into(),
         model: "m".into(),
@@ -70,19 +71,20 @@ fn failures_are_recorded_not_fatal() {
     let out = out_dir("fail");
     let erroring = entry("test/error/two_moons", false);
     let panicking = entry("test/panic/two_moons", true);
-    let a = run_entry(&erroring, &data, &out, Device::Cpu, None);
-    let b = run_entry(&panicking, &data, &out, Device::Cpu, None);
+    let a = run_entry(&erroring, &data, &out, Device::Cpu, None, &mut |_, _, _| {});
+    let b = run_entry(
+        &panicking,
+        &data,
+        &out,
+        Device::Cpu,
+        None,
+        &mut |_, _, _| {},
+    );
     assert_eq!(a.status, "failed");
     assert!(a.error.as_deref().unwrap().contains("no such model"));
     assert_eq!(b.status, "failed");
     assert!(b.error.as_deref().unwrap().contains("boom"));
-    let r = Report {
-        profile: "test".into(),
-        device: "Cpu".into(),
-        threads: 1,
-        total_seconds: 0.0,
-        results: vec![a, b],
-    };
+    let r = Report::new("test", "Cpu", 0.0, vec![a, b]);
     report::write(&r, &out).unwrap();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
@@ -109,14 +111,14 @@ fn a_real_entry_trains_and_is_reused() {
     e.run.train.batch_size = 64;
     e.run.train.log_every = 1;
     e.config_text.push_str("\n# shortened for the test\n");
-    let first = run_entry(&e, &data, &out, Device::Cpu, None);
+    let first = run_entry(&e, &data, &out, Device::Cpu, None, &mut |_, _, _| {});
     assert_eq!(first.status, "ok", "{:?}", first.error);
     assert_eq!(first.nll_kind.as_deref(), Some("exact"));
     assert_eq!(first.curve.len(), 3);
     assert!(first.gap_nats.unwrap().is_finite());
     assert!(out.join(first.samples_png.as_deref().unwrap()).exists());
     // A second run of the same config reuses the finished result.
-    let again = run_entry(&e, &data, &out, Device::Cpu, None);
+    let again = run_entry(&e, &data, &out, Device::Cpu, None, &mut |_, _, _| {});
     assert_eq!(again.nll_nats, first.nll_nats);
     assert_eq!(again.train_seconds, first.train_seconds);
     // Changing the config changes the hash, hence the run folder.
@@ -136,7 +138,7 @@ fn sampler_variants_are_judged_and_hashed() {
         .unwrap()
         .remove(0);
     e.run.train.batch_size = 32;
-    let result = run_entry(&e, &data, &out, Device::Cpu, None);
+    let result = run_entry(&e, &data, &out, Device::Cpu, None, &mut |_, _, _| {});
     assert_eq!(result.status, "ok", "{:?}", result.error);
     let labels: Vec<&str> = result.samplers.iter().map(|s| s.label.as_str()).collect();
     assert_eq!(labels, ["ddpm-20", "dpm_solver_2m-4", "ddim-5 η=1"]);
@@ -166,7 +168,7 @@ fn sampler_variants_are_judged_and_hashed() {
         guidance: None,
         tolerance: None,
     });
-    let again = run_entry(&e, &data, &out, Device::Cpu, None);
+    let again = run_entry(&e, &data, &out, Device::Cpu, None, &mut |_, _, _| {});
     assert_eq!(again.status, "ok", "{:?}", again.error);
     assert_eq!(again.steps, result.steps);
     let failed = again.samplers.last().unwrap();
@@ -317,7 +319,8 @@ fn budgets_are_applied_by_the_specs() {
             }
         }
     }
-    // The quick-profile MLP VAE: 1,500 of the 6,000 steps its file was written for.
+    // The quick-profile MLP VAE: 400 of the 6,000 steps its file was written for, so its
+    // 1,000-step KL warm-up becomes round(1000 · 400 / 6000) = 67 steps.
     let quick = suite(Profile::Quick).unwrap();
     let vae = quick
         .iter()
@@ -328,7 +331,7 @@ fn budgets_are_applied_by_the_specs() {
         c.objective,
         gm_vae::ObjectiveConfig::Elbo {
             beta: 1.0,
-            kl_warmup_steps: 250,
+            kl_warmup_steps: 67,
             samples: 1
         }
     );
@@ -444,7 +447,7 @@ fn non_finite_metrics_fail_the_run() {
     let mut e = entry("test/nan/two_moons", false);
     e.run.model = Box::new(StubSpec { oracle: false });
     e.config_text = "nan = true".into();
-    let result = run_entry(&e, &data, &out, Device::Cpu, None);
+    let result = run_entry(&e, &data, &out, Device::Cpu, None, &mut |_, _, _| {});
     assert_eq!(result.status, "failed");
     let error = result.error.as_deref().unwrap();
     assert!(error.contains("non-finite test NLL"), "{error}");
@@ -461,7 +464,7 @@ fn a_model_equal_to_the_data_scores_zero_paired_kl_and_its_exact_nll() {
     let mut e = entry("test/oracle/two_moons", false);
     e.run.model = Box::new(StubSpec { oracle: true });
     e.config_text = "oracle = true".into();
-    let r = run_entry(&e, &data, &out, Device::Cpu, None);
+    let r = run_entry(&e, &data, &out, Device::Cpu, None, &mut |_, _, _| {});
     assert_eq!(r.status, "ok", "{:?}", r.error);
     assert_eq!(r.kl_nats, Some(0.0));
     assert_eq!(r.kl_stderr, Some(0.0));
