@@ -483,21 +483,14 @@ pub fn evaluate(
     write_samples_picture(&samples, data.toy, data.values, &out.join(&png))?;
     phases.sampling = lap();
 
-    let image_metrics = match (classifier, data.values) {
-        (Some(c), gm_core::data::ValueKind::Discrete { levels }) if judged_as_digits(data) => {
-            gm_core::device::seed_torch(gm_core::device::derive_seed(entry.run.train.seed, 0x1A6E));
-            Some(image_metrics(
-                model,
-                c,
-                &data.train.x,
-                &data.test.x,
-                (levels - 1) as f64,
-                entry.evaluation.image_samples,
-                None,
-            )?)
-        }
-        _ => None,
-    };
+    let image_metrics = judge_digits(
+        classifier,
+        model,
+        data,
+        entry,
+        gm_core::device::derive_seed(entry.run.train.seed, 0x1A6E),
+        None,
+    )?;
     phases.image_metrics = lap();
 
     let mut samplers = Vec::new();
@@ -585,6 +578,33 @@ pub fn evaluate(
         capabilities,
         provenance: crate::provenance::Provenance::now(&entry.family, device),
     })
+}
+
+/// The digit classifier's metrics of the profile's number of samples drawn from `seed` (the way
+/// `variant` says, or the model's default), where `data` are digits and a classifier is given.
+fn judge_digits(
+    classifier: Option<&DigitClassifier>,
+    model: &dyn gm_core::model::GenerativeModel,
+    data: &NamedData,
+    entry: &Entry,
+    seed: u64,
+    variant: Option<&crate::suite::SamplerVariant>,
+) -> Result<Option<ImageMetrics>> {
+    match (classifier, data.values) {
+        (Some(c), gm_core::data::ValueKind::Discrete { levels }) if judged_as_digits(data) => {
+            gm_core::device::seed_torch(seed);
+            Ok(Some(image_metrics(
+                model,
+                c,
+                &data.train.x,
+                &data.test.x,
+                (levels - 1) as f64,
+                entry.evaluation.image_samples,
+                variant,
+            )?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Whether the digit classifier judges samples of `data` (MNIST-shaped images).
@@ -777,21 +797,7 @@ fn judge_variant(
         )?),
         None => None,
     };
-    let image_metrics = match (classifier, data.values) {
-        (Some(c), gm_core::data::ValueKind::Discrete { levels }) if judged_as_digits(data) => {
-            gm_core::device::seed_torch(seed);
-            Some(image_metrics(
-                model,
-                c,
-                &data.train.x,
-                &data.test.x,
-                (levels - 1) as f64,
-                entry.evaluation.image_samples,
-                Some(variant),
-            )?)
-        }
-        _ => None,
-    };
+    let image_metrics = judge_digits(classifier, model, data, entry, seed, Some(variant))?;
     Ok(SamplerResult {
         label: variant.label(),
         seconds_per_10k,
