@@ -287,40 +287,17 @@ pub fn scatter_chart(
         .map(|g| (clean(g, 28), colour(colour_of[g])))
         .collect();
     let point_labels: Vec<String> = shown.iter().map(|p| clean(&p.label, 32)).collect();
-    let header_h = header_height(&note);
-    let legend_w = legend_width(&legend);
-    let y_area = label_area_width(y_labels.iter().map(|s| s.chars().count()), 22);
-    let (x_desc, y_desc) = (clean(x_label, 100), clean(y_label, 80));
-    let desc_size = desc_font_size(&[
-        (&x_desc, plot_width(legend_w, y_area)),
-        (&y_desc, HEIGHT - header_h - X_AREA - 2 * MARGIN),
-    ]);
-
-    render(path, (WIDTH, HEIGHT), |root| {
-        let (header, body) = root.split_vertically(header_h);
-        draw_header(&header, title, &note)?;
-        let (plot, legend_area) = body.split_horizontally(WIDTH - legend_w);
-        let mut chart = ChartBuilder::on(&plot)
-            .margin(MARGIN)
-            .x_label_area_size(X_AREA)
-            .y_label_area_size(y_area)
-            .build_cartesian_2d(
-                Axis::new(xlo, xhi, x_ticks.clone()),
-                Axis::new(ylo, yhi, y_ticks.clone()),
-            )?;
-        let x_fmt = |v: &f64| lookup_label(&x_ticks, &x_labels, *v);
-        let y_fmt = |v: &f64| lookup_label(&y_ticks, &y_labels, *v);
-        chart
-            .configure_mesh()
-            .x_desc(x_desc.as_str())
-            .y_desc(y_desc.as_str())
-            .x_label_formatter(&x_fmt)
-            .y_label_formatter(&y_fmt)
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", desc_size))
-            .bold_line_style(GRID)
-            .draw()?;
-
+    let frame = XyFrame {
+        title,
+        note: &note,
+        x: (xlo, xhi, x_ticks, x_labels),
+        y: (ylo, yhi, y_ticks, y_labels),
+        x_label,
+        y_label,
+        legend: &legend,
+        swatch: Swatch::Dot,
+    };
+    frame.render(path, |chart| {
         let font = ("sans-serif", 13).into_font().color(&TEXT_GREY);
         for ((p, x), label) in shown.iter().zip(&xs).zip(&point_labels) {
             let c = colour(colour_of[p.group.as_str()]);
@@ -340,7 +317,7 @@ pub fn scatter_chart(
                 );
             chart.draw_series(std::iter::once(dot))?;
         }
-        draw_legend(&legend_area, &legend, Swatch::Dot)
+        Ok(())
     })?;
     Ok(true)
 }
@@ -449,40 +426,17 @@ pub fn line_chart_with(
         .filter(|(_, (_, r))| !r.is_empty())
         .map(|(i, (s, _))| (clean(&s.label, 28), colour(i)))
         .collect();
-    let header_h = header_height(&note);
-    let legend_w = legend_width(&legend);
-    let y_area = label_area_width(y_labels.iter().map(|s| s.chars().count()), 22);
-    let (x_desc, y_desc) = (clean(x_label, 100), clean(y_label, 80));
-    let desc_size = desc_font_size(&[
-        (&x_desc, plot_width(legend_w, y_area)),
-        (&y_desc, HEIGHT - header_h - X_AREA - 2 * MARGIN),
-    ]);
-
-    render(path, (WIDTH, HEIGHT), |root| {
-        let (header, body) = root.split_vertically(header_h);
-        draw_header(&header, title, &note)?;
-        let (plot, legend_area) = body.split_horizontally(WIDTH - legend_w);
-        let mut chart = ChartBuilder::on(&plot)
-            .margin(MARGIN)
-            .x_label_area_size(X_AREA)
-            .y_label_area_size(y_area)
-            .build_cartesian_2d(
-                Axis::new(xlo, xhi, x_ticks.clone()),
-                Axis::new(ylo, yhi, y_ticks.clone()),
-            )?;
-        let x_fmt = |v: &f64| lookup_label(&x_ticks, &x_labels, *v);
-        let y_fmt = |v: &f64| lookup_label(&y_ticks, &y_labels, *v);
-        chart
-            .configure_mesh()
-            .x_desc(x_desc.as_str())
-            .y_desc(y_desc.as_str())
-            .x_label_formatter(&x_fmt)
-            .y_label_formatter(&y_fmt)
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", desc_size))
-            .bold_line_style(GRID)
-            .draw()?;
-
+    let frame = XyFrame {
+        title,
+        note: &note,
+        x: (xlo, xhi, x_ticks, x_labels),
+        y: (ylo, yhi, y_ticks, y_labels),
+        x_label,
+        y_label,
+        legend: &legend,
+        swatch: Swatch::Line,
+    };
+    frame.render(path, |chart| {
         for (i, series_runs) in runs.iter().enumerate() {
             let c = colour(i);
             for run in series_runs {
@@ -499,7 +453,7 @@ pub fn line_chart_with(
                 }
             }
         }
-        draw_legend(&legend_area, &legend, Swatch::Line)
+        Ok(())
     })?;
     Ok(true)
 }
@@ -577,6 +531,69 @@ impl Ranged for Axis {
 
     fn range(&self) -> std::ops::Range<f64> {
         self.lo..self.hi
+    }
+}
+
+/// The chart of [`scatter_chart`] and [`line_chart_with`]: a title with its note, x and y axes
+/// with precomputed ticks and labels, and a legend at the right.
+struct XyFrame<'a> {
+    title: &'a str,
+    note: &'a str,
+    /// `(lo, hi, ticks, tick labels)` of each axis.
+    x: (f64, f64, Vec<f64>, Vec<String>),
+    y: (f64, f64, Vec<f64>, Vec<String>),
+    x_label: &'a str,
+    y_label: &'a str,
+    legend: &'a [(String, RGBColor)],
+    swatch: Swatch,
+}
+
+type XyChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<Axis, Axis>>;
+
+impl XyFrame<'_> {
+    /// Lays out header, axes and legend, draws them, and lets `data` draw into the axes.
+    fn render(
+        &self,
+        path: &Path,
+        data: impl FnOnce(&mut XyChart<'_, '_>) -> DrawResult,
+    ) -> Result<()> {
+        let (xlo, xhi, x_ticks, x_labels) = &self.x;
+        let (ylo, yhi, y_ticks, y_labels) = &self.y;
+        let header_h = header_height(self.note);
+        let legend_w = legend_width(self.legend);
+        let y_area = label_area_width(y_labels.iter().map(|s| s.chars().count()), 22);
+        let (x_desc, y_desc) = (clean(self.x_label, 100), clean(self.y_label, 80));
+        let desc_size = desc_font_size(&[
+            (&x_desc, plot_width(legend_w, y_area)),
+            (&y_desc, HEIGHT - header_h - X_AREA - 2 * MARGIN),
+        ]);
+        render(path, (WIDTH, HEIGHT), |root| {
+            let (header, body) = root.split_vertically(header_h);
+            draw_header(&header, self.title, self.note)?;
+            let (plot, legend_area) = body.split_horizontally(WIDTH - legend_w);
+            let mut chart = ChartBuilder::on(&plot)
+                .margin(MARGIN)
+                .x_label_area_size(X_AREA)
+                .y_label_area_size(y_area)
+                .build_cartesian_2d(
+                    Axis::new(*xlo, *xhi, x_ticks.clone()),
+                    Axis::new(*ylo, *yhi, y_ticks.clone()),
+                )?;
+            let x_fmt = |v: &f64| lookup_label(x_ticks, x_labels, *v);
+            let y_fmt = |v: &f64| lookup_label(y_ticks, y_labels, *v);
+            chart
+                .configure_mesh()
+                .x_desc(x_desc.as_str())
+                .y_desc(y_desc.as_str())
+                .x_label_formatter(&x_fmt)
+                .y_label_formatter(&y_fmt)
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", desc_size))
+                .bold_line_style(GRID)
+                .draw()?;
+            data(&mut chart)?;
+            draw_legend(&legend_area, self.legend, self.swatch)
+        })
     }
 }
 
