@@ -110,6 +110,10 @@ enum Command {
         /// Evaluate the likelihood on the first N test examples only.
         #[arg(long)]
         examples: Option<i64>,
+        /// Samples to draw and judge (digits for the image metrics, points on a toy set);
+        /// the default profile's sizes when left out.
+        #[arg(long)]
+        samples: Option<i64>,
     },
     /// The registered families, shipped run files and data sets; with `--profile`, the entries
     /// of that benchmark profile.
@@ -263,7 +267,8 @@ fn run(cli: Cli) -> gm_core::Result<ExitCode> {
             checkpoint,
             out,
             examples,
-        } => evaluate_checkpoint(&checkpoint, &out, examples),
+            samples,
+        } => evaluate_checkpoint(&checkpoint, &out, examples, samples),
     }
 }
 
@@ -336,7 +341,14 @@ fn evaluate_checkpoint(
     checkpoint: &std::path::Path,
     out: &std::path::Path,
     examples: Option<i64>,
+    samples: Option<i64>,
 ) -> gm_core::Result<ExitCode> {
+    if let Some(n) = samples.filter(|n| *n < 10) {
+        return Err(gm_core::GmError::config(
+            "samples",
+            format!("must be at least 10, got {n}"),
+        ));
+    }
     if let Some(n) = examples.filter(|n| *n < 2) {
         return Err(gm_core::GmError::config(
             "examples",
@@ -356,6 +368,10 @@ fn evaluate_checkpoint(
     };
     let mut entry = Entry::for_run("eval", saved.run)?;
     entry.likelihood_examples = examples;
+    if let Some(n) = samples {
+        entry.evaluation.image_samples = n;
+        entry.evaluation.toy_samples = n;
+    }
     std::fs::create_dir_all(out).map_err(|e| gm_core::GmError::io(out, e))?;
     let result = gm_bench::runner::evaluate(
         &entry,

@@ -17,6 +17,7 @@ pub fn registry() -> Registry {
     gm_vae::register(&mut registry);
     gm_gan::register(&mut registry);
     gm_diffusion::register(&mut registry);
+    gm_autoregressive::register(&mut registry);
     registry
 }
 
@@ -142,6 +143,9 @@ struct SuiteEntry {
     /// Test examples the likelihood is evaluated on (the first ones of the test split); all
     /// when left out. For likelihoods that cost an ODE solve per example.
     likelihood_examples: Option<i64>,
+    /// Caps the profile's `image_samples` for this entry, per profile: for models whose
+    /// sampling costs a network pass per pixel (PixelCNN).
+    image_samples: Option<ProfileSteps>,
     /// Per profile, run-file keys to replace, by dotted path (`"model.sampler.steps" = 10`):
     /// a cheaper sampler or a smaller network where a profile's time budget needs one. The
     /// patched run is validated like any run file, and its text is what the run is keyed by.
@@ -222,6 +226,15 @@ pub struct SamplerVariant {
     pub guidance: Option<f64>,
     /// The tolerance of an adaptive ODE solver.
     pub tolerance: Option<f64>,
+    /// Divides the logits of an autoregressive model (scales the noise of a flow or VAE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Top-k filtering of an autoregressive model's categorical draws.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    /// Nucleus (top-p) filtering of an autoregressive model's categorical draws.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
 }
 
 impl SamplerVariant {
@@ -240,6 +253,15 @@ impl SamplerVariant {
         if let Some(g) = self.guidance {
             label.push_str(&format!(" guidance {g}"));
         }
+        if let Some(t) = self.temperature {
+            label.push_str(&format!(" T={t}"));
+        }
+        if let Some(k) = self.top_k {
+            label.push_str(&format!(" top-k {k}"));
+        }
+        if let Some(p) = self.top_p {
+            label.push_str(&format!(" top-p {p}"));
+        }
         label
     }
 
@@ -251,6 +273,11 @@ impl SamplerVariant {
         options.eta = self.eta;
         options.guidance = self.guidance;
         options.tolerance = self.tolerance;
+        options.top_k = self.top_k;
+        options.top_p = self.top_p;
+        if let Some(t) = self.temperature {
+            options.temperature = t;
+        }
         options
     }
 }
@@ -381,6 +408,16 @@ pub fn suite_from(
     evaluation.validate(origin)?;
     let mut entries: Vec<Entry> = Vec::new();
     for item in &file.entry {
+        let mut evaluation = evaluation.clone();
+        if let Some(cap) = item.image_samples.as_ref().map(|c| c.get(profile) as i64) {
+            if cap < 10 {
+                return Err(GmError::config(
+                    "image_samples",
+                    format!("{origin}: entry {}: must be at least 10, got {cap}", item.model),
+                ));
+            }
+            evaluation.image_samples = evaluation.image_samples.min(cap);
+        }
         if let Some(n) = item.likelihood_examples.filter(|n| *n < 1) {
             return Err(GmError::config(
                 "likelihood_examples",

@@ -167,6 +167,9 @@ fn sampler_variants_are_judged_and_hashed() {
         eta: None,
         guidance: None,
         tolerance: None,
+        temperature: None,
+        top_k: None,
+        top_p: None,
     });
     let again = run_entry(&e, &data, &out, Device::Cpu, None, &mut |_, _, _| {});
     assert_eq!(again.status, "ok", "{:?}", again.error);
@@ -176,7 +179,7 @@ fn sampler_variants_are_judged_and_hashed() {
         failed.error.as_deref().unwrap_or("").contains("leapfrog"),
         "{failed:?}"
     );
-    let bad = text.replace("eta = 1.0", "eta = 1.0, temperature = 2.0");
+    let bad = text.replace("eta = 1.0", "eta = 1.0, temperture = 2.0");
     assert!(gm_bench::suite::suite_from(&bad, "t", Profile::Quick, &registry).is_err());
 }
 
@@ -295,6 +298,13 @@ fn budgets_are_applied_by_the_specs() {
                 }
                 "masked_diffusion" => {
                     let c: gm_diffusion::MaskedDiffusionConfig = e.run.model_config().unwrap();
+                    if let Some(ema) = &c.ema {
+                        assert!(ema.start_step < steps, "{}: EMA start", e.id);
+                    }
+                    c.lr_schedule
+                }
+                "autoregressive" => {
+                    let c: gm_autoregressive::AutoregressiveConfig = e.run.model_config().unwrap();
                     if let Some(ema) = &c.ema {
                         assert!(ema.start_step < steps, "{}: EMA start", e.id);
                     }

@@ -125,6 +125,13 @@ pub struct SampleOptions {
     /// Scales the noise of the base or latent distribution (flows, VAEs) or divides the logits
     /// (autoregressive models); 1 samples the model itself.
     pub temperature: f64,
+    /// Keeps only the `k` most likely values of each categorical draw (autoregressive models);
+    /// `None` keeps all.
+    pub top_k: Option<i64>,
+    /// Nucleus sampling: keeps the smallest set of most likely values whose probabilities sum to
+    /// at least `p` (in (0, 1]) in each categorical draw (autoregressive models); `None` keeps
+    /// all.
+    pub top_p: Option<f64>,
     /// The number of steps of an iterative sampler (diffusion, ODE solvers); `None` for the
     /// model's default.
     pub steps: Option<usize>,
@@ -152,6 +159,8 @@ impl Default for SampleOptions {
             labels: None,
             context: None,
             temperature: 1.0,
+            top_k: None,
+            top_p: None,
             steps: None,
             solver: None,
             tolerance: None,
@@ -180,6 +189,16 @@ impl SampleOptions {
 
     pub fn temperature(mut self, temperature: f64) -> Self {
         self.temperature = temperature;
+        self
+    }
+
+    pub fn top_k(mut self, k: i64) -> Self {
+        self.top_k = Some(k);
+        self
+    }
+
+    pub fn top_p(mut self, p: f64) -> Self {
+        self.top_p = Some(p);
         self
     }
 
@@ -231,6 +250,18 @@ impl SampleOptions {
             return Err(GmError::config(
                 "temperature",
                 format!("must be finite and non-negative, got {}", self.temperature),
+            ));
+        }
+        if let Some(k) = self.top_k.filter(|k| *k < 1) {
+            return Err(GmError::config(
+                "top_k",
+                format!("must keep at least 1 value, got {k}"),
+            ));
+        }
+        if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Err(GmError::config(
+                "top_p",
+                format!("must lie in (0, 1], got {p}"),
             ));
         }
         if self.steps == Some(0) {

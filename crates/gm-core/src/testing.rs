@@ -215,3 +215,88 @@ pub fn error_text<T>(result: crate::Result<T>) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// Which earlier inputs [`assert_causal`] requires each output to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MustSee {
+    /// Only the zero pattern is checked (models with a limited receptive field or a known
+    /// blind spot, such as PixelCNN's).
+    Nothing,
+    /// Every earlier input must have a non-zero gradient: no blind spot (Gated PixelCNN, MADE,
+    /// NADE, a Transformer), on an input small enough to lie inside the receptive field.
+    AllEarlier,
+}
+
+/// The causality of an autoregressive network, by autograd. `f` maps an input `[1, D]` (`D`
+/// values in storage order: raster order for images, time for sequences) to outputs
+/// `[1, K, D]` or `[1, D]` whose position `d` parameterises the conditional of value `d`;
+/// `order` lists the values in generation order. For every position `order[s]`, the gradient
+/// of its outputs with respect to the inputs `order[s..]` (itself and everything after it) must
+/// be exactly zero; with [`MustSee::AllEarlier`] its gradient with respect to each of
+/// `order[..s]` must also be non-zero. `x` `[D]` is the point the gradients are taken at (use
+/// generic values, so that no gradient vanishes by accident). Returns, for each position, how
+/// many earlier inputs it sees.
+pub fn assert_causal<F>(f: F, x: &Tensor, order: &[i64], must_see: MustSee) -> Vec<usize>
+where
+    F: Fn(&Tensor) -> Tensor,
+{
+    let d = x.numel() as i64;
+    assert_eq!(order.len() as i64, d, "the order must list each of the {d} inputs once");
+    let mut sorted = order.to_vec();
+    sorted.sort_unstable();
+    assert!(
+        sorted.iter().copied().eq(0..d),
+        "the order must be a permutation of 0..{d}, got {order:?}"
+    );
+    let input = x
+        .detach()
+        .reshape([1, d])
+        .copy()
+        .set_requires_grad(true);
+    let out = f(&input);
+    let out = match out.dim() {
+        2 => out.unsqueeze(1),
+        3 => out,
+        _ => panic!("outputs must be [1, K, D] or [1, D], got {:?}", out.size()),
+    };
+    assert_eq!(out.size()[2], d, "outputs must have one position per input");
+    let mut rank = vec![0usize; d as usize];
+    for (s, &pos) in order.iter().enumerate() {
+        rank[pos as usize] = s;
+    }
+    // A fixed random projection of each position's outputs, so that dependences of several
+    // outputs cannot cancel in their sum.
+    let projection = Tensor::from_slice(
+        &(0..out.size()[1])
+            .map(|k| 1.0 + 0.618_033_988_75 * k as f64 % 1.0)
+            .collect::<Vec<f64>>(),
+    )
+    .to_kind(out.kind());
+    let mut seen = Vec::with_capacity(order.len());
+    for (s, &pos) in order.iter().enumerate() {
+        let target = (out.select(2, pos).squeeze_dim(0) * &projection).sum(Kind::Double);
+        let g = Tensor::run_backward(&[&target], &[&input], true, false)
+            .remove(0)
+            .reshape([d]);
+        let g: Vec<f64> = Vec::try_from(&g.to_kind(Kind::Double)).expect("gradient to host");
+        let mut count = 0;
+        for (j, gj) in g.iter().enumerate() {
+            if rank[j] >= s {
+                assert!(
+                    *gj == 0.0,
+                    "position {pos} (step {s} of the order) depends on input {j} (step {}): ∂ = {gj}",
+                    rank[j]
+                );
+            } else if *gj != 0.0 {
+                count += 1;
+            } else if must_see == MustSee::AllEarlier {
+                panic!(
+                    "position {pos} (step {s} of the order) does not see the earlier input {j} (step {}): a blind spot",
+                    rank[j]
+                );
+            }
+        }
+        seen.push(count);
+    }
+    seen
+}

@@ -8,6 +8,7 @@ pub mod ema;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
+pub mod training;
 
 pub use checkpoint::StateDict;
 pub use config::Config;
@@ -15,3 +16,4 @@ pub use ema::{Ema, EmaConfig};
 pub use optim::{clip_grad_norm, Adam, AdamConfig};
 pub use schedule::LrSchedule;
 pub use trainer::{TrainConfig, TrainHistory, Trainer};
+pub use training::Training;

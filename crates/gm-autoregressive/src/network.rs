@@ -1,0 +1,187 @@
+//! The seam between the networks and the model: a [`Network`] maps data `[batch, D]` (as
+//! [`crate::Output::encode`] presents it) to the parameters `[batch, P, D]` of every value's
+//! conditional given the values before it in one of its generation orders. The model turns
+//! those into a likelihood and draws values one at a time through
+//! [`Network::sample_sequential`], which a network may override with an incremental scheme
+//! (NADE's running pre-activations).
+//!
+//! [`NetworkConfig`] (the `[model.network]` table, tagged by `kind`) builds any of them.
+
+use crate::gated::GatedPixelCnnConfig;
+use crate::made::MadeNetConfig;
+use crate::nade::NadeConfig;
+use crate::pixelcnn::PixelCnnConfig;
+use gm_core::spec::DataInfo;
+use gm_core::tch::{nn, Device, Kind, Tensor};
+use gm_core::train::config::Config;
+use gm_core::{GmError, Result};
+use serde::{Deserialize, Serialize};
+
+/// What the model needs to know to build a network.
+#[derive(Debug, Clone)]
+pub struct NetworkShape<'a> {
+    pub data: &'a DataInfo,
+    /// Parameters per value (see [`crate::Output::params_per_value`]).
+    pub params_per_value: i64,
+    /// Label classes to condition on; 0 for an unconditional model.
+    pub classes: i64,
+}
+
+/// An autoregressive network (see the module documentation).
+pub trait Network: std::fmt::Debug {
+    /// Parameters `[batch, P, D]` of `p(x_d | x before d in order `order`)` for every `d`, for
+    /// encoded data `[batch, D]` and, for a conditional network, labels `[batch]`.
+    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, order: usize) -> Result<Tensor>;
+
+    /// The generation orders (each a permutation of `0..D`): one for most networks, several for
+    /// an order-agnostic MADE.
+    fn orders(&self) -> &[Vec<i64>];
+
+    /// Activation values per example of one forward pass, for the memory budget.
+    fn activations_per_example(&self) -> i128;
+
+    /// Draws `n` examples `[n, D]` (as data: levels or real values) in order `order`: `draw(params [n, P], d)` draws
+    /// value `d` (as data, e.g. levels) from its conditional's parameters; `encode` maps those
+    /// draws `[n]` to the network's input. The default runs the whole network once per value.
+    fn sample_sequential(
+        &self,
+        n: i64,
+        labels: Option<&Tensor>,
+        order: usize,
+        device: Device,
+        draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
+        encode: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        sample_by_full_passes(self, n, labels, order, device, draw, encode)
+    }
+}
+
+/// [`Network::sample_sequential`]'s default: the whole network runs once per value, `D`
+/// passes over the whole input. Networks with a cheaper scheme override it and are tested to
+/// draw the same values as this.
+pub fn sample_by_full_passes<N: Network + ?Sized>(
+    net: &N,
+    n: i64,
+    labels: Option<&Tensor>,
+    order: usize,
+    device: Device,
+    draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
+    encode: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    check_order(net, order)?;
+    let positions = net.orders()[order].clone();
+    let d = positions.len() as i64;
+    let x = Tensor::f_zeros([n, d], (Kind::Float, device))?;
+    let values = Tensor::f_zeros([n, d], (Kind::Float, device))?;
+    for pos in positions {
+        let params = net.forward(&x, labels, order)?.f_select(2, pos)?;
+        let v = draw(&params, pos)?;
+        values.f_select(1, pos)?.f_copy_(&v)?;
+        x.f_select(1, pos)?.f_copy_(&encode(&v)?)?;
+    }
+    Ok(values)
+}
+
+/// The `[model.network]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NetworkConfig {
+    Nade(NadeConfig),
+    Made(MadeNetConfig),
+    Pixelcnn(PixelCnnConfig),
+    GatedPixelcnn(GatedPixelCnnConfig),
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig::Made(MadeNetConfig::default())
+    }
+}
+
+impl NetworkConfig {
+    /// The kind's name, as the config writes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NetworkConfig::Nade(_) => "nade",
+            NetworkConfig::Made(_) => "made",
+            NetworkConfig::Pixelcnn(_) => "pixelcnn",
+            NetworkConfig::GatedPixelcnn(_) => "gated_pixelcnn",
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            NetworkConfig::Nade(c) => c.validate(),
+            NetworkConfig::Made(c) => c.validate(),
+            NetworkConfig::Pixelcnn(c) => c.validate(),
+            NetworkConfig::GatedPixelcnn(c) => c.validate(),
+        }
+    }
+
+    /// Trainable scalars the network will have (checked against the budget before building).
+    pub fn parameters(&self, shape: &NetworkShape) -> i128 {
+        match self {
+            NetworkConfig::Nade(c) => c.parameters(shape),
+            NetworkConfig::Made(c) => c.parameters(shape),
+            NetworkConfig::Pixelcnn(c) => c.parameters(shape),
+            NetworkConfig::GatedPixelcnn(c) => c.parameters(shape),
+        }
+    }
+
+    /// Builds the network under `path`; refuses data or conditioning it cannot handle, naming
+    /// the key.
+    pub fn init(&self, path: &nn::Path, shape: &NetworkShape) -> Result<Box<dyn Network>> {
+        if shape.classes > 0 && !matches!(self, NetworkConfig::GatedPixelcnn(_)) {
+            return Err(GmError::config(
+                "conditional",
+                format!(
+                    "a {} network is unconditional; class conditioning is built into gated_pixelcnn",
+                    self.kind()
+                ),
+            ));
+        }
+        Ok(match self {
+            NetworkConfig::Nade(c) => Box::new(c.init(path, shape)?),
+            NetworkConfig::Made(c) => Box::new(c.init(path, shape)?),
+            NetworkConfig::Pixelcnn(c) => Box::new(c.init(path, shape)?),
+            NetworkConfig::GatedPixelcnn(c) => Box::new(c.init(path, shape)?),
+        })
+    }
+}
+
+/// The image shape `[C, H, W]` of `data`, or an error naming `network.kind` for data that are
+/// not images (a convolutional network needs them).
+pub fn image_shape(data: &DataInfo, kind: &str) -> Result<(i64, i64, i64)> {
+    match data.event_shape.as_slice() {
+        [c, h, w] => Ok((*c, *h, *w)),
+        other => Err(GmError::config(
+            "network.kind",
+            format!("{kind} models images [channels, height, width]; this data set's examples are {other:?}"),
+        )),
+    }
+}
+
+/// Checks that `order` names one of `net`'s orders.
+pub fn check_order<N: Network + ?Sized>(net: &N, order: usize) -> Result<()> {
+    let orders = net.orders().len();
+    if order >= orders {
+        return Err(GmError::Domain(format!(
+            "order {order} requested; this network has {orders} order(s)"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a network's input: `[batch, d]` with a non-empty batch. Returns the batch size.
+pub fn check_input(x: &Tensor, d: i64, what: &str) -> Result<i64> {
+    let size = x.size();
+    if size.len() != 2 || size[1] != d || size[0] < 1 {
+        return Err(GmError::shape(what, format!("[batch ≥ 1, {d}]"), &size));
+    }
+    Ok(size[0])
+}
+
+/// The raster order `0..D`.
+pub fn raster_order(d: i64) -> Vec<i64> {
+    (0..d).collect()
+}

@@ -1,0 +1,371 @@
+//! PixelCNN (van den Oord et al., 2016, "Pixel Recurrent Neural Networks"): masked
+//! convolutions over a single-channel image in raster order. The first layer's mask (type A)
+//! hides the centre pixel, later ones (type B) show it; residual blocks of a 1×1 bottleneck, a
+//! masked k×k convolution and a 1×1 expansion; a 1×1 head to P numbers per pixel.
+//!
+//! The stack of masked convolutions has a blind spot (pixels up and to the right that no path
+//! reaches); [`crate::gated`] removes it.
+//!
+//! Sampling recomputes only a window: the value at (r, c) depends on rows `r − R..=r` and
+//! columns `c − R..=c + R` (R the network's reach), so each pixel costs a pass over that
+//! window rather than the whole image, with outputs identical to a full pass
+//! ([`sample_raster`]).
+
+use crate::network::{check_input, check_order, image_shape, raster_order, Network, NetworkShape};
+use gm_core::tch::{nn, Device, Kind, Tensor};
+use gm_core::train::config::Config;
+use gm_core::{GmError, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PixelCnnConfig {
+    /// Width of the residual stream.
+    pub channels: i64,
+    /// Residual blocks after the first (type A) layer.
+    pub blocks: i64,
+    /// Kernel size of the first layer (odd).
+    pub first_kernel: i64,
+    /// Kernel size inside the residual blocks (odd).
+    pub kernel: i64,
+    /// Hidden channels of the 1×1 output head.
+    pub head_channels: i64,
+}
+
+impl Default for PixelCnnConfig {
+    fn default() -> Self {
+        PixelCnnConfig {
+            channels: 64,
+            blocks: 5,
+            first_kernel: 7,
+            kernel: 3,
+            head_channels: 64,
+        }
+    }
+}
+
+pub(crate) fn check_kernel(key: &str, k: i64) -> Result<()> {
+    if k < 1 || k % 2 == 0 || k > 31 {
+        return Err(GmError::config(
+            key,
+            format!("must be an odd size in [1, 31], got {k}"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_width(key: &str, w: i64) -> Result<()> {
+    if !(1..=4096).contains(&w) {
+        return Err(GmError::config(key, format!("must be in [1, 4096], got {w}")));
+    }
+    Ok(())
+}
+
+impl Config for PixelCnnConfig {
+    fn validate(&self) -> Result<()> {
+        if self.channels < 2 || self.channels % 2 != 0 || self.channels > 4096 {
+            return Err(GmError::config(
+                "network.channels",
+                format!("must be even, in [2, 4096] (the blocks halve it), got {}", self.channels),
+            ));
+        }
+        if !(0..=64).contains(&self.blocks) {
+            return Err(GmError::config(
+                "network.blocks",
+                format!("must be in [0, 64], got {}", self.blocks),
+            ));
+        }
+        check_kernel("network.first_kernel", self.first_kernel)?;
+        if self.first_kernel < 3 {
+            return Err(GmError::config(
+                "network.first_kernel",
+                "must be at least 3: a 1×1 type-A mask sees no pixel",
+            ));
+        }
+        check_kernel("network.kernel", self.kernel)?;
+        check_width("network.head_channels", self.head_channels)
+    }
+}
+
+/// The single-channel image `[C = 1, H, W]` a pixel model needs; colour images (which need
+/// masks across channels too) are refused naming `network.kind`.
+pub(crate) fn grey_image(shape: &NetworkShape, kind: &str) -> Result<(i64, i64)> {
+    let (c, h, w) = image_shape(shape.data, kind)?;
+    if c != 1 {
+        return Err(GmError::config(
+            "network.kind",
+            format!("{kind} here models single-channel images; this data set has {c} channels"),
+        ));
+    }
+    Ok((h, w))
+}
+
+/// Which pixels a masked kernel sees: rows above the centre, and in the centre row the pixels
+/// to its left; type B also the centre.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskType {
+    A,
+    B,
+}
+
+/// The mask `[1, 1, k, k]` of a k×k kernel.
+pub fn raster_mask(k: i64, kind: MaskType) -> Tensor {
+    let c = k / 2;
+    let values: Vec<f32> = (0..k * k)
+        .map(|i| {
+            let (r, col) = (i / k, i % k);
+            let seen = r < c || (r == c && (col < c || (col == c && kind == MaskType::B)));
+            if seen {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_slice(&values).reshape([1, 1, k, k])
+}
+
+/// A k×k convolution whose kernel is multiplied by a raster mask.
+#[derive(Debug)]
+pub struct MaskedConv2d {
+    weight: Tensor,
+    bias: Tensor,
+    mask: Tensor,
+    padding: i64,
+}
+
+impl MaskedConv2d {
+    /// Initialised uniformly in ±1/√(fan-in of the visible taps).
+    pub fn new(path: &nn::Path, inputs: i64, outputs: i64, k: i64, kind: MaskType) -> Self {
+        let mask = raster_mask(k, kind).to_device(path.device());
+        let visible = mask.sum(Kind::Float).double_value(&[]).max(1.0);
+        let bound = 1.0 / (inputs as f64 * visible).sqrt();
+        let init = nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        MaskedConv2d {
+            weight: path.var("weight", &[outputs, inputs, k, k], init),
+            bias: path.var("bias", &[outputs], init),
+            mask,
+            padding: k / 2,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_conv2d(
+            &self.weight.f_mul(&self.mask)?,
+            Some(&self.bias),
+            [1, 1],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
+        )?)
+    }
+}
+
+/// A 1×1 convolution, initialised uniformly in ±1/√inputs (weights and bias). The library's
+/// default Kaiming init (gain √2 for ReLU) makes an untrained PixelCNN's logits so large that it
+/// starts hundreds of nats above the uniform model.
+pub(crate) fn pointwise(path: nn::Path, inputs: i64, outputs: i64) -> nn::Conv2D {
+    pointwise_scaled(path, inputs, outputs, 1.0)
+}
+
+/// The output layer of a pixel network: a 1×1 convolution whose weights start at a tenth of
+/// [`pointwise`]'s and whose bias starts at zero. Binarised digits are 87% background, so even
+/// a constant logit of 0.1 costs 30 nats; starting near zero puts an untrained model within a
+/// few nats of the uniform model, while a residual stream that grows with depth still shows
+/// (the init test catches it).
+pub(crate) fn output_layer(path: nn::Path, inputs: i64, outputs: i64) -> nn::Conv2D {
+    let bound = 0.1 / (inputs as f64).sqrt();
+    let config = nn::ConvConfig {
+        ws_init: nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    };
+    nn::conv2d(path, inputs, outputs, 1, config)
+}
+
+/// [`pointwise`] with its initial weights scaled by `scale` (residual branches).
+pub(crate) fn pointwise_scaled(path: nn::Path, inputs: i64, outputs: i64, scale: f64) -> nn::Conv2D {
+    let bound = scale / (inputs as f64).sqrt();
+    let init = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    let config = nn::ConvConfig {
+        ws_init: init,
+        bs_init: init,
+        ..Default::default()
+    };
+    nn::conv2d(path, inputs, outputs, 1, config)
+}
+
+impl PixelCnnConfig {
+    pub fn parameters(&self, shape: &NetworkShape) -> i128 {
+        let (c, b, h) = (
+            self.channels as i128,
+            self.blocks as i128,
+            self.head_channels as i128,
+        );
+        let (k1, k) = (self.first_kernel as i128, self.kernel as i128);
+        let half = c / 2;
+        let first = c * k1 * k1 + c;
+        let block = (c * half + half) + (half * half * k * k + half) + (half * c + c);
+        let head = (c * h + h) + (h * shape.params_per_value as i128 + shape.params_per_value as i128);
+        first + b * block + head
+    }
+
+    pub fn init(&self, path: &nn::Path, shape: &NetworkShape) -> Result<PixelCnn> {
+        self.validate()?;
+        let (height, width) = grey_image(shape, "pixelcnn")?;
+        let c = self.channels;
+        let half = c / 2;
+        let first = MaskedConv2d::new(&(path / "first"), 1, c, self.first_kernel, MaskType::A);
+        let blocks = (0..self.blocks)
+            .map(|i| {
+                let p = path / format!("block{i}");
+                ResidualBlock {
+                    reduce: pointwise(&p / "reduce", c, half),
+                    conv: MaskedConv2d::new(&(&p / "conv"), half, half, self.kernel, MaskType::B),
+                    expand: pointwise(&p / "expand", half, c),
+                }
+            })
+            .collect();
+        Ok(PixelCnn {
+            first,
+            blocks,
+            head_hidden: pointwise(path / "head_hidden", c, self.head_channels),
+            head_out: output_layer(path / "head_out", self.head_channels, shape.params_per_value),
+            height,
+            width,
+            params_per_value: shape.params_per_value,
+            reach: self.first_kernel / 2 + self.blocks * (self.kernel / 2),
+            orders: vec![raster_order(height * width)],
+            channels: c,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct ResidualBlock {
+    reduce: nn::Conv2D,
+    conv: MaskedConv2d,
+    expand: nn::Conv2D,
+}
+
+#[derive(Debug)]
+pub struct PixelCnn {
+    first: MaskedConv2d,
+    blocks: Vec<ResidualBlock>,
+    head_hidden: nn::Conv2D,
+    head_out: nn::Conv2D,
+    height: i64,
+    width: i64,
+    params_per_value: i64,
+    /// Rows above (and columns either side of) a pixel that can reach it.
+    reach: i64,
+    orders: Vec<Vec<i64>>,
+    channels: i64,
+}
+
+impl PixelCnn {
+    /// Parameters `[b, P, h, W]` for encoded images `[b, 1, h, W]` (any number of rows h).
+    pub fn forward_image(&self, x: &Tensor) -> Result<Tensor> {
+        use gm_core::tch::nn::Module;
+        let mut h = self.first.forward(x)?;
+        for block in &self.blocks {
+            let mut r = block.reduce.forward(&h.f_relu()?);
+            r = block.conv.forward(&r.f_relu()?)?;
+            r = block.expand.forward(&r.f_relu()?);
+            h = h.f_add(&r)?;
+        }
+        let out = self.head_hidden.forward(&h.f_relu()?);
+        Ok(self.head_out.forward(&out.f_relu()?))
+    }
+}
+
+impl Network for PixelCnn {
+    fn forward(&self, x: &Tensor, _labels: Option<&Tensor>, order: usize) -> Result<Tensor> {
+        check_order(self, order)?;
+        let b = check_input(x, self.height * self.width, "PixelCnn.forward")?;
+        let img = x.f_reshape([b, 1, self.height, self.width])?;
+        Ok(self
+            .forward_image(&img)?
+            .f_reshape([b, self.params_per_value, self.height * self.width])?)
+    }
+
+    fn orders(&self) -> &[Vec<i64>] {
+        &self.orders
+    }
+
+    fn activations_per_example(&self) -> i128 {
+        let pixels = (self.height * self.width) as i128;
+        pixels * (self.channels as i128 * (3 + 3 * self.blocks.len() as i128) + 2 * self.params_per_value as i128)
+    }
+
+    fn sample_sequential(
+        &self,
+        n: i64,
+        _labels: Option<&Tensor>,
+        order: usize,
+        device: Device,
+        draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
+        encode: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        check_order(self, order)?;
+        sample_raster(
+            n,
+            (self.height, self.width),
+            self.reach,
+            device,
+            &|strip| self.forward_image(strip),
+            draw,
+            encode,
+        )
+    }
+}
+
+/// Raster-order sampling of single-channel `height × width` images with a network whose output
+/// at (r, c) depends only on input rows `r − reach..=r` and columns `c − reach..=c + reach`:
+/// each pixel runs `forward` (encoded images `[n, 1, rows, cols]` → parameters
+/// `[n, P, rows, cols]`) on that window alone. Every value the window's output at (r, c) is
+/// built from lies inside the window with its own inputs, so it equals a pass over the whole
+/// image (the padding at the window's edges reaches nothing that (r, c) depends on). Returns
+/// the drawn values `[n, H·W]`.
+pub fn sample_raster(
+    n: i64,
+    (height, width): (i64, i64),
+    reach: i64,
+    device: Device,
+    forward: &dyn Fn(&Tensor) -> Result<Tensor>,
+    draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
+    encode: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let image = Tensor::f_zeros([n, 1, height, width], (Kind::Float, device))?;
+    let values = Tensor::f_zeros([n, height * width], (Kind::Float, device))?;
+    for r in 0..height {
+        let top = (r - reach).max(0);
+        for c in 0..width {
+            let left = (c - reach).max(0);
+            let right = (c + reach + 1).min(width);
+            let window = image
+                .f_narrow(2, top, r - top + 1)?
+                .f_narrow(3, left, right - left)?;
+            let params = forward(&window)?
+                .f_select(2, r - top)?
+                .f_select(2, c - left)?; // [n, P]
+            let pos = r * width + c;
+            let v = draw(&params, pos)?;
+            values.f_select(1, pos)?.f_copy_(&v)?;
+            image
+                .f_select(2, r)?
+                .f_select(2, c)?
+                .f_copy_(&encode(&v)?.f_unsqueeze(1)?)?;
+        }
+    }
+    Ok(values)
+}

@@ -1,0 +1,186 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use gm_autoregressive::{
+    Autoregressive, AutoregressiveConfig, GatedPixelCnnConfig, MadeNetConfig, NadeConfig,
+    NetworkConfig, OutputConfig, PixelCnnConfig,
+};
+use gm_core::data::ValueKind;
+use gm_core::model::{Batch, GenerativeModel};
+use gm_core::nn::{Activation, Ordering};
+use gm_core::spec::{DataInfo, Registry};
+use gm_core::tch::{Device, Kind, Tensor};
+
+/// One libtorch thread: the test tensors are small, and spinning threads on a shared two-core
+/// machine slow a test far more than they help.
+pub fn single_thread() {
+    gm_core::tch::set_num_threads(1);
+}
+
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    gm_autoregressive::register(&mut r);
+    r
+}
+
+/// A shipped config's model table and data set.
+pub fn shipped(name: &str) -> (AutoregressiveConfig, String) {
+    let run = registry()
+        .load_run(&format!("autoregressive/{name}"))
+        .unwrap();
+    (run.model_config().unwrap(), run.dataset.clone())
+}
+
+/// The same model at a tiny size, for fast law checks.
+pub fn shrink(c: &mut AutoregressiveConfig) {
+    match &mut c.network {
+        NetworkConfig::Nade(n) => n.hidden = 8,
+        NetworkConfig::Made(m) => m.hidden = vec![16],
+        NetworkConfig::Pixelcnn(p) => {
+            p.channels = 8;
+            p.blocks = 1;
+            p.head_channels = 8;
+        }
+        NetworkConfig::GatedPixelcnn(g) => {
+            g.channels = 4;
+            g.layers = 2;
+            g.head_channels = 4;
+        }
+    }
+}
+
+/// Every network kind at a small size, by name, with smooth activations where there is a
+/// choice (so no gradient vanishes at a dead unit).
+pub fn small_networks() -> Vec<(&'static str, NetworkConfig)> {
+    vec![
+        (
+            "nade",
+            NetworkConfig::Nade(NadeConfig {
+                hidden: 12,
+                ordering: Ordering::Natural,
+            }),
+        ),
+        (
+            "nade (random order)",
+            NetworkConfig::Nade(NadeConfig {
+                hidden: 12,
+                ordering: Ordering::Random { seed: 3 },
+            }),
+        ),
+        (
+            "made",
+            NetworkConfig::Made(MadeNetConfig {
+                hidden: vec![32, 32],
+                activation: Activation::Tanh,
+                ..MadeNetConfig::default()
+            }),
+        ),
+        (
+            "made (3 orders)",
+            NetworkConfig::Made(MadeNetConfig {
+                hidden: vec![32],
+                activation: Activation::Tanh,
+                orderings: 3,
+                ordering: Ordering::Reversed,
+                ordering_seed: 7,
+            }),
+        ),
+        (
+            "pixelcnn",
+            NetworkConfig::Pixelcnn(PixelCnnConfig {
+                channels: 8,
+                blocks: 2,
+                first_kernel: 3,
+                kernel: 3,
+                head_channels: 8,
+            }),
+        ),
+        (
+            "gated_pixelcnn",
+            NetworkConfig::GatedPixelcnn(GatedPixelCnnConfig {
+                channels: 6,
+                layers: 5,
+                kernel: 3,
+                // Wide enough that no position has every ReLU of the head switched off (which
+                // would zero its whole gradient and look like a blind spot).
+                head_channels: 32,
+            }),
+        ),
+    ]
+}
+
+pub fn is_image_network(c: &NetworkConfig) -> bool {
+    matches!(
+        c,
+        NetworkConfig::Pixelcnn(_) | NetworkConfig::GatedPixelcnn(_)
+    )
+}
+
+/// Data of `d` values in `0..levels`: images `[1, side, side]` for the convolutional networks
+/// (d must then be a square), vectors `[d]` otherwise.
+pub fn data_for(network: &NetworkConfig, d: i64, levels: u32, classes: i64) -> DataInfo {
+    let shape: Vec<i64> = if is_image_network(network) {
+        let side = (d as f64).sqrt() as i64;
+        assert_eq!(side * side, d);
+        vec![1, side, side]
+    } else {
+        vec![d]
+    };
+    DataInfo::new(&shape, ValueKind::Discrete { levels }, classes)
+}
+
+/// A model built from `network` for `data`, moved off its initial point by a few Adam steps on
+/// random data (so biases and class embeddings are no longer zero).
+pub fn model(
+    network: &NetworkConfig,
+    output: OutputConfig,
+    data: &DataInfo,
+    seed: i64,
+) -> Autoregressive {
+    gm_core::tch::manual_seed(seed);
+    let config = AutoregressiveConfig {
+        network: network.clone(),
+        output,
+        conditional: data.classes > 0,
+        ..AutoregressiveConfig::default()
+    };
+    let mut m = Autoregressive::new(&config, data, Device::Cpu).unwrap();
+    let x = gm_core::testing::example_data(data, 16);
+    let labels = Tensor::randint(data.classes.max(1), [16], (Kind::Int64, Device::Cpu));
+    for _ in 0..3 {
+        let batch = if data.classes > 0 {
+            Batch::with_labels(x.shallow_clone(), labels.shallow_clone())
+        } else {
+            Batch::new(x.shallow_clone())
+        };
+        m.train_step(&batch).unwrap();
+    }
+    // Output layers start small (the pixel networks' at a tenth of the usual scale, see
+    // `pixelcnn::output_layer`); scaled up, the conditionals are far from uniform, so a sampler
+    // that drew from the wrong conditional would show.
+    let (output_layer, factor) = match network {
+        NetworkConfig::Nade(_) => ("output_weight".to_string(), 5.0),
+        NetworkConfig::Made(c) => (format!("layer{}.", c.hidden.len()), 5.0),
+        _ => ("head_out".to_string(), 60.0),
+    };
+    if matches!(output, OutputConfig::MixtureOfGaussians { .. }) {
+        return m; // a density, integrated on a grid: keep its components wide
+    }
+    gm_core::tch::no_grad(|| {
+        for (name, mut t) in m.state() {
+            if name.starts_with("model.") && name.contains(&output_layer) {
+                let _ = t.f_mul_scalar_(factor).unwrap();
+            }
+        }
+    });
+    m
+}
+
+/// Every point of `{0..levels}^d`, `[levels^d, d]` (float).
+pub fn all_points(d: i64, levels: i64) -> Tensor {
+    let n = levels.pow(d as u32);
+    let values: Vec<f32> = (0..n)
+        .flat_map(|c| (0..d).map(move |i| ((c / levels.pow(i as u32)) % levels) as f32))
+        .collect();
+    Tensor::from_slice(&values).reshape([n, d])
+}
