@@ -13,9 +13,9 @@
 //! The reach is `layers · n + 1` rows up and columns either side, which
 //! [`crate::pixelcnn::sample_raster`] uses to sample each pixel from a window.
 
-use crate::network::{check_input, check_order, raster_order, Network, NetworkShape};
+use crate::network::{Network, NetworkShape};
 use crate::pixelcnn::{
-    check_kernel, check_width, grey_image, output_layer, pointwise, pointwise_scaled, sample_raster,
+    check_kernel, check_width, output_layer, pointwise, pointwise_scaled, PixelGrid,
 };
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::config::Config;
@@ -150,9 +150,9 @@ impl GatedPixelCnnConfig {
 
     pub fn init(&self, path: &nn::Path, shape: &NetworkShape) -> Result<GatedPixelCnn> {
         self.validate()?;
-        let (height, width) = grey_image(shape, "gated_pixelcnn")?;
         let (c, k) = (self.channels, self.kernel);
         let n = k / 2;
+        let grid = PixelGrid::new(shape, "gated_pixelcnn", self.layers * n + 1)?;
         let residual_scale = 1.0 / (self.layers as f64).sqrt();
         let layers = (0..self.layers)
             .map(|i| {
@@ -181,13 +181,9 @@ impl GatedPixelCnnConfig {
             layers,
             head_hidden: pointwise(path / "head_hidden", c, self.head_channels),
             head_out: output_layer(path / "head_out", self.head_channels, shape.params_per_value),
-            height,
-            width,
-            params_per_value: shape.params_per_value,
+            grid,
             classes: shape.classes,
-            reach: self.layers * n + 1,
             channels: c,
-            orders: vec![raster_order(height * width)],
         })
     }
 }
@@ -197,13 +193,9 @@ pub struct GatedPixelCnn {
     layers: Vec<GatedLayer>,
     head_hidden: nn::Conv2D,
     head_out: nn::Conv2D,
-    height: i64,
-    width: i64,
-    params_per_value: i64,
+    grid: PixelGrid,
     classes: i64,
-    reach: i64,
     channels: i64,
-    orders: Vec<Vec<i64>>,
 }
 
 impl GatedPixelCnn {
@@ -245,21 +237,19 @@ impl GatedPixelCnn {
 
 impl Network for GatedPixelCnn {
     fn forward(&self, x: &Tensor, labels: Option<&Tensor>, order: usize) -> Result<Tensor> {
-        check_order(self, order)?;
-        let b = check_input(x, self.height * self.width, "GatedPixelCnn.forward")?;
-        let img = x.f_reshape([b, 1, self.height, self.width])?;
-        Ok(self
-            .forward_image(&img, labels)?
-            .f_reshape([b, self.params_per_value, self.height * self.width])?)
+        self.grid.forward(x, order, "GatedPixelCnn.forward", |img| {
+            self.forward_image(img, labels)
+        })
     }
 
     fn orders(&self) -> &[Vec<i64>] {
-        &self.orders
+        self.grid.orders()
     }
 
     fn activations_per_example(&self) -> i128 {
-        let pixels = (self.height * self.width) as i128;
-        pixels * (self.channels as i128 * 12 * self.layers.len() as i128 + 2 * self.params_per_value as i128)
+        self.grid.pixels() as i128
+            * (self.channels as i128 * 12 * self.layers.len() as i128
+                + 2 * self.grid.params_per_value as i128)
     }
 
     fn sample_sequential(
@@ -271,13 +261,11 @@ impl Network for GatedPixelCnn {
         draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
         encode: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        check_order(self, order)?;
-        sample_raster(
+        self.grid.sample(
             n,
-            (self.height, self.width),
-            self.reach,
+            order,
             device,
-            &|strip| self.forward_image(strip, labels),
+            &|window| self.forward_image(window, labels),
             draw,
             encode,
         )

@@ -11,7 +11,7 @@
 //! window rather than the whole image, with outputs identical to a full pass
 //! ([`sample_raster`]).
 
-use crate::network::{check_input, check_order, image_shape, raster_order, Network, NetworkShape};
+use crate::network::{check_input, image_shape, raster_order, Network, NetworkShape};
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::config::Config;
 use gm_core::{GmError, Result};
@@ -98,6 +98,77 @@ pub(crate) fn grey_image(shape: &NetworkShape, kind: &str) -> Result<(i64, i64)>
         ));
     }
     Ok((h, w))
+}
+
+/// What the two pixel networks share: the image size, the raster order, the parameters per
+/// pixel and the reach, with the flattening [`Network::forward`] needs and window sampling.
+#[derive(Debug)]
+pub struct PixelGrid {
+    pub height: i64,
+    pub width: i64,
+    pub params_per_value: i64,
+    /// Rows above (and columns either side of) a pixel that can reach it.
+    pub reach: i64,
+    orders: Vec<Vec<i64>>,
+}
+
+impl PixelGrid {
+    /// The grid of a single-channel image network `kind` for `shape`, with `reach`.
+    pub fn new(shape: &NetworkShape, kind: &str, reach: i64) -> Result<Self> {
+        let (height, width) = grey_image(shape, kind)?;
+        Ok(PixelGrid {
+            height,
+            width,
+            params_per_value: shape.params_per_value,
+            reach,
+            orders: vec![raster_order(height * width)],
+        })
+    }
+
+    pub fn pixels(&self) -> i64 {
+        self.height * self.width
+    }
+
+    pub fn orders(&self) -> &[Vec<i64>] {
+        &self.orders
+    }
+
+    /// [`Network::forward`] through an image network: checks `x` `[b, H·W]` and `order`,
+    /// runs `image_forward` on `[b, 1, H, W]`, returns `[b, P, H·W]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        order: usize,
+        what: &str,
+        image_forward: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        if order >= self.orders.len() {
+            return Err(GmError::Domain(format!(
+                "{what}: order {order} requested; this network has 1 order"
+            )));
+        }
+        let b = check_input(x, self.pixels(), what)?;
+        let img = x.f_reshape([b, 1, self.height, self.width])?;
+        Ok(image_forward(&img)?.f_reshape([b, self.params_per_value, self.pixels()])?)
+    }
+
+    /// [`Network::sample_sequential`] by windows ([`sample_raster`]).
+    pub fn sample(
+        &self,
+        n: i64,
+        order: usize,
+        device: Device,
+        image_forward: &dyn Fn(&Tensor) -> Result<Tensor>,
+        draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
+        encode: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        if order >= self.orders.len() {
+            return Err(GmError::Domain(format!(
+                "order {order} requested; this network has 1 order"
+            )));
+        }
+        sample_raster(n, (self.height, self.width), self.reach, device, image_forward, draw, encode)
+    }
 }
 
 /// Which pixels a masked kernel sees: rows above the centre, and in the centre row the pixels
@@ -221,7 +292,11 @@ impl PixelCnnConfig {
 
     pub fn init(&self, path: &nn::Path, shape: &NetworkShape) -> Result<PixelCnn> {
         self.validate()?;
-        let (height, width) = grey_image(shape, "pixelcnn")?;
+        let grid = PixelGrid::new(
+            shape,
+            "pixelcnn",
+            self.first_kernel / 2 + self.blocks * (self.kernel / 2),
+        )?;
         let c = self.channels;
         let half = c / 2;
         let first = MaskedConv2d::new(&(path / "first"), 1, c, self.first_kernel, MaskType::A);
@@ -240,11 +315,7 @@ impl PixelCnnConfig {
             blocks,
             head_hidden: pointwise(path / "head_hidden", c, self.head_channels),
             head_out: output_layer(path / "head_out", self.head_channels, shape.params_per_value),
-            height,
-            width,
-            params_per_value: shape.params_per_value,
-            reach: self.first_kernel / 2 + self.blocks * (self.kernel / 2),
-            orders: vec![raster_order(height * width)],
+            grid,
             channels: c,
         })
     }
@@ -263,12 +334,7 @@ pub struct PixelCnn {
     blocks: Vec<ResidualBlock>,
     head_hidden: nn::Conv2D,
     head_out: nn::Conv2D,
-    height: i64,
-    width: i64,
-    params_per_value: i64,
-    /// Rows above (and columns either side of) a pixel that can reach it.
-    reach: i64,
-    orders: Vec<Vec<i64>>,
+    grid: PixelGrid,
     channels: i64,
 }
 
@@ -290,21 +356,18 @@ impl PixelCnn {
 
 impl Network for PixelCnn {
     fn forward(&self, x: &Tensor, _labels: Option<&Tensor>, order: usize) -> Result<Tensor> {
-        check_order(self, order)?;
-        let b = check_input(x, self.height * self.width, "PixelCnn.forward")?;
-        let img = x.f_reshape([b, 1, self.height, self.width])?;
-        Ok(self
-            .forward_image(&img)?
-            .f_reshape([b, self.params_per_value, self.height * self.width])?)
+        self.grid
+            .forward(x, order, "PixelCnn.forward", |img| self.forward_image(img))
     }
 
     fn orders(&self) -> &[Vec<i64>] {
-        &self.orders
+        self.grid.orders()
     }
 
     fn activations_per_example(&self) -> i128 {
-        let pixels = (self.height * self.width) as i128;
-        pixels * (self.channels as i128 * (3 + 3 * self.blocks.len() as i128) + 2 * self.params_per_value as i128)
+        self.grid.pixels() as i128
+            * (self.channels as i128 * (3 + 3 * self.blocks.len() as i128)
+                + 2 * self.grid.params_per_value as i128)
     }
 
     fn sample_sequential(
@@ -316,16 +379,8 @@ impl Network for PixelCnn {
         draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
         encode: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        check_order(self, order)?;
-        sample_raster(
-            n,
-            (self.height, self.width),
-            self.reach,
-            device,
-            &|strip| self.forward_image(strip),
-            draw,
-            encode,
-        )
+        self.grid
+            .sample(n, order, device, &|window| self.forward_image(window), draw, encode)
     }
 }
 
