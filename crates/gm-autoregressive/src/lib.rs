@@ -11,12 +11,15 @@
 //!     units, class conditioning.
 //! - [`model`]: [`Autoregressive`], any network and output behind the model interface, and the
 //!   `autoregressive` family's registration.
+//! - [`code_prior`]: [`AutoregressiveCodePrior`], a PixelCNN prior over a VQ-VAE's code grids
+//!   (gm-core's `CodePrior`).
 //!
 //! Causality (no output sees its own value or a later one) is checked for every network with
 //! `gm_core::testing::assert_causal`.
 
 pub use gm_core;
 
+pub mod code_prior;
 pub mod gated;
 pub mod made;
 pub mod model;
@@ -25,6 +28,7 @@ pub mod network;
 pub mod output;
 pub mod pixelcnn;
 
+pub use code_prior::{default_prior_config, AutoregressiveCodePrior};
 pub use gated::GatedPixelCnnConfig;
 pub use made::MadeNetConfig;
 pub use model::{register, Autoregressive, AutoregressiveConfig, SHIPPED_CONFIGS};
