@@ -70,7 +70,10 @@ impl AutoregressiveCodePrior {
             ));
         }
         if config.conditional {
-            return Err(GmError::config("conditional", "a code prior is unconditional"));
+            return Err(GmError::config(
+                "conditional",
+                "a code prior is unconditional",
+            ));
         }
         let data = DataInfo::new(
             &[1, grid[0], grid[1]],
@@ -110,7 +113,12 @@ impl AutoregressiveCodePrior {
     /// `steps` Adam steps on minibatches of `batch_size` grids drawn (with the generator's
     /// current state) from `codes`; returns the last batch's NLL.
     pub fn fit(&mut self, codes: &Tensor, steps: usize, batch_size: i64) -> Result<f64> {
-        check_codes(codes, &self.grid, self.num_codes, "AutoregressiveCodePrior.fit")?;
+        check_codes(
+            codes,
+            &self.grid,
+            self.num_codes,
+            "AutoregressiveCodePrior.fit",
+        )?;
         if batch_size < 1 || steps == 0 {
             return Err(GmError::config(
                 "fit",
@@ -147,8 +155,7 @@ impl CodePrior for AutoregressiveCodePrior {
 
     fn sample(&self, n: i64) -> Result<Tensor> {
         let x = self.model.sample_with(n, &SampleOptions::new())?;
-        Ok(x
-            .f_reshape([n, self.grid[0], self.grid[1]])?
+        Ok(x.f_reshape([n, self.grid[0], self.grid[1]])?
             .f_to_kind(Kind::Int64)?)
     }
 

@@ -78,7 +78,13 @@ struct WindowConv {
 }
 
 impl WindowConv {
-    fn new(path: &nn::Path, inputs: i64, outputs: i64, (kh, kw): (i64, i64), pad: [i64; 4]) -> Self {
+    fn new(
+        path: &nn::Path,
+        inputs: i64,
+        outputs: i64,
+        (kh, kw): (i64, i64),
+        pad: [i64; 4],
+    ) -> Self {
         let bound = 1.0 / ((inputs * kh * kw) as f64).sqrt();
         let init = nn::Init::Uniform {
             lo: -bound,
@@ -134,7 +140,11 @@ struct GatedLayer {
 
 impl GatedPixelCnnConfig {
     pub fn parameters(&self, shape: &NetworkShape) -> i128 {
-        let (c, k, l) = (self.channels as i128, self.kernel as i128, self.layers as i128);
+        let (c, k, l) = (
+            self.channels as i128,
+            self.kernel as i128,
+            self.layers as i128,
+        );
         let n = k / 2;
         let per_layer = |cin: i128| {
             (cin * 2 * c * (n + 1) * k + 2 * c)
@@ -160,17 +170,37 @@ impl GatedPixelCnnConfig {
                 let cin = if i == 0 { 1 } else { c };
                 GatedLayer {
                     // Rows r−n..=r, columns c−n..=c+n.
-                    vertical: WindowConv::new(&(&p / "vertical"), cin, 2 * c, (n + 1, k), [n, n, n, 0]),
+                    vertical: WindowConv::new(
+                        &(&p / "vertical"),
+                        cin,
+                        2 * c,
+                        (n + 1, k),
+                        [n, n, n, 0],
+                    ),
                     // Columns c−n..=c of the same row.
-                    horizontal: WindowConv::new(&(&p / "horizontal"), cin, 2 * c, (1, n + 1), [n, 0, 0, 0]),
+                    horizontal: WindowConv::new(
+                        &(&p / "horizontal"),
+                        cin,
+                        2 * c,
+                        (1, n + 1),
+                        [n, 0, 0, 0],
+                    ),
                     vertical_to_horizontal: pointwise(&p / "vertical_to_horizontal", 2 * c, 2 * c),
                     // Each layer adds to the horizontal residual stream: branches start scaled
                     // by 1/√layers so the stream's variance does not grow with depth.
                     horizontal_out: pointwise_scaled(&p / "horizontal_out", c, c, residual_scale),
                     class_bias: (shape.classes > 0).then(|| {
                         (
-                            p.var("class_bias_vertical", &[shape.classes, 2 * c], nn::Init::Const(0.0)),
-                            p.var("class_bias_horizontal", &[shape.classes, 2 * c], nn::Init::Const(0.0)),
+                            p.var(
+                                "class_bias_vertical",
+                                &[shape.classes, 2 * c],
+                                nn::Init::Const(0.0),
+                            ),
+                            p.var(
+                                "class_bias_horizontal",
+                                &[shape.classes, 2 * c],
+                                nn::Init::Const(0.0),
+                            ),
                         )
                     }),
                     first: i == 0,
@@ -180,7 +210,11 @@ impl GatedPixelCnnConfig {
         Ok(GatedPixelCnn {
             layers,
             head_hidden: pointwise(path / "head_hidden", c, self.head_channels),
-            head_out: output_layer(path / "head_out", self.head_channels, shape.params_per_value),
+            head_out: output_layer(
+                path / "head_out",
+                self.head_channels,
+                shape.params_per_value,
+            ),
             grid,
             classes: shape.classes,
             channels: c,
@@ -215,7 +249,11 @@ impl GatedPixelCnn {
         let (mut v, mut h) = (x.shallow_clone(), x.shallow_clone());
         for layer in &self.layers {
             let mut v_feat = layer.vertical.forward(&v)?;
-            let h_in = if layer.first { shift_right(&h)? } else { h.shallow_clone() };
+            let h_in = if layer.first {
+                shift_right(&h)?
+            } else {
+                h.shallow_clone()
+            };
             let mut h_feat = layer.horizontal.forward(&h_in)?;
             // The vertical stack's view (rows ≤ r) reaches row r one row late: rows < r.
             h_feat = h_feat.f_add(&layer.vertical_to_horizontal.forward(&shift_down(&v_feat)?))?;

@@ -6,8 +6,8 @@
 //! `ln (1/K) Σ_k p_k(x)`, a mixture of K exact autoregressive models and so exactly normalised.
 //! The first order is the configured `ordering`; the others are random permutations.
 
-use crate::network::{check_input, check_order, Network, NetworkShape};
 use crate::nade::order_from_degrees;
+use crate::network::{check_input, check_order, Network, NetworkShape};
 use gm_core::nn::{made_masks, Activation, Ordering};
 use gm_core::tch::{nn, Kind, Tensor};
 use gm_core::train::config::Config;
@@ -165,7 +165,12 @@ impl Network for Made {
     }
 
     fn activations_per_example(&self) -> i128 {
-        2 * self.hidden + 2 * self.weights.last().map(|(w, _)| w.size()[0] as i128).unwrap_or(0)
+        2 * self.hidden
+            + 2 * self
+                .weights
+                .last()
+                .map(|(w, _)| w.size()[0] as i128)
+                .unwrap_or(0)
     }
 }
 

@@ -57,7 +57,10 @@ pub const SHIPPED_CONFIGS: [(&str, &str); 5] = [
     ("nade_mnist", include_str!("../configs/nade_mnist.toml")),
     ("made_mnist", include_str!("../configs/made_mnist.toml")),
     ("made_toy", include_str!("../configs/made_toy.toml")),
-    ("pixelcnn_mnist", include_str!("../configs/pixelcnn_mnist.toml")),
+    (
+        "pixelcnn_mnist",
+        include_str!("../configs/pixelcnn_mnist.toml"),
+    ),
     (
         "gated_pixelcnn_mnist",
         include_str!("../configs/gated_pixelcnn_mnist.toml"),
@@ -100,7 +103,8 @@ pub struct Autoregressive {
 impl Autoregressive {
     pub fn new(config: &AutoregressiveConfig, data: &DataInfo, device: Device) -> Result<Self> {
         config.validate()?;
-        let classes = data.condition_classes(config.conditional, "a conditional autoregressive model")?;
+        let classes =
+            data.condition_classes(config.conditional, "a conditional autoregressive model")?;
         let output = config.output.build(data.values)?;
         let shape = NetworkShape {
             data,
@@ -113,7 +117,12 @@ impl Autoregressive {
         )?;
         let vs = nn::VarStore::new(device);
         let network = config.network.init(&(vs.root() / "network"), &shape)?;
-        let training = Training::new(vs, &config.optimizer, &config.lr_schedule, config.ema.as_ref())?;
+        let training = Training::new(
+            vs,
+            &config.optimizer,
+            &config.lr_schedule,
+            config.ema.as_ref(),
+        )?;
         Ok(Autoregressive {
             config: config.clone(),
             data: data.clone(),
@@ -155,7 +164,9 @@ impl Autoregressive {
             None => None,
         };
         Ok((
-            x.f_to_device(self.device())?.f_reshape([b, -1])?.f_to_kind(Kind::Float)?,
+            x.f_to_device(self.device())?
+                .f_reshape([b, -1])?
+                .f_to_kind(Kind::Float)?,
             labels,
         ))
     }
@@ -167,7 +178,9 @@ impl Autoregressive {
         labels: Option<&Tensor>,
         order: usize,
     ) -> Result<Tensor> {
-        let params = self.network.forward(&self.output.encode(x)?, labels, order)?;
+        let params = self
+            .network
+            .forward(&self.output.encode(x)?, labels, order)?;
         self.output.log_prob(&params, x)
     }
 
@@ -250,7 +263,11 @@ impl GenerativeModel for Autoregressive {
     /// One Adam step on the exact NLL in nats per value (`loss`); `nll` is nats per example.
     /// An order-agnostic network trains order `step mod K`.
     fn train_step(&mut self, batch: &Batch) -> Result<StepOutput> {
-        let (x, labels) = self.checked(&batch.x, batch.labels.as_ref(), "Autoregressive.train_step x")?;
+        let (x, labels) = self.checked(
+            &batch.x,
+            batch.labels.as_ref(),
+            "Autoregressive.train_step x",
+        )?;
         if self.classes > 0 && labels.is_none() {
             return Err(GmError::Domain(
                 "Autoregressive.train_step: this model is conditioned on class labels; the batch has none".into(),
@@ -302,8 +319,12 @@ impl GenerativeModel for Autoregressive {
                     if m == 0 {
                         continue;
                     }
-                    let part_labels = labels.as_ref().map(|l| l.f_index_select(0, &rows)).transpose()?;
-                    let part = self.sample_in_order(m, part_labels.as_ref(), k as usize, options)?;
+                    let part_labels = labels
+                        .as_ref()
+                        .map(|l| l.f_index_select(0, &rows))
+                        .transpose()?;
+                    let part =
+                        self.sample_in_order(m, part_labels.as_ref(), k as usize, options)?;
                     let _ = out.f_index_copy_(0, &rows, &part)?;
                 }
                 Ok(out)
@@ -322,7 +343,9 @@ impl GenerativeModel for Autoregressive {
     fn likelihood_estimator(&self) -> Option<String> {
         let orders = self.network.orders().len();
         match (orders > 1, self.classes > 0) {
-            (true, _) => Some(format!("the average of the probabilities under {orders} orders")),
+            (true, _) => Some(format!(
+                "the average of the probabilities under {orders} orders"
+            )),
             (false, true) => Some(format!(
                 "without labels, the marginal over {} equally likely classes",
                 self.classes
@@ -339,7 +362,11 @@ impl GenerativeModel for Autoregressive {
     /// conditional model the exact marginal `ln (1/C) Σ_y p(x | y)` under uniform labels, C
     /// passes), with the EMA weights where kept.
     fn log_likelihood_given(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Option<Tensor>> {
-        Ok(Some(self.log_likelihood_with(x, labels, WeightChoice::Ema)?))
+        Ok(Some(self.log_likelihood_with(
+            x,
+            labels,
+            WeightChoice::Ema,
+        )?))
     }
 
     fn label_classes(&self) -> i64 {

@@ -55,8 +55,7 @@ impl NadeConfig {
 
     pub fn init(&self, path: &nn::Path, shape: &NetworkShape) -> Result<Nade> {
         self.validate()?;
-        if shape.data.values != (ValueKind::Discrete { levels: 2 }) || shape.params_per_value != 1
-        {
+        if shape.data.values != (ValueKind::Discrete { levels: 2 }) || shape.params_per_value != 1 {
             return Err(GmError::config(
                 "network.kind",
                 format!(
@@ -76,10 +75,15 @@ impl NadeConfig {
             hidden_bias: path.var("hidden_bias", &[h], nn::Init::Const(0.0)),
             output_weight: path.var("output_weight", &[d, h], uniform(v_bound)),
             output_bias: path.var("output_bias", &[d], nn::Init::Const(0.0)),
-            orders: vec![self.ordering.degrees(d).iter().map(|g| g - 1).collect::<Vec<_>>()]
-                .into_iter()
-                .map(|degrees| order_from_degrees(&degrees))
-                .collect(),
+            orders: vec![self
+                .ordering
+                .degrees(d)
+                .iter()
+                .map(|g| g - 1)
+                .collect::<Vec<_>>()]
+            .into_iter()
+            .map(|degrees| order_from_degrees(&degrees))
+            .collect(),
         })
     }
 }
@@ -112,7 +116,10 @@ impl Network for Nade {
         check_input(x, self.input_weight.size()[0], "Nade.forward")?;
         check_order(self, order)?;
         let order = self.order_tensor(x.device());
-        let bits = x.f_add_scalar(1.0)?.f_mul_scalar(0.5)?.f_index_select(1, &order)?;
+        let bits = x
+            .f_add_scalar(1.0)?
+            .f_mul_scalar(0.5)?
+            .f_index_select(1, &order)?;
         let w = self.input_weight.f_index_select(0, &order)?; // [D, H] in generation order
         let v = self.output_weight.f_index_select(0, &order)?;
         let b = self.output_bias.f_index_select(0, &order)?;
@@ -151,7 +158,7 @@ impl Network for Nade {
             start += len;
         }
         let logits = Tensor::f_cat(&logits, 1)?.f_add(&b)?; // [n, D] in generation order
-        // Back to storage order.
+                                                            // Back to storage order.
         let out = logits.f_zeros_like()?.f_index_copy(1, &order, &logits)?;
         Ok(out.f_unsqueeze(1)?)
     }
@@ -178,7 +185,11 @@ impl Network for Nade {
         check_order(self, order)?;
         let d = self.input_weight.size()[0];
         let values = Tensor::f_zeros([n, d], (Kind::Float, device))?;
-        let mut pre = self.hidden_bias.f_unsqueeze(0)?.f_expand([n, -1], false)?.f_contiguous()?;
+        let mut pre = self
+            .hidden_bias
+            .f_unsqueeze(0)?
+            .f_expand([n, -1], false)?
+            .f_contiguous()?;
         for &pos in &self.orders[0] {
             let hidden = pre.f_sigmoid()?;
             let logit = hidden
@@ -186,7 +197,10 @@ impl Network for Nade {
                 .f_add(&self.output_bias.f_get(pos)?)?;
             let v = draw(&logit.f_unsqueeze(1)?, pos)?; // 0/1
             values.f_select(1, pos)?.f_copy_(&v)?;
-            pre = pre.f_add(&v.f_unsqueeze(1)?.f_mul(&self.input_weight.f_get(pos)?.f_unsqueeze(0)?)?)?;
+            pre = pre.f_add(
+                &v.f_unsqueeze(1)?
+                    .f_mul(&self.input_weight.f_get(pos)?.f_unsqueeze(0)?)?,
+            )?;
         }
         Ok(values)
     }

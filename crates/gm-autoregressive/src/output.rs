@@ -75,9 +75,9 @@ impl OutputConfig {
                     components: *components,
                 })
             }
-            (OutputConfig::MixtureOfGaussians { .. }, ValueKind::Discrete { .. }) => Err(mismatch(
-                "a mixture of Gaussians (real values)",
-            )),
+            (OutputConfig::MixtureOfGaussians { .. }, ValueKind::Discrete { .. }) => {
+                Err(mismatch("a mixture of Gaussians (real values)"))
+            }
         }
     }
 }
@@ -96,11 +96,13 @@ impl Output {
     /// they are. `[batch, D]` float.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Output::Bernoulli => x.f_to_kind(Kind::Float)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?,
-            Output::Categorical { levels } => gm_core::data::transforms::levels_to_symmetric(
-                x,
-                *levels as u32,
-            )?,
+            Output::Bernoulli => x
+                .f_to_kind(Kind::Float)?
+                .f_mul_scalar(2.0)?
+                .f_sub_scalar(1.0)?,
+            Output::Categorical { levels } => {
+                gm_core::data::transforms::levels_to_symmetric(x, *levels as u32)?
+            }
             Output::MixtureOfGaussians { .. } => x.f_to_kind(Kind::Float)?,
         })
     }
@@ -156,14 +158,17 @@ impl Output {
             }
             Output::MixtureOfGaussians { components } => {
                 let k = *components;
-                let which = draw_categorical(&params.f_narrow(1, 0, k)?, options)?.f_unsqueeze(1)?;
+                let which =
+                    draw_categorical(&params.f_narrow(1, 0, k)?, options)?.f_unsqueeze(1)?;
                 let mean = params.f_narrow(1, k, k)?.f_gather(1, &which, false)?;
                 let log_scale = params
                     .f_narrow(1, 2 * k, k)?
                     .f_clamp(LOG_SCALE_RANGE.0, LOG_SCALE_RANGE.1)?
                     .f_gather(1, &which, false)?;
                 let noise = mean.f_randn_like()?.f_mul_scalar(options.temperature)?;
-                Ok(mean.f_add(&noise.f_mul(&log_scale.f_exp()?)?)?.f_squeeze_dim(1)?)
+                Ok(mean
+                    .f_add(&noise.f_mul(&log_scale.f_exp()?)?)?
+                    .f_squeeze_dim(1)?)
             }
         }
     }
@@ -209,7 +214,9 @@ pub fn filter_logits(
         // A value is kept while the mass before it is still below p.
         let before = probs.f_cumsum(-1, Kind::Float)?.f_sub(&probs)?;
         let drop_sorted = before.f_ge(p)?;
-        let drop = drop_sorted.f_zeros_like()?.f_scatter(-1, &indices, &drop_sorted)?;
+        let drop = drop_sorted
+            .f_zeros_like()?
+            .f_scatter(-1, &indices, &drop_sorted)?;
         logits = logits.f_masked_fill(&drop, f64::NEG_INFINITY)?;
     }
     Ok(logits)

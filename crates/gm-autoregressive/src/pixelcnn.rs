@@ -56,7 +56,10 @@ pub(crate) fn check_kernel(key: &str, k: i64) -> Result<()> {
 
 pub(crate) fn check_width(key: &str, w: i64) -> Result<()> {
     if !(1..=4096).contains(&w) {
-        return Err(GmError::config(key, format!("must be in [1, 4096], got {w}")));
+        return Err(GmError::config(
+            key,
+            format!("must be in [1, 4096], got {w}"),
+        ));
     }
     Ok(())
 }
@@ -66,7 +69,10 @@ impl Config for PixelCnnConfig {
         if self.channels < 2 || self.channels % 2 != 0 || self.channels > 4096 {
             return Err(GmError::config(
                 "network.channels",
-                format!("must be even, in [2, 4096] (the blocks halve it), got {}", self.channels),
+                format!(
+                    "must be even, in [2, 4096] (the blocks halve it), got {}",
+                    self.channels
+                ),
             ));
         }
         if !(0..=64).contains(&self.blocks) {
@@ -167,7 +173,15 @@ impl PixelGrid {
                 "order {order} requested; this network has 1 order"
             )));
         }
-        sample_raster(n, (self.height, self.width), self.reach, device, image_forward, draw, encode)
+        sample_raster(
+            n,
+            (self.height, self.width),
+            self.reach,
+            device,
+            image_forward,
+            draw,
+            encode,
+        )
     }
 }
 
@@ -261,7 +275,12 @@ pub(crate) fn output_layer(path: nn::Path, inputs: i64, outputs: i64) -> nn::Con
 }
 
 /// [`pointwise`] with its initial weights scaled by `scale` (residual branches).
-pub(crate) fn pointwise_scaled(path: nn::Path, inputs: i64, outputs: i64, scale: f64) -> nn::Conv2D {
+pub(crate) fn pointwise_scaled(
+    path: nn::Path,
+    inputs: i64,
+    outputs: i64,
+    scale: f64,
+) -> nn::Conv2D {
     let bound = scale / (inputs as f64).sqrt();
     let init = nn::Init::Uniform {
         lo: -bound,
@@ -286,7 +305,8 @@ impl PixelCnnConfig {
         let half = c / 2;
         let first = c * k1 * k1 + c;
         let block = (c * half + half) + (half * half * k * k + half) + (half * c + c);
-        let head = (c * h + h) + (h * shape.params_per_value as i128 + shape.params_per_value as i128);
+        let head =
+            (c * h + h) + (h * shape.params_per_value as i128 + shape.params_per_value as i128);
         first + b * block + head
     }
 
@@ -314,7 +334,11 @@ impl PixelCnnConfig {
             first,
             blocks,
             head_hidden: pointwise(path / "head_hidden", c, self.head_channels),
-            head_out: output_layer(path / "head_out", self.head_channels, shape.params_per_value),
+            head_out: output_layer(
+                path / "head_out",
+                self.head_channels,
+                shape.params_per_value,
+            ),
             grid,
             channels: c,
         })
@@ -379,8 +403,14 @@ impl Network for PixelCnn {
         draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
         encode: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        self.grid
-            .sample(n, order, device, &|window| self.forward_image(window), draw, encode)
+        self.grid.sample(
+            n,
+            order,
+            device,
+            &|window| self.forward_image(window),
+            draw,
+            encode,
+        )
     }
 }
 

@@ -4,7 +4,9 @@
 mod common;
 
 use common::{all_points, single_thread};
-use gm_autoregressive::{default_prior_config, AutoregressiveCodePrior, NetworkConfig, PixelCnnConfig};
+use gm_autoregressive::{
+    default_prior_config, AutoregressiveCodePrior, NetworkConfig, PixelCnnConfig,
+};
 use gm_core::code_prior::CodePrior;
 use gm_core::model::GenerativeModel;
 use gm_core::tch::{Device, Kind, Tensor};
@@ -31,24 +33,48 @@ fn the_prior_is_normalised_and_learns() {
     let mut prior = tiny_prior(&[2, 2], 3);
     let grids = all_points(4, 3).to_kind(Kind::Int64).reshape([81, 2, 2]);
     let total = |p: &AutoregressiveCodePrior| {
-        p.log_prob(&grids).unwrap().to_kind(Kind::Double).exp().sum(Kind::Double).double_value(&[])
+        p.log_prob(&grids)
+            .unwrap()
+            .to_kind(Kind::Double)
+            .exp()
+            .sum(Kind::Double)
+            .double_value(&[])
     };
     assert!((total(&prior) - 1.0).abs() < 1e-5);
     // Codes mostly 0 with the last cell copying the first.
     let first = Tensor::randint(2, [256], (Kind::Int64, Device::Cpu));
-    let codes = Tensor::stack(&[&first, &first.zeros_like(), &first.zeros_like(), &first], 1).reshape([256, 2, 2]);
-    let before = -prior.log_prob(&codes).unwrap().mean(Kind::Double).double_value(&[]);
+    let codes = Tensor::stack(
+        &[&first, &first.zeros_like(), &first.zeros_like(), &first],
+        1,
+    )
+    .reshape([256, 2, 2]);
+    let before = -prior
+        .log_prob(&codes)
+        .unwrap()
+        .mean(Kind::Double)
+        .double_value(&[]);
     prior.fit(&codes, 400, 64).unwrap();
-    let after = -prior.log_prob(&codes).unwrap().mean(Kind::Double).double_value(&[]);
+    let after = -prior
+        .log_prob(&codes)
+        .unwrap()
+        .mean(Kind::Double)
+        .double_value(&[]);
     // The grids' entropy is ln 2 = 0.69 nats (the first cell; the others follow from it).
-    assert!(after < 1.2, "fitting did not approach ln 2: {before} → {after}");
+    assert!(
+        after < 1.2,
+        "fitting did not approach ln 2: {before} → {after}"
+    );
     assert!((total(&prior) - 1.0).abs() < 1e-5);
     let s = prior.sample(16).unwrap();
     assert_eq!(s.size(), [16, 2, 2]);
     assert!(s.min().int64_value(&[]) >= 0 && s.max().int64_value(&[]) < 3);
     // Bad codes are refused.
-    assert!(prior.log_prob(&Tensor::full([1, 2, 2], 3, (Kind::Int64, Device::Cpu))).is_err());
-    assert!(prior.log_prob(&Tensor::zeros([1, 3, 2], (Kind::Int64, Device::Cpu))).is_err());
+    assert!(prior
+        .log_prob(&Tensor::full([1, 2, 2], 3, (Kind::Int64, Device::Cpu)))
+        .is_err());
+    assert!(prior
+        .log_prob(&Tensor::zeros([1, 3, 2], (Kind::Int64, Device::Cpu)))
+        .is_err());
 }
 
 /// A VQ-VAE with the prior fitted to its codes samples digits, has a finite bound that
@@ -91,6 +117,9 @@ fn a_vq_vae_samples_and_scores_through_the_prior() {
     let (_, _, mut other) = build(7);
     other.load(&path).unwrap();
     let again = other.log_likelihood(&x).unwrap().unwrap();
-    assert!(ll.allclose(&again, 1e-6, 1e-5, false), "the prior did not travel with the checkpoint");
+    assert!(
+        ll.allclose(&again, 1e-6, 1e-5, false),
+        "the prior did not travel with the checkpoint"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -17,7 +17,12 @@ fn untrained_models_score_near_the_uniform_model() {
     let data = gm_core::data::load_named("mnist_binary", Device::Cpu, 0, 0, 0).unwrap();
     let x = data.test.x.narrow(0, 0, 200);
     let uniform = 784.0 * 2f64.ln();
-    for name in ["nade_mnist", "made_mnist", "pixelcnn_mnist", "gated_pixelcnn_mnist"] {
+    for name in [
+        "nade_mnist",
+        "made_mnist",
+        "pixelcnn_mnist",
+        "gated_pixelcnn_mnist",
+    ] {
         let (c, dataset) = shipped(name);
         assert_eq!(dataset, "mnist_binary");
         gm_core::tch::manual_seed(0);
@@ -69,7 +74,10 @@ fn training_loss_is_the_exact_nll() {
         let reported = out.to_host(0).unwrap();
         let nll = reported.iter().find(|(n, _)| n == "nll").unwrap().1;
         let loss = reported.iter().find(|(n, _)| n == "loss").unwrap().1;
-        assert!((nll - expected).abs() < 1e-4 * expected, "{name}: nll {nll} vs {expected}");
+        assert!(
+            (nll - expected).abs() < 1e-4 * expected,
+            "{name}: nll {nll} vs {expected}"
+        );
         assert!((loss - expected / 16.0).abs() < 1e-5, "{name}: loss {loss}");
     }
 }

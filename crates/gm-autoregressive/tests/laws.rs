@@ -23,7 +23,11 @@ fn every_network_is_causal() {
             if matches!(network, NetworkConfig::Nade(_)) && levels != 2 {
                 continue; // NADE is binary only.
             }
-            let classes = if matches!(network, NetworkConfig::GatedPixelcnn(_)) { 3 } else { 0 };
+            let classes = if matches!(network, NetworkConfig::GatedPixelcnn(_)) {
+                3
+            } else {
+                0
+            };
             let data = data_for(&network, 25, levels, classes);
             let m = model(&network, OutputConfig::Auto, &data, 1);
             let net = m.network();
@@ -46,7 +50,10 @@ fn every_network_is_causal() {
                 if matches!(network, NetworkConfig::Pixelcnn(_)) {
                     // The blind spot: some pixel misses earlier pixels up and to its right.
                     let blind = seen.iter().enumerate().any(|(s, &c)| c < s);
-                    assert!(blind, "{name}: expected PixelCNN's blind spot, saw {seen:?}");
+                    assert!(
+                        blind,
+                        "{name}: expected PixelCNN's blind spot, saw {seen:?}"
+                    );
                 }
             }
         }
@@ -64,7 +71,11 @@ fn probabilities_sum_to_one_over_the_whole_space() {
             if matches!(network, NetworkConfig::Nade(_)) && levels != 2 {
                 continue;
             }
-            let classes = if matches!(network, NetworkConfig::GatedPixelcnn(_)) { 2 } else { 0 };
+            let classes = if matches!(network, NetworkConfig::GatedPixelcnn(_)) {
+                2
+            } else {
+                0
+            };
             let data = data_for(&network, 4, levels as u32, classes);
             let m = model(&network, OutputConfig::Auto, &data, 2);
             let points = all_points(4, levels);
@@ -73,7 +84,11 @@ fn probabilities_sum_to_one_over_the_whole_space() {
             let x = points.reshape(shape.as_slice());
             let mut cases: Vec<Option<Tensor>> = vec![None];
             for y in 0..classes {
-                cases.push(Some(Tensor::full([x.size()[0]], y, (Kind::Int64, Device::Cpu))));
+                cases.push(Some(Tensor::full(
+                    [x.size()[0]],
+                    y,
+                    (Kind::Int64, Device::Cpu),
+                )));
             }
             for labels in cases {
                 let ll = m
@@ -124,13 +139,21 @@ fn samples_follow_the_likelihood() {
     single_thread();
     let n = 20_000;
     for (name, network) in small_networks() {
-        let classes = if matches!(network, NetworkConfig::GatedPixelcnn(_)) { 2 } else { 0 };
+        let classes = if matches!(network, NetworkConfig::GatedPixelcnn(_)) {
+            2
+        } else {
+            0
+        };
         let data = data_for(&network, 4, 2, classes);
         let m = model(&network, OutputConfig::Auto, &data, 4);
         let mut shape = vec![16];
         shape.extend_from_slice(&data.event_shape);
         let points = all_points(4, 2).reshape(shape.as_slice());
-        let label_cases: Vec<Option<i64>> = if classes > 0 { (0..classes).map(Some).collect() } else { vec![None] };
+        let label_cases: Vec<Option<i64>> = if classes > 0 {
+            (0..classes).map(Some).collect()
+        } else {
+            vec![None]
+        };
         for label in label_cases {
             let mut options = SampleOptions::new().seed(11);
             let mut given = None;
@@ -152,12 +175,18 @@ fn samples_follow_the_likelihood() {
             let spread = (p.max() - p.min()).double_value(&[]);
             // The probabilities must span at least half the uniform value (1/16), so a sampler
             // that ignored its conditionals would fail.
-            assert!(spread > 0.5 / 16.0, "{name}: the test distribution is too close to uniform ({spread})");
+            assert!(
+                spread > 0.5 / 16.0,
+                "{name}: the test distribution is too close to uniform ({spread})"
+            );
             let se = (&p * (p.ones_like() - &p) / n as f64).sqrt();
             let excess = ((&counts - &p).abs() - se * 5.0 - 1e-3)
                 .max()
                 .double_value(&[]);
-            assert!(excess <= 0.0, "{name}, label {label:?}: frequencies {counts:?} vs probabilities {p:?}");
+            assert!(
+                excess <= 0.0,
+                "{name}, label {label:?}: frequencies {counts:?} vs probabilities {p:?}"
+            );
         }
     }
 }
@@ -168,7 +197,11 @@ fn samples_follow_the_likelihood() {
 fn fast_samplers_draw_what_full_passes_draw() {
     single_thread();
     for (name, network) in small_networks() {
-        let classes = if matches!(network, NetworkConfig::GatedPixelcnn(_)) { 3 } else { 0 };
+        let classes = if matches!(network, NetworkConfig::GatedPixelcnn(_)) {
+            3
+        } else {
+            0
+        };
         for levels in [2u32, 5] {
             if matches!(network, NetworkConfig::Nade(_)) && levels != 2 {
                 continue;
@@ -191,9 +224,24 @@ fn fast_samplers_draw_what_full_passes_draw() {
                 gm_core::tch::manual_seed(21);
                 let values = gm_core::tch::no_grad(|| {
                     if fast {
-                        net.sample_sequential(6, labels.as_ref(), 0, Device::Cpu, &mut draw, &encode)
+                        net.sample_sequential(
+                            6,
+                            labels.as_ref(),
+                            0,
+                            Device::Cpu,
+                            &mut draw,
+                            &encode,
+                        )
                     } else {
-                        sample_by_full_passes(net, 6, labels.as_ref(), 0, Device::Cpu, &mut draw, &encode)
+                        sample_by_full_passes(
+                            net,
+                            6,
+                            labels.as_ref(),
+                            0,
+                            Device::Cpu,
+                            &mut draw,
+                            &encode,
+                        )
                     }
                 })
                 .unwrap();
@@ -203,11 +251,20 @@ fn fast_samplers_draw_what_full_passes_draw() {
             let (plain, plain_params) = run(false);
             assert_eq!(fast_params.len(), plain_params.len());
             for ((pa, a), (pb, b)) in fast_params.iter().zip(&plain_params) {
-                assert_eq!(pa, pb, "{name}: the samplers visit values in different orders");
+                assert_eq!(
+                    pa, pb,
+                    "{name}: the samplers visit values in different orders"
+                );
                 let gap = (a - b).abs().max().double_value(&[]);
-                assert!(gap < 1e-5, "{name}, {levels} levels: value {pa}'s parameters differ by {gap}");
+                assert!(
+                    gap < 1e-5,
+                    "{name}, {levels} levels: value {pa}'s parameters differ by {gap}"
+                );
             }
-            assert!(fast.equal(&plain), "{name}, {levels} levels: {fast:?} vs {plain:?}");
+            assert!(
+                fast.equal(&plain),
+                "{name}, {levels} levels: {fast:?} vs {plain:?}"
+            );
         }
     }
 }
@@ -224,16 +281,21 @@ fn greedy_decoding_takes_the_most_likely_value() {
         }
         let m = model(&network, OutputConfig::Auto, &data, 6);
         // The same seed: an ensemble draws each example's order first.
-        let cold = m.sample_with(4, &SampleOptions::new().temperature(0.0).seed(1)).unwrap();
-        let top1 = m.sample_with(4, &SampleOptions::new().top_k(1).seed(1)).unwrap();
-        assert!(cold.equal(&top1), "{name}: temperature 0 and top-k 1 differ");
+        let cold = m
+            .sample_with(4, &SampleOptions::new().temperature(0.0).seed(1))
+            .unwrap();
+        let top1 = m
+            .sample_with(4, &SampleOptions::new().top_k(1).seed(1))
+            .unwrap();
+        assert!(
+            cold.equal(&top1),
+            "{name}: temperature 0 and top-k 1 differ"
+        );
         if m.network().orders().len() > 1 {
             continue; // each example of an ensemble uses its own order
         }
         let flat = cold.reshape([4, 9]);
-        let lp = m
-            .conditional_log_probs(&flat, None, 0)
-            .unwrap(); // ln p(x_d | x_<d) of the drawn values
+        let lp = m.conditional_log_probs(&flat, None, 0).unwrap(); // ln p(x_d | x_<d) of the drawn values
         for level in 0..3 {
             let other = flat.full_like(level as f64);
             // Replacing one value changes only its own conditional among those at or before it;
@@ -242,8 +304,13 @@ fn greedy_decoding_takes_the_most_likely_value() {
                 let alt = flat.copy();
                 alt.select(1, d).copy_(&other.select(1, d));
                 let lp_alt = m.conditional_log_probs(&alt, None, 0).unwrap();
-                let diff = (lp.select(1, d) - lp_alt.select(1, d)).min().double_value(&[]);
-                assert!(diff >= -1e-6, "{name}: value {d} is not the most likely ({diff})");
+                let diff = (lp.select(1, d) - lp_alt.select(1, d))
+                    .min()
+                    .double_value(&[]);
+                assert!(
+                    diff >= -1e-6,
+                    "{name}: value {d} is not the most likely ({diff})"
+                );
             }
         }
     }

@@ -72,7 +72,9 @@ fn temperature_divides_the_logits() {
     let v = [0.3, -1.2, 2.0, 0.0];
     let logits = Tensor::from_slice(&v).unsqueeze(0);
     for t in [0.25, 0.5, 2.0, 7.0] {
-        let got = filter_logits(&logits, t, None, None).unwrap().softmax(-1, Kind::Double);
+        let got = filter_logits(&logits, t, None, None)
+            .unwrap()
+            .softmax(-1, Kind::Double);
         let want = softmax(&v.iter().map(|x| x / t).collect::<Vec<_>>());
         for (i, w) in want.iter().enumerate() {
             assert!((got.double_value(&[0, i as i64]) - w).abs() < 1e-6);
@@ -87,7 +89,10 @@ fn filtered_draws_follow_the_renormalised_probabilities() {
     gm_core::tch::manual_seed(0);
     let v = [1.0, 0.5, 0.2, -0.3, -2.0];
     let n = 40_000;
-    let logits = Tensor::from_slice(&v).to_kind(Kind::Float).unsqueeze(0).expand([n, 5], false);
+    let logits = Tensor::from_slice(&v)
+        .to_kind(Kind::Float)
+        .unsqueeze(0)
+        .expand([n, 5], false);
     for (options, keep) in [
         (SampleOptions::new().temperature(0.7).top_k(2), 2usize),
         (SampleOptions::new().top_p(0.8), 3),
@@ -104,10 +109,17 @@ fn filtered_draws_follow_the_renormalised_probabilities() {
         for (i, pi) in p.iter().enumerate() {
             let f = counts.double_value(&[i as i64]);
             let se = (pi * (1.0 - pi) / n as f64).sqrt();
-            assert!((f - pi).abs() <= 5.0 * se + 1e-9, "{options:?}: value {i}: {f} vs {pi}");
+            assert!(
+                (f - pi).abs() <= 5.0 * se + 1e-9,
+                "{options:?}: value {i}: {f} vs {pi}"
+            );
         }
     }
-    let greedy = draw_categorical(&logits.narrow(0, 0, 3), &SampleOptions::new().temperature(0.0)).unwrap();
+    let greedy = draw_categorical(
+        &logits.narrow(0, 0, 3),
+        &SampleOptions::new().temperature(0.0),
+    )
+    .unwrap();
     assert_eq!(Vec::<i64>::try_from(&greedy).unwrap(), vec![0, 0, 0]);
 }
 
@@ -142,10 +154,16 @@ fn log_probs_match_closed_forms() {
     // A mixture of 3 Gaussians: ln Σ_k π_k N(x; μ_k, σ_k).
     let l = Tensor::randn([b, 9, d], (Kind::Double, Device::Cpu));
     let x = Tensor::randn([b, d], (Kind::Double, Device::Cpu));
-    let got = Output::MixtureOfGaussians { components: 3 }.log_prob(&l, &x).unwrap();
+    let got = Output::MixtureOfGaussians { components: 3 }
+        .log_prob(&l, &x)
+        .unwrap();
     for i in 0..b {
         for j in 0..d {
-            let w = softmax(&(0..3).map(|k| l.double_value(&[i, k, j])).collect::<Vec<_>>());
+            let w = softmax(
+                &(0..3)
+                    .map(|k| l.double_value(&[i, k, j]))
+                    .collect::<Vec<_>>(),
+            );
             let xi = x.double_value(&[i, j]);
             let p: f64 = (0..3)
                 .map(|k| {
@@ -178,12 +196,18 @@ fn bad_filters_are_refused() {
 fn top_k_keeps_exactly_k_among_ties() {
     let logits = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 0.0]).unsqueeze(0);
     for k in 1..=3 {
-        let keep = kept(&filter_logits(&logits, 1.0, Some(k), None).unwrap().squeeze_dim(0));
+        let keep = kept(
+            &filter_logits(&logits, 1.0, Some(k), None)
+                .unwrap()
+                .squeeze_dim(0),
+        );
         assert_eq!(keep.iter().filter(|k| **k).count() as i64, k);
         assert!(!keep[3]);
     }
     let zero = Tensor::zeros([500, 1], (Kind::Float, Device::Cpu));
-    let draws = Output::Bernoulli.sample(&zero, &SampleOptions::new().top_k(1)).unwrap();
+    let draws = Output::Bernoulli
+        .sample(&zero, &SampleOptions::new().top_k(1))
+        .unwrap();
     let distinct = draws.unique_dim(0, true, false, false).0.size()[0];
     assert_eq!(distinct, 1, "top-k 1 must draw one outcome");
 }
@@ -194,7 +218,8 @@ fn top_k_keeps_exactly_k_among_ties() {
 #[test]
 fn mixture_draws_have_the_mixtures_moments() {
     gm_core::tch::manual_seed(4);
-    let params = Tensor::from_slice(&[0.2f32, -0.5, 1.0, -2.0, 0.5, 3.0, -0.3, 0.4, -1.0]).unsqueeze(0);
+    let params =
+        Tensor::from_slice(&[0.2f32, -0.5, 1.0, -2.0, 0.5, 3.0, -0.3, 0.4, -1.0]).unsqueeze(0);
     let n = 100_000;
     let many = params.expand([n, 9], false);
     let mu = [-2.0, 0.5, 3.0];
@@ -206,12 +231,21 @@ fn mixture_draws_have_the_mixtures_moments() {
             .unwrap()
             .to_kind(Kind::Double);
         let mean: f64 = (0..3).map(|k| w[k] * mu[k]).sum();
-        let var: f64 = (0..3).map(|k| w[k] * (t * t * sigma[k] * sigma[k] + mu[k] * mu[k])).sum::<f64>() - mean * mean;
+        let var: f64 = (0..3)
+            .map(|k| w[k] * (t * t * sigma[k] * sigma[k] + mu[k] * mu[k]))
+            .sum::<f64>()
+            - mean * mean;
         let m = x.mean(Kind::Double).double_value(&[]);
         let v = x.var(true).double_value(&[]);
-        assert!((m - mean).abs() < 5.0 * (var / n as f64).sqrt(), "T={t}: mean {m} vs {mean}");
+        assert!(
+            (m - mean).abs() < 5.0 * (var / n as f64).sqrt(),
+            "T={t}: mean {m} vs {mean}"
+        );
         // The variance's standard error, bounded using the fourth central moment's estimate.
-        let m4 = (&x - m).pow_tensor_scalar(4).mean(Kind::Double).double_value(&[]);
+        let m4 = (&x - m)
+            .pow_tensor_scalar(4)
+            .mean(Kind::Double)
+            .double_value(&[]);
         let se = ((m4 - v * v) / n as f64).sqrt();
         assert!((v - var).abs() < 5.0 * se, "T={t}: variance {v} vs {var}");
     }

@@ -413,7 +413,10 @@ pub fn suite_from(
             if cap < 10 {
                 return Err(GmError::config(
                     "image_samples",
-                    format!("{origin}: entry {}: must be at least 10, got {cap}", item.model),
+                    format!(
+                        "{origin}: entry {}: must be at least 10, got {cap}",
+                        item.model
+                    ),
                 ));
             }
             evaluation.image_samples = evaluation.image_samples.min(cap);

@@ -241,18 +241,18 @@ where
     F: Fn(&Tensor) -> Tensor,
 {
     let d = x.numel() as i64;
-    assert_eq!(order.len() as i64, d, "the order must list each of the {d} inputs once");
+    assert_eq!(
+        order.len() as i64,
+        d,
+        "the order must list each of the {d} inputs once"
+    );
     let mut sorted = order.to_vec();
     sorted.sort_unstable();
     assert!(
         sorted.iter().copied().eq(0..d),
         "the order must be a permutation of 0..{d}, got {order:?}"
     );
-    let input = x
-        .detach()
-        .reshape([1, d])
-        .copy()
-        .set_requires_grad(true);
+    let input = x.detach().reshape([1, d]).copy().set_requires_grad(true);
     let out = f(&input);
     let out = match out.dim() {
         2 => out.unsqueeze(1),

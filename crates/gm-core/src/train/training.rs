@@ -5,10 +5,10 @@
 
 use crate::model::{load_var_store, var_store_state, WeightChoice};
 use crate::spec::{Budget, Registry};
-use tch::{nn, Tensor};
 use crate::train::config::{in_section, Config};
 use crate::train::{Adam, AdamConfig, Ema, EmaConfig, LrSchedule, StateDict};
 use crate::Result;
+use tch::{nn, Tensor};
 
 /// The defaults of the models that train with [`Training`]: Adam at 1e-3 with the gradient norm clipped at 1,
 /// and an average of decay 0.999 from the start.
