@@ -13,7 +13,7 @@ use crate::output::OutputConfig;
 use crate::pixelcnn::PixelCnnConfig;
 use gm_core::code_prior::{check_codes, CodePrior};
 use gm_core::data::ValueKind;
-use gm_core::model::{Batch, GenerativeModel, SampleOptions};
+use gm_core::model::{Batch, GenerativeModel, SampleOptions, StepOutput};
 use gm_core::spec::DataInfo;
 use gm_core::tch::{Device, Kind, Tensor};
 use gm_core::train::{AdamConfig, StateDict};
@@ -100,14 +100,14 @@ impl AutoregressiveCodePrior {
 
     /// One Adam step on a batch of code grids; returns the batch's mean NLL in nats.
     pub fn train_step(&mut self, codes: &Tensor) -> Result<f64> {
+        let out = self.step(codes)?;
+        nll_of(&out)
+    }
+
+    /// One Adam step, its losses left on the device (reading them syncs with the host).
+    fn step(&mut self, codes: &Tensor) -> Result<StepOutput> {
         let x = self.as_data(codes, "AutoregressiveCodePrior.train_step")?;
-        let out = self.model.train_step(&Batch::new(x))?;
-        let losses = out.to_host(0)?;
-        Ok(losses
-            .iter()
-            .find(|(n, _)| n == "nll")
-            .map(|(_, v)| *v)
-            .unwrap_or(f64::NAN))
+        self.model.train_step(&Batch::new(x))
     }
 
     /// `steps` Adam steps on minibatches of `batch_size` grids drawn (with the generator's
@@ -126,18 +126,27 @@ impl AutoregressiveCodePrior {
             ));
         }
         let n = codes.size()[0];
-        let mut last = f64::NAN;
+        let mut last = StepOutput::new();
         for _ in 0..steps {
             let idx = Tensor::f_randint(n, [batch_size.min(n)], (Kind::Int64, codes.device()))?;
-            last = self.train_step(&codes.f_index_select(0, &idx)?)?;
+            last = self.step(&codes.f_index_select(0, &idx)?)?;
         }
-        Ok(last)
+        nll_of(&last)
     }
 
     /// The model behind the prior.
     pub fn model(&self) -> &Autoregressive {
         &self.model
     }
+}
+
+/// The `nll` of a training step, read to the host (an error if it is not finite).
+fn nll_of(out: &StepOutput) -> Result<f64> {
+    out.to_host(0)?
+        .into_iter()
+        .find(|(n, _)| n == "nll")
+        .map(|(_, v)| v)
+        .ok_or_else(|| GmError::Unsupported("the training step reported no nll".into()))
 }
 
 impl CodePrior for AutoregressiveCodePrior {

@@ -198,14 +198,8 @@ impl Autoregressive {
                 .collect::<Result<Vec<_>>>()?;
             return ensemble(&Tensor::f_stack(&per_class, 0)?);
         }
-        let orders = self.network.orders().len();
-        if orders == 1 {
-            return Ok(self
-                .conditional_log_probs(x, labels, 0)?
-                .f_sum_dim_intlist(&[1i64][..], false, Kind::Double)?
-                .f_to_kind(Kind::Float)?);
-        }
-        let per_order = (0..orders)
+        // One order: the ensemble of one is its own log-likelihood.
+        let per_order = (0..self.network.orders().len())
             .map(|k| {
                 self.conditional_log_probs(x, labels, k)?
                     .f_sum_dim_intlist(&[1i64][..], false, Kind::Double)
@@ -284,8 +278,8 @@ impl GenerativeModel for Autoregressive {
         Ok(StepOutput::new().with("loss", &loss).with("nll", &nll))
     }
 
-    /// Reads `temperature` (divides the logits; 0 takes the most likely value; scales a
-    /// mixture's widths), `top_k`, `top_p`, `labels`, `weights` and `seed`. An order-agnostic
+    /// Reads `temperature` (divides the logits; 0 takes the most likely value; for a mixture
+    /// also scales the widths), `top_k`, `top_p`, `labels`, `weights` and `seed`. An order-agnostic
     /// network draws each example's order uniformly (a draw from the ensemble).
     fn sample_with(&self, n: i64, options: &SampleOptions) -> Result<Tensor> {
         // Refused before `begin`, which seeds the generator.

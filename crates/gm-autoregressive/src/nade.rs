@@ -70,20 +70,14 @@ impl NadeConfig {
         let w_bound = (1.0 / d as f64).sqrt();
         let v_bound = (1.0 / h as f64).sqrt();
         let uniform = |b: f64| nn::Init::Uniform { lo: -b, up: b };
+        let order = order_from_degrees(&self.ordering.degrees(d));
         Ok(Nade {
             input_weight: path.var("input_weight", &[d, h], uniform(w_bound)),
             hidden_bias: path.var("hidden_bias", &[h], nn::Init::Const(0.0)),
             output_weight: path.var("output_weight", &[d, h], uniform(v_bound)),
             output_bias: path.var("output_bias", &[d], nn::Init::Const(0.0)),
-            orders: vec![self
-                .ordering
-                .degrees(d)
-                .iter()
-                .map(|g| g - 1)
-                .collect::<Vec<_>>()]
-            .into_iter()
-            .map(|degrees| order_from_degrees(&degrees))
-            .collect(),
+            order_index: Tensor::from_slice(&order).to_device(path.device()),
+            orders: vec![order],
         })
     }
 }
@@ -101,13 +95,9 @@ pub struct Nade {
     hidden_bias: Tensor,
     output_weight: Tensor,
     output_bias: Tensor,
+    /// The generation order as an index tensor on the weights' device, built once.
+    order_index: Tensor,
     orders: Vec<Vec<i64>>,
-}
-
-impl Nade {
-    fn order_tensor(&self, device: Device) -> Tensor {
-        Tensor::from_slice(&self.orders[0]).to_device(device)
-    }
 }
 
 impl Network for Nade {
@@ -115,7 +105,7 @@ impl Network for Nade {
     fn forward(&self, x: &Tensor, _labels: Option<&Tensor>, order: usize) -> Result<Tensor> {
         check_input(x, self.input_weight.size()[0], "Nade.forward")?;
         check_order(self, order)?;
-        let order = self.order_tensor(x.device());
+        let order = &self.order_index;
         let bits = x
             .f_add_scalar(1.0)?
             .f_mul_scalar(0.5)?

@@ -163,7 +163,11 @@ pub fn image_shape(data: &DataInfo, kind: &str) -> Result<(i64, i64, i64)> {
 
 /// Checks that `order` names one of `net`'s orders.
 pub fn check_order<N: Network + ?Sized>(net: &N, order: usize) -> Result<()> {
-    let orders = net.orders().len();
+    check_order_index(order, net.orders().len())
+}
+
+/// Checks that `order` is below `orders`, the number of orders a network has.
+pub fn check_order_index(order: usize, orders: usize) -> Result<()> {
     if order >= orders {
         return Err(GmError::Domain(format!(
             "order {order} requested; this network has {orders} order(s)"

@@ -96,10 +96,7 @@ impl Output {
     /// they are. `[batch, D]` float.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Output::Bernoulli => x
-                .f_to_kind(Kind::Float)?
-                .f_mul_scalar(2.0)?
-                .f_sub_scalar(1.0)?,
+            Output::Bernoulli => gm_core::data::transforms::levels_to_symmetric(x, 2)?,
             Output::Categorical { levels } => {
                 gm_core::data::transforms::levels_to_symmetric(x, *levels as u32)?
             }

@@ -11,7 +11,9 @@
 //! window rather than the whole image, with outputs identical to a full pass
 //! ([`sample_raster`]).
 
-use crate::network::{check_input, image_shape, raster_order, Network, NetworkShape};
+use crate::network::{
+    check_input, check_order_index, image_shape, raster_order, Network, NetworkShape,
+};
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::config::Config;
 use gm_core::{GmError, Result};
@@ -148,11 +150,7 @@ impl PixelGrid {
         what: &str,
         image_forward: impl Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        if order >= self.orders.len() {
-            return Err(GmError::Domain(format!(
-                "{what}: order {order} requested; this network has 1 order"
-            )));
-        }
+        check_order_index(order, self.orders.len())?;
         let b = check_input(x, self.pixels(), what)?;
         let img = x.f_reshape([b, 1, self.height, self.width])?;
         Ok(image_forward(&img)?.f_reshape([b, self.params_per_value, self.pixels()])?)
@@ -168,11 +166,7 @@ impl PixelGrid {
         draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
         encode: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        if order >= self.orders.len() {
-            return Err(GmError::Domain(format!(
-                "order {order} requested; this network has 1 order"
-            )));
-        }
+        check_order_index(order, self.orders.len())?;
         sample_raster(
             n,
             (self.height, self.width),

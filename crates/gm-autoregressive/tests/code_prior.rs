@@ -84,24 +84,23 @@ fn a_vq_vae_samples_and_scores_through_the_prior() {
     single_thread();
     let text = "data_shape = [1, 28, 28]\nnum_latents = 4\n[encoder]\nkind = \"conv\"\nchannels = [8, 8]\nhidden = []\n[decoder]\nkind = \"conv\"\nchannels = [8, 8]\nhidden = []\n[likelihood]\nkind = \"bernoulli\"\n[quantizer]\nnum_codes = 8\ncode_dim = 4\n";
     let c: VqVaeConfig = gm_core::train::Config::from_toml_str(text).unwrap();
-    let build = |seed: i64| {
+    // A VQ-VAE with a fresh (unfitted) prior attached: what a checkpoint with a prior loads into.
+    let with_fresh_prior = |seed: i64| {
         gm_core::tch::manual_seed(seed);
         let mut vq = VqVae::new(&c, Device::Cpu).unwrap();
         let grid = vq.code_grid().to_vec();
-        gm_core::tch::manual_seed(seed + 100);
-        let prior = tiny_prior(&grid, vq.num_codes());
-        (vq.code_grid().to_vec(), prior, {
-            vq.set_prior(Box::new(tiny_prior(&grid, 8))).unwrap();
-            vq
-        })
+        vq.set_prior(Box::new(tiny_prior(&grid, vq.num_codes())))
+            .unwrap();
+        vq
     };
-    let (grid, mut prior, _) = build(1);
     let x = gm_core::testing::example_data(&gm_core::data::named_info("mnist_binary").unwrap(), 32)
         .reshape([32, 784]);
     gm_core::tch::manual_seed(1);
     let mut vq = VqVae::new(&c, Device::Cpu).unwrap();
+    let grid = vq.code_grid().to_vec();
     let codes = vq.encode_codes(&x).unwrap();
     assert_eq!(codes.size()[1..], grid[..]);
+    let mut prior = tiny_prior(&grid, vq.num_codes());
     prior.fit(&codes, 20, 16).unwrap();
     let prior_ll = prior.log_prob(&codes).unwrap();
     vq.set_prior(Box::new(prior)).unwrap();
@@ -114,7 +113,7 @@ fn a_vq_vae_samples_and_scores_through_the_prior() {
     let dir = std::env::temp_dir().join(format!("gm-ar-prior-{}", std::process::id()));
     let path = dir.join("vq.safetensors");
     vq.save(&path).unwrap();
-    let (_, _, mut other) = build(7);
+    let mut other = with_fresh_prior(7);
     other.load(&path).unwrap();
     let again = other.log_likelihood(&x).unwrap().unwrap();
     assert!(

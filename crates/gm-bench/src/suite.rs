@@ -136,7 +136,7 @@ struct SuiteEntry {
     /// Data sets to train on; empty: the run file's own.
     #[serde(default)]
     datasets: Vec<String>,
-    steps: ProfileSteps,
+    steps: PerProfile,
     /// Further ways to sample the trained model, each judged like its default samples.
     #[serde(default)]
     samplers: Vec<SamplerVariant>,
@@ -145,7 +145,7 @@ struct SuiteEntry {
     likelihood_examples: Option<i64>,
     /// Caps the profile's `image_samples` for this entry, per profile: for models whose
     /// sampling costs a network pass per pixel (PixelCNN).
-    image_samples: Option<ProfileSteps>,
+    image_samples: Option<PerProfile>,
     /// Per profile, run-file keys to replace, by dotted path (`"model.sampler.steps" = 10`):
     /// a cheaper sampler or a smaller network where a profile's time budget needs one. The
     /// patched run is validated like any run file, and its text is what the run is keyed by.
@@ -282,15 +282,16 @@ impl SamplerVariant {
     }
 }
 
+/// A number per profile (a step budget, a sample count).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ProfileSteps {
+struct PerProfile {
     quick: u64,
     default: u64,
     full: u64,
 }
 
-impl ProfileSteps {
+impl PerProfile {
     fn get(&self, profile: Profile) -> u64 {
         match profile {
             Profile::Quick => self.quick,
