@@ -71,7 +71,7 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -233,14 +233,14 @@ fn idx_header(magic: u32, dims: &[u32]) -> Vec<u8> {
     out
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))
 }
 
 /// A fixed, well-known 64-bit mixer (Steele et al.'s SplitMix64 finaliser), used to define the split.
-fn splitmix64(i: u64) -> u64 {
+pub(crate) fn splitmix64(i: u64) -> u64 {
     let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -6,6 +6,7 @@
 
 mod data;
 mod libtorch;
+mod text;
 
 use clap::{Parser, Subcommand};
 use std::process::{Command, ExitCode};
@@ -23,7 +24,8 @@ enum Task {
     Setup,
     /// Print `export` lines for the libtorch environment: `eval "$(cargo xtask env)"`.
     Env,
-    /// Obtain the 10,000 MNIST digits as IDX files (or check the ones in GM_DATA_DIR).
+    /// Obtain the 10,000 MNIST digits as IDX files (or check the ones in GM_DATA_DIR) and the
+    /// byte-level text corpus (GM_TEXT_DIR).
     Data,
     /// Run the whole test suite; further arguments go to `cargo test` (e.g. `-p gm-flow`).
     Test {
@@ -67,15 +69,24 @@ fn run(task: Task) -> Result<ExitCode, String> {
                 "export GM_DATA_DIR={}",
                 shell_quote(&data::data_dir()?.to_string_lossy())
             );
+            println!(
+                "export GM_TEXT_DIR={}",
+                shell_quote(&text::text_dir()?.to_string_lossy())
+            );
             Ok(ExitCode::SUCCESS)
         }
         Task::Data => {
             let dir = data::ensure()?;
             eprintln!("MNIST IDX files ready in {}", dir.display());
+            let dir = text::ensure()?;
+            eprintln!("text corpus ready in {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Task::Test { args } => {
             let torch = libtorch::ensure()?;
+            // The tests read real digits and text: a fresh machine gets them here, as bench-all does.
+            let data_dir = data::ensure()?;
+            let text_dir = text::ensure()?;
             let mut cmd = cargo();
             cmd.arg("test");
             let names_package = args.iter().any(|a| {
@@ -90,11 +101,14 @@ fn run(task: Task) -> Result<ExitCode, String> {
             if std::env::var_os("RUST_TEST_THREADS").is_none() {
                 cmd.env("RUST_TEST_THREADS", "1");
             }
+            cmd.env("GM_DATA_DIR", data_dir);
+            cmd.env("GM_TEXT_DIR", text_dir);
             run_with_env(cmd, &torch)
         }
         Task::BenchAll { args } => {
             let torch = libtorch::ensure()?;
             let dir = data::ensure()?;
+            let text_dir = text::ensure()?;
             let mut cmd = cargo();
             cmd.args([
                 "run",
@@ -108,6 +122,7 @@ fn run(task: Task) -> Result<ExitCode, String> {
             ]);
             cmd.args(&args);
             cmd.env("GM_DATA_DIR", dir);
+            cmd.env("GM_TEXT_DIR", text_dir);
             run_with_env(cmd, &torch)
         }
     }
@@ -123,6 +138,9 @@ fn run_with_env(mut cmd: Command, torch: &libtorch::Libtorch) -> Result<ExitCode
     }
     if std::env::var_os("GM_DATA_DIR").is_none() {
         cmd.env("GM_DATA_DIR", data::data_dir()?);
+    }
+    if std::env::var_os("GM_TEXT_DIR").is_none() {
+        cmd.env("GM_TEXT_DIR", text::text_dir()?);
     }
     let status = run_forwarding_interrupts(cmd)?;
     Ok(match status.code() {

@@ -3,16 +3,18 @@
 //! order-agnostic MADE averages its orders' probabilities); training minimises it in nats per
 //! value; sampling draws one value at a time in the network's order.
 
+use crate::beam::{BeamSearch, Hypothesis};
 use crate::made::ensemble;
 use crate::network::{Network, NetworkConfig, NetworkShape};
 use crate::output::{Output, OutputConfig};
+use crate::scheduled::ScheduledSampling;
 use gm_core::model::{
     check_data, check_labels, Batch, GenerativeModel, LikelihoodKind, SampleOptions, StepOutput,
     WeightChoice,
 };
 use gm_core::spec::{Budget, DataInfo, ModelSpec, Registry};
 use gm_core::tch::{nn, Device, Kind, Tensor};
-use gm_core::train::config::Config;
+use gm_core::train::config::{in_section, Config};
 use gm_core::train::training::{self, Training};
 use gm_core::train::{AdamConfig, EmaConfig, LrSchedule, StateDict};
 use gm_core::{GmError, Result};
@@ -30,6 +32,8 @@ pub struct AutoregressiveConfig {
     pub optimizer: AdamConfig,
     pub lr_schedule: LrSchedule,
     pub ema: Option<EmaConfig>,
+    /// Feed the model's own draws as inputs during training, on a schedule.
+    pub scheduled_sampling: Option<ScheduledSampling>,
 }
 
 impl Default for AutoregressiveConfig {
@@ -41,6 +45,7 @@ impl Default for AutoregressiveConfig {
             optimizer: training::default_optimizer(),
             lr_schedule: LrSchedule::Constant,
             ema: None,
+            scheduled_sampling: None,
         }
     }
 }
@@ -48,12 +53,15 @@ impl Default for AutoregressiveConfig {
 impl Config for AutoregressiveConfig {
     fn validate(&self) -> Result<()> {
         self.network.validate()?;
+        if let Some(s) = &self.scheduled_sampling {
+            in_section("scheduled_sampling", s.validate())?;
+        }
         training::validate(&self.optimizer, &self.lr_schedule, self.ema.as_ref())
     }
 }
 
 /// The run files shipped in `configs/`, registered as `autoregressive/<stem>`.
-pub const SHIPPED_CONFIGS: [(&str, &str); 5] = [
+pub const SHIPPED_CONFIGS: [(&str, &str); 12] = [
     ("nade_mnist", include_str!("../configs/nade_mnist.toml")),
     ("made_mnist", include_str!("../configs/made_mnist.toml")),
     ("made_toy", include_str!("../configs/made_toy.toml")),
@@ -64,6 +72,31 @@ pub const SHIPPED_CONFIGS: [(&str, &str); 5] = [
     (
         "gated_pixelcnn_mnist",
         include_str!("../configs/gated_pixelcnn_mnist.toml"),
+    ),
+    (
+        "pixelrnn_mnist",
+        include_str!("../configs/pixelrnn_mnist.toml"),
+    ),
+    (
+        "pixelrnn_diagonal_mnist",
+        include_str!("../configs/pixelrnn_diagonal_mnist.toml"),
+    ),
+    (
+        "transformer_mnist",
+        include_str!("../configs/transformer_mnist.toml"),
+    ),
+    (
+        "transformer_text",
+        include_str!("../configs/transformer_text.toml"),
+    ),
+    ("lstm_text", include_str!("../configs/lstm_text.toml")),
+    (
+        "lstm_text_scheduled",
+        include_str!("../configs/lstm_text_scheduled.toml"),
+    ),
+    (
+        "wavenet_oscillator",
+        include_str!("../configs/wavenet_oscillator.toml"),
     ),
 ];
 
@@ -79,6 +112,9 @@ impl ModelSpec for AutoregressiveConfig {
 
     fn scale_to_budget(&mut self, budget: &Budget) {
         training::scale(&mut self.lr_schedule, self.ema.as_mut(), budget);
+        if let Some(s) = &mut self.scheduled_sampling {
+            *s = s.scaled(budget);
+        }
     }
 
     fn build(&self, data: &DataInfo, device: Device) -> Result<Box<dyn GenerativeModel>> {
@@ -231,6 +267,46 @@ impl Autoregressive {
         Ok(ll)
     }
 
+    /// The `search.width` most likely continuations of `search.prompt` (see [`BeamSearch`]),
+    /// with the EMA weights where kept. Needs a sequence network (one that steps with a cache)
+    /// and discrete data.
+    pub fn beam_search(&self, search: &BeamSearch) -> Result<Vec<Hypothesis>> {
+        let stepper = self.network.stepper().ok_or_else(|| {
+            GmError::config(
+                "network.kind",
+                format!(
+                    "beam search runs on the sequence networks (transformer, lstm, wavenet); this model's is {}",
+                    self.config.network.kind()
+                ),
+            )
+        })?;
+        let levels = match self.data.values {
+            gm_core::data::ValueKind::Discrete { levels } => levels as i64,
+            gm_core::data::ValueKind::Continuous => {
+                return Err(GmError::Domain(
+                    "beam search ranks sequences of levels; this model's data are real".into(),
+                ))
+            }
+        };
+        // The beam is a batch of `width` sequences, with a cache each.
+        gm_core::nn::check_activation_budget(
+            search.width as i64,
+            self.network.activations_per_example(),
+            "beam search (width)",
+        )?;
+        gm_core::tch::no_grad(|| {
+            self.training.with_weights(WeightChoice::Ema, || {
+                search.run(
+                    stepper,
+                    &self.output,
+                    levels,
+                    self.data.elements(),
+                    self.device(),
+                )
+            })
+        })
+    }
+
     /// Draws `n` examples in the network's order `order`.
     fn sample_in_order(
         &self,
@@ -255,7 +331,9 @@ impl GenerativeModel for Autoregressive {
     }
 
     /// One Adam step on the exact NLL in nats per value (`loss`); `nll` is nats per example.
-    /// An order-agnostic network trains order `step mod K`.
+    /// An order-agnostic network trains order `step mod K`. Under scheduled sampling the inputs
+    /// mix in the model's own draws (`own_draw_probability`), so `loss` and `nll` are those of the
+    /// true values given the mixed inputs.
     fn train_step(&mut self, batch: &Batch) -> Result<StepOutput> {
         let (x, labels) = self.checked(
             &batch.x,
@@ -267,15 +345,42 @@ impl GenerativeModel for Autoregressive {
                 "Autoregressive.train_step: this model is conditioned on class labels; the batch has none".into(),
             ));
         }
-        let order = (self.training.steps() % self.network.orders().len() as u64) as usize;
-        let nll = self
-            .conditional_log_probs(&x, labels.as_ref(), order)?
+        let step = self.training.steps();
+        let order = (step % self.network.orders().len() as u64) as usize;
+        let own = self
+            .config
+            .scheduled_sampling
+            .as_ref()
+            .map_or(0.0, |s| s.probability(step));
+        let log_probs = if own > 0.0 {
+            let output = self.output;
+            let plain = SampleOptions::default();
+            let mut draw = |params: &Tensor| output.sample(params, &plain);
+            let encode = |v: &Tensor| output.encode(v);
+            let params = self.network.forward_scheduled(
+                &self.output.encode(&x)?,
+                labels.as_ref(),
+                order,
+                own,
+                &mut draw,
+                &encode,
+            )?;
+            self.output.log_prob(&params, &x)?
+        } else {
+            self.conditional_log_probs(&x, labels.as_ref(), order)?
+        };
+        let nll = log_probs
             .f_sum_dim_intlist(&[1i64][..], false, Kind::Float)?
             .f_mean(Kind::Float)?
             .f_neg()?;
         let loss = nll.f_div_scalar(self.data.elements() as f64)?;
         self.training.step(&loss)?;
-        Ok(StepOutput::new().with("loss", &loss).with("nll", &nll))
+        let out = StepOutput::new().with("loss", &loss).with("nll", &nll);
+        Ok(if self.config.scheduled_sampling.is_some() {
+            out.with("own_draw_probability", &Tensor::from(own as f32))
+        } else {
+            out
+        })
     }
 
     /// Reads `temperature` (divides the logits; 0 takes the most likely value; for a mixture

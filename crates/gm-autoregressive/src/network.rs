@@ -8,9 +8,14 @@
 //! [`NetworkConfig`] (the `[model.network]` table, tagged by `kind`) builds any of them.
 
 use crate::gated::GatedPixelCnnConfig;
+use crate::lstm::LstmConfig;
 use crate::made::MadeNetConfig;
 use crate::nade::NadeConfig;
 use crate::pixelcnn::PixelCnnConfig;
+use crate::pixelrnn::PixelRnnConfig;
+use crate::sequence::Stepper;
+use crate::transformer::TransformerConfig;
+use crate::wavenet::WaveNetConfig;
 use gm_core::spec::DataInfo;
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::config::Config;
@@ -42,7 +47,9 @@ pub trait Network: std::fmt::Debug {
 
     /// Draws `n` examples `[n, D]` (as data: levels or real values) in order `order`: `draw(params [n, P], d)` draws
     /// value `d` (as data, e.g. levels) from its conditional's parameters; `encode` maps those
-    /// draws `[n]` to the network's input. The default runs the whole network once per value.
+    /// draws `[n]` to the network's input. The default steps a network that has a
+    /// [`Network::stepper`] (one cached position per value) and otherwise runs the whole network
+    /// once per value.
     fn sample_sequential(
         &self,
         n: i64,
@@ -52,7 +59,48 @@ pub trait Network: std::fmt::Debug {
         draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
         encode: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        sample_by_full_passes(self, n, labels, order, device, draw, encode)
+        match self.stepper() {
+            Some(stepper) => {
+                check_order(self, order)?;
+                let d = self.orders()[order].len() as i64;
+                crate::sequence::sample_by_steps(stepper, n, d, device, draw)
+            }
+            None => sample_by_full_passes(self, n, labels, order, device, draw, encode),
+        }
+    }
+
+    /// The network run one position at a time with a cache, where it can be (the sequence
+    /// networks); beam search needs one.
+    fn stepper(&self) -> Option<&dyn Stepper> {
+        None
+    }
+
+    /// [`Network::forward`] under scheduled sampling (Bengio et al. 2015): each value's input is,
+    /// with probability `own`, a draw from the model's own conditional instead of the true
+    /// value. `draw(params [m, P])` draws levels `[m]`; `encode` maps them to network input.
+    ///
+    /// The default takes two passes (as Mihaylova & Martins 2019 do for Transformers, which
+    /// see every position at once): draws for every position from a pass on the true data, then
+    /// the pass that is trained on the mixed input. Causality makes the mix at `d` reach only the
+    /// outputs after `d`. A recurrent network overrides it with the step-by-step original.
+    fn forward_scheduled(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        order: usize,
+        own: f64,
+        draw: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+        encode: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let drawn = gm_core::tch::no_grad(|| -> Result<Tensor> {
+            let params = self.forward(x, labels, order)?;
+            let size = params.size();
+            let (b, p, d) = (size[0], size[1], size[2]);
+            let flat = params.f_permute([0, 2, 1])?.f_reshape([b * d, p])?;
+            Ok(encode(&draw(&flat)?)?.f_reshape([b, d])?)
+        })?;
+        let mix = x.f_rand_like()?.f_lt(own)?;
+        self.forward(&drawn.f_where_self(&mix, x)?, labels, order)
     }
 }
 
@@ -90,6 +138,10 @@ pub enum NetworkConfig {
     Made(MadeNetConfig),
     Pixelcnn(PixelCnnConfig),
     GatedPixelcnn(GatedPixelCnnConfig),
+    Pixelrnn(PixelRnnConfig),
+    Transformer(TransformerConfig),
+    Lstm(LstmConfig),
+    Wavenet(WaveNetConfig),
 }
 
 impl Default for NetworkConfig {
@@ -106,6 +158,10 @@ impl NetworkConfig {
             NetworkConfig::Made(_) => "made",
             NetworkConfig::Pixelcnn(_) => "pixelcnn",
             NetworkConfig::GatedPixelcnn(_) => "gated_pixelcnn",
+            NetworkConfig::Pixelrnn(_) => "pixelrnn",
+            NetworkConfig::Transformer(_) => "transformer",
+            NetworkConfig::Lstm(_) => "lstm",
+            NetworkConfig::Wavenet(_) => "wavenet",
         }
     }
 
@@ -115,6 +171,10 @@ impl NetworkConfig {
             NetworkConfig::Made(c) => c.validate(),
             NetworkConfig::Pixelcnn(c) => c.validate(),
             NetworkConfig::GatedPixelcnn(c) => c.validate(),
+            NetworkConfig::Pixelrnn(c) => c.validate(),
+            NetworkConfig::Transformer(c) => c.validate(),
+            NetworkConfig::Lstm(c) => c.validate(),
+            NetworkConfig::Wavenet(c) => c.validate(),
         }
     }
 
@@ -125,6 +185,10 @@ impl NetworkConfig {
             NetworkConfig::Made(c) => c.parameters(shape),
             NetworkConfig::Pixelcnn(c) => c.parameters(shape),
             NetworkConfig::GatedPixelcnn(c) => c.parameters(shape),
+            NetworkConfig::Pixelrnn(c) => c.parameters(shape),
+            NetworkConfig::Transformer(c) => c.parameters(shape),
+            NetworkConfig::Lstm(c) => c.parameters(shape),
+            NetworkConfig::Wavenet(c) => c.parameters(shape),
         }
     }
 
@@ -145,6 +209,10 @@ impl NetworkConfig {
             NetworkConfig::Made(c) => Box::new(c.init(path, shape)?),
             NetworkConfig::Pixelcnn(c) => Box::new(c.init(path, shape)?),
             NetworkConfig::GatedPixelcnn(c) => Box::new(c.init(path, shape)?),
+            NetworkConfig::Pixelrnn(c) => c.init(path, shape)?,
+            NetworkConfig::Transformer(c) => Box::new(c.init(path, shape)?),
+            NetworkConfig::Lstm(c) => Box::new(c.init(path, shape)?),
+            NetworkConfig::Wavenet(c) => Box::new(c.init(path, shape)?),
         })
     }
 }

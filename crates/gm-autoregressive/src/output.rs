@@ -170,6 +170,24 @@ impl Output {
         }
     }
 
+    /// `ln p(v)` for every level `v` of one value's conditional, `[n, levels]`, from its
+    /// parameters `[n, P]` (what beam search extends hypotheses with). Discrete outputs only.
+    pub fn log_probs_of_levels(&self, params: &Tensor) -> Result<Tensor> {
+        match self {
+            Output::Bernoulli => {
+                // ln σ(−l), ln σ(l): the log-softmax of the logits [0, l].
+                let logits = params.f_select(1, 0)?;
+                Ok(Tensor::f_stack(&[logits.f_zeros_like()?, logits], 1)?
+                    .f_log_softmax(1, Kind::Float)?)
+            }
+            Output::Categorical { .. } => Ok(params.f_log_softmax(1, Kind::Float)?),
+            Output::MixtureOfGaussians { .. } => Err(GmError::Domain(
+                "a mixture-of-Gaussians output has a density over real values, not a probability per level"
+                    .into(),
+            )),
+        }
+    }
+
     /// The NLL per value of the model that gives every level the same probability, `ln levels`
     /// (what an untrained discrete model should score); `None` for real data.
     pub fn uniform_nll_per_value(&self) -> Option<f64> {

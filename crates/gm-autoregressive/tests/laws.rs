@@ -7,10 +7,11 @@ mod common;
 
 use common::*;
 use gm_autoregressive::network::sample_by_full_passes;
+use gm_autoregressive::pixelrnn::PixelRnnVariant;
 use gm_autoregressive::{NetworkConfig, OutputConfig};
 use gm_core::model::{GenerativeModel, SampleOptions};
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_core::testing::{assert_causal, MustSee};
+use gm_core::testing::{assert_causal, assert_causal_discrete, MustSee};
 
 /// Output position d of every network depends on no value at or after d in its order; all but
 /// PixelCNN see every earlier value (on inputs inside their receptive field), and PixelCNN has
@@ -36,19 +37,36 @@ fn every_network_is_causal() {
                 eprintln!("causality: {name}, {levels} levels, order {k}");
                 gm_core::tch::manual_seed(5);
                 let x = Tensor::randn([25], (Kind::Float, Device::Cpu));
-                let must_see = if matches!(network, NetworkConfig::Pixelcnn(_)) {
+                // PixelCNN's blind spot; the Row LSTM's triangular context.
+                let must_see = if has_unseen_past(&network) {
                     MustSee::Nothing
                 } else {
                     MustSee::AllEarlier
                 };
-                let seen = assert_causal(
-                    |input| net.forward(input, labels.as_ref(), k).unwrap(),
-                    &x,
-                    order,
-                    must_see,
-                );
-                if matches!(network, NetworkConfig::Pixelcnn(_)) {
-                    // The blind spot: some pixel misses earlier pixels up and to its right.
+                let seen = if is_token_network(&network) {
+                    let output = m.output();
+                    let x = (x.abs() * 7.0).floor().remainder(levels as i64);
+                    assert_causal_discrete(
+                        |input| {
+                            net.forward(&output.encode(input).unwrap(), labels.as_ref(), k)
+                                .unwrap()
+                        },
+                        &x,
+                        levels as i64,
+                        order,
+                        must_see,
+                    )
+                } else {
+                    assert_causal(
+                        |input| net.forward(input, labels.as_ref(), k).unwrap(),
+                        &x,
+                        order,
+                        must_see,
+                    )
+                };
+                if has_unseen_past(&network) {
+                    // PixelCNN's blind spot, the Row LSTM's triangle: some pixel misses earlier
+                    // pixels.
                     let blind = seen.iter().enumerate().any(|(s, &c)| c < s);
                     assert!(
                         blind,
@@ -57,6 +75,16 @@ fn every_network_is_causal() {
                 }
             }
         }
+    }
+}
+
+/// The networks some of whose outputs miss part of the past: PixelCNN (its blind spot) and the
+/// Row LSTM (a triangle of rows above). The Diagonal BiLSTM sees all of it.
+fn has_unseen_past(network: &NetworkConfig) -> bool {
+    match network {
+        NetworkConfig::Pixelcnn(_) => true,
+        NetworkConfig::Pixelrnn(p) => p.variant == PixelRnnVariant::RowLstm,
+        _ => false,
     }
 }
 

@@ -30,3 +30,4 @@ pub mod report;
 pub mod runner;
 pub mod saved;
 pub mod suite;
+pub mod text;

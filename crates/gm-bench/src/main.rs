@@ -80,7 +80,7 @@ enum Command {
         dataset: Option<String>,
     },
     /// Draw samples from a checkpoint and save them as a picture (an image grid, or a scatter
-    /// plot for 2-D data).
+    /// plot for 2-D data), or for text as a text file (`.txt` in place of `.png`).
     Sample {
         checkpoint: PathBuf,
         #[arg(long, default_value_t = 64)]
@@ -97,9 +97,35 @@ enum Command {
         steps: Option<usize>,
         #[arg(long)]
         temperature: Option<f64>,
+        /// Keep the k most likely values of each autoregressive draw.
+        #[arg(long)]
+        top_k: Option<i64>,
+        /// Keep the smallest most likely set of values with probability p (nucleus sampling).
+        #[arg(long)]
+        top_p: Option<f64>,
         /// Classifier-free guidance scale of a conditional diffusion model.
         #[arg(long)]
         guidance: Option<f64>,
+    },
+    /// Beam search with a sequence model (transformer, lstm) of text or other discrete
+    /// sequences: prints the best continuations of a prompt with their log-probabilities.
+    Beam {
+        checkpoint: PathBuf,
+        /// Hypotheses kept per step and printed.
+        #[arg(long, default_value_t = 4)]
+        width: usize,
+        /// Values (bytes of text) to generate after the prompt.
+        #[arg(long, default_value_t = 120)]
+        length: i64,
+        /// The prompt (text, fed as bytes; values separated by commas for other data).
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// A value that ends a hypothesis (for text, a character such as a newline: "\n").
+        #[arg(long)]
+        end_value: Option<String>,
+        /// α of the length normalisation ln p / len^α.
+        #[arg(long)]
+        length_penalty: Option<f64>,
     },
     /// Evaluate one checkpoint the way `bench-all` does; prints the result as JSON.
     Eval {
@@ -236,6 +262,8 @@ fn run(cli: Cli) -> gm_core::Result<ExitCode> {
             solver,
             steps,
             temperature,
+            top_k,
+            top_p,
             guidance,
         } => {
             let device = gm_core::device::default_device()?;
@@ -244,10 +272,47 @@ fn run(cli: Cli) -> gm_core::Result<ExitCode> {
             options.solver = solver;
             options.steps = steps;
             options.guidance = guidance;
+            options.top_k = top_k;
+            options.top_p = top_p;
             if let Some(t) = temperature {
                 options = options.temperature(t);
             }
             let samples = gm_core::tch::no_grad(|| saved.model.sample_with(n, &options))?;
+            if gm_bench::text::is_text(&saved.run.dataset) {
+                let out = if out.extension().is_some_and(|e| e == "png") {
+                    out.with_extension("txt")
+                } else {
+                    out
+                };
+                let text = gm_bench::text::samples_as_text(&samples)?;
+                std::fs::write(&out, &text).map_err(|e| gm_core::GmError::io(&out, e))?;
+                print!("{text}");
+                let corpus = gm_core::data::text::TextCorpus::load_default()?;
+                let body: String = text
+                    .lines()
+                    .filter(|l| !l.starts_with("--- sample"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let (share, words) = gm_bench::text::known_word_share(&body, &corpus.train);
+                let per_char = match saved.model.log_likelihood(&samples)? {
+                    Some(lp) => {
+                        -lp.f_mean(gm_core::tch::Kind::Double)?.f_double_value(&[])?
+                            / samples.size().iter().skip(1).product::<i64>() as f64
+                    }
+                    None => f64::NAN,
+                };
+                eprintln!(
+                    "gm sample: {per_char:.3} nats per character under the model; {:.1}% of {words} words are words of the training text",
+                    100.0 * share
+                );
+                eprintln!(
+                    "gm sample: {n} text samples of the {} model ({} steps trained) in {}",
+                    saved.run.family(),
+                    saved.history.steps_done,
+                    out.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let info = gm_core::data::named_info(&saved.run.dataset)?;
             let toy = saved
                 .run
@@ -269,6 +334,76 @@ fn run(cli: Cli) -> gm_core::Result<ExitCode> {
             examples,
             samples,
         } => evaluate_checkpoint(&checkpoint, &out, examples, samples),
+        Command::Beam {
+            checkpoint,
+            width,
+            length,
+            prompt,
+            end_value,
+            length_penalty,
+        } => {
+            let device = gm_core::device::default_device()?;
+            let (run, _) = gm_bench::saved::run_of(&checkpoint)?;
+            if run.family() != "autoregressive" {
+                return Err(gm_core::GmError::config(
+                    "checkpoint",
+                    format!(
+                        "beam search needs an autoregressive sequence model; this checkpoint is of the {} family",
+                        run.family()
+                    ),
+                ));
+            }
+            let text = gm_bench::text::is_text(&run.dataset);
+            let search = gm_autoregressive::BeamSearch {
+                width,
+                length,
+                prompt: gm_bench::text::parse_values(&prompt, text, "prompt")?,
+                end_value: end_value
+                    .map(|e| {
+                        gm_bench::text::parse_values(&e.replace("\\n", "\n"), text, "end_value")
+                    })
+                    .transpose()?
+                    .map(|v| match v.as_slice() {
+                        [one] => Ok(*one),
+                        _ => Err(gm_core::GmError::config(
+                            "end_value",
+                            "must be one value (one character for text)",
+                        )),
+                    })
+                    .transpose()?,
+                length_penalty,
+            };
+            let config: gm_autoregressive::AutoregressiveConfig = run.model_config()?;
+            let info = gm_core::data::named_info(&run.dataset)?;
+            let mut model = gm_autoregressive::Autoregressive::new(&config, &info, device)?;
+            gm_core::model::GenerativeModel::load(&mut model, &checkpoint)?;
+            let found = model.beam_search(&search)?;
+            if text {
+                let corpus = gm_core::data::text::TextCorpus::load_default()?;
+                let body: Vec<String> = found
+                    .iter()
+                    .map(|h| gm_bench::text::bytes_as_text(&h.values))
+                    .collect();
+                let (share, words) =
+                    gm_bench::text::known_word_share(&body.join("\n"), &corpus.train);
+                let chars: usize = found.iter().map(|h| h.values.len()).sum();
+                let nats: f64 = found.iter().map(|h| -h.log_prob).sum();
+                eprintln!(
+                    "gm beam: {:.3} nats per character; {:.1}% of {words} words are words of the training text",
+                    nats / chars.max(1) as f64,
+                    100.0 * share
+                );
+            }
+            for h in found {
+                let shown = if text {
+                    format!("{:?}", gm_bench::text::bytes_as_text(&h.values))
+                } else {
+                    format!("{:?}", h.values)
+                };
+                println!("{:>10.3} {:>10.3}  {shown}", h.log_prob, h.score);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

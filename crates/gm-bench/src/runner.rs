@@ -429,25 +429,37 @@ pub fn evaluate(
             value: n.nats,
         });
     }
-    let (entropy, stderr) = match data.toy {
-        Some(set) => {
+    // The data's exact log-probabilities of the test examples, where known (the oscillator).
+    let signal_log_p: Option<Vec<f64>> = match &data.signal {
+        Some(o) => Some(Vec::<f64>::try_from(&o.log_prob(&test_x)?)?),
+        None => None,
+    };
+    let (entropy, stderr) = match (data.toy, &signal_log_p) {
+        (Some(set), _) => {
             let (h, se) = toy_entropy(set, entry.evaluation.entropy_samples, device)?;
             (Some(h), Some(se))
         }
-        None => (None, None),
+        // The data's own NLL on the same test examples: the truth the model's is compared with.
+        (None, Some(lp)) => {
+            let (mean, se) =
+                crate::metrics::mean_and_stderr(&lp.iter().map(|v| -v).collect::<Vec<_>>());
+            (Some(mean), Some(se))
+        }
+        (None, None) => (None, None),
     };
     let gap = match (&nll, entropy) {
         (Some(n), Some(h)) => Some(n.nats - h),
         _ => None,
     };
-    let kl = match (&nll, data.toy) {
-        (Some(n), Some(set)) => {
+    let kl = match (&nll, data.toy, &signal_log_p) {
+        (Some(n), Some(set), _) => {
             let data_log_p = Vec::<f64>::try_from(
                 &set.log_prob(&test_x)?
                     .f_to_kind(gm_core::tch::Kind::Double)?,
             )?;
             Some(paired_kl(&data_log_p, &n.log_likelihoods)?)
         }
+        (Some(n), None, Some(data_log_p)) => Some(paired_kl(data_log_p, &n.log_likelihoods)?),
         _ => None,
     };
     phases.likelihood = lap();
@@ -480,7 +492,16 @@ pub fn evaluate(
         entry.id.replace('/', "_"),
         result_hash(entry)
     );
-    write_samples_picture(&samples, data.toy, data.values, &out.join(&png))?;
+    let samples_png = if crate::text::is_text(&data.name) {
+        // Bytes read as text, not as a picture.
+        let path = out.join(png.replace(".png", ".txt"));
+        std::fs::write(&path, crate::text::samples_as_text(&samples)?)
+            .map_err(|e| GmError::io(&path, e))?;
+        None
+    } else {
+        write_samples_picture(&samples, data.toy, data.values, &out.join(&png))?;
+        Some(png)
+    };
     phases.sampling = lap();
 
     let image_metrics = judge_digits(
@@ -556,7 +577,7 @@ pub fn evaluate(
         likelihood_evaluations,
         likelihood_examples: nll.as_ref().map(|_| test_x.size()[0]),
         curve,
-        samples_png: Some(png),
+        samples_png,
         sample_metrics,
         image_metrics,
         final_stats: history

@@ -21,6 +21,19 @@ pub struct Saved {
 /// Rebuilds the model a checkpoint was written from and loads its state (weights, optimizer
 /// state, EMA copies) into it on `device`.
 pub fn load(path: &Path, device: Device) -> Result<Saved> {
+    let (run, history) = run_of(path)?;
+    let info = gm_core::data::named_info(&run.dataset)?;
+    let mut model = run.model.build(&info, device)?;
+    model.load(path)?;
+    Ok(Saved {
+        run,
+        model,
+        history,
+    })
+}
+
+/// The run a checkpoint was written from and its training history, without building the model.
+pub fn run_of(path: &Path) -> Result<(RunConfig, TrainHistory)> {
     let (_, meta) = gm_core::train::checkpoint::load_tensors(path)?;
     let bad = |message: String| GmError::Checkpoint {
         path: path.display().to_string(),
@@ -40,9 +53,6 @@ pub fn load(path: &Path, device: Device) -> Result<Saved> {
     };
     let run =
         crate::suite::registry().parse_run(&run_text, &format!("{} [run]", path.display()))?;
-    let info = gm_core::data::named_info(&run.dataset)?;
-    let mut model = run.model.build(&info, device)?;
-    model.load(path)?;
     let history: TrainHistory = meta
         .get("history")
         .cloned()
@@ -50,9 +60,5 @@ pub fn load(path: &Path, device: Device) -> Result<Saved> {
         .transpose()
         .map_err(|e| bad(format!("its training history is unreadable: {e}")))?
         .unwrap_or_default();
-    Ok(Saved {
-        run,
-        model,
-        history,
-    })
+    Ok((run, history))
 }

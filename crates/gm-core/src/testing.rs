@@ -241,29 +241,9 @@ where
     F: Fn(&Tensor) -> Tensor,
 {
     let d = x.numel() as i64;
-    assert_eq!(
-        order.len() as i64,
-        d,
-        "the order must list each of the {d} inputs once"
-    );
-    let mut sorted = order.to_vec();
-    sorted.sort_unstable();
-    assert!(
-        sorted.iter().copied().eq(0..d),
-        "the order must be a permutation of 0..{d}, got {order:?}"
-    );
+    let rank = order_ranks(order, d);
     let input = x.detach().reshape([1, d]).copy().set_requires_grad(true);
-    let out = f(&input);
-    let out = match out.dim() {
-        2 => out.unsqueeze(1),
-        3 => out,
-        _ => panic!("outputs must be [1, K, D] or [1, D], got {:?}", out.size()),
-    };
-    assert_eq!(out.size()[2], d, "outputs must have one position per input");
-    let mut rank = vec![0usize; d as usize];
-    for (s, &pos) in order.iter().enumerate() {
-        rank[pos as usize] = s;
-    }
+    let out = causal_outputs(&f(&input), d);
     // A fixed random projection of each position's outputs, so that dependences of several
     // outputs cannot cancel in their sum.
     let projection = Tensor::from_slice(
@@ -297,6 +277,94 @@ where
             }
         }
         seen.push(count);
+    }
+    seen
+}
+
+/// Each input's step in `order`, checking that `order` is a permutation of `0..d`.
+fn order_ranks(order: &[i64], d: i64) -> Vec<usize> {
+    assert_eq!(
+        order.len() as i64,
+        d,
+        "the order must list each of the {d} inputs once"
+    );
+    let mut sorted = order.to_vec();
+    sorted.sort_unstable();
+    assert!(
+        sorted.iter().copied().eq(0..d),
+        "the order must be a permutation of 0..{d}, got {order:?}"
+    );
+    let mut rank = vec![0usize; d as usize];
+    for (s, &pos) in order.iter().enumerate() {
+        rank[pos as usize] = s;
+    }
+    rank
+}
+
+/// Outputs `[1, K, D]` from `[1, K, D]` or `[1, D]`.
+fn causal_outputs(out: &Tensor, d: i64) -> Tensor {
+    let out = match out.dim() {
+        2 => out.unsqueeze(1),
+        3 => out.shallow_clone(),
+        _ => panic!("outputs must be [1, K, D] or [1, D], got {:?}", out.size()),
+    };
+    assert_eq!(out.size()[2], d, "outputs must have one position per input");
+    out
+}
+
+/// The causality of a network that reads its inputs as discrete tokens (an embedding lookup
+/// has no gradient with respect to the value), by enumeration: `x` `[D]` holds levels in
+/// `0..levels`; for every input `j` and every other level, the outputs of every position at
+/// or before `j` in `order` must stay bit-identical, and with [`MustSee::AllEarlier`] every
+/// position after `j` must change for some level. `f` maps levels `[1, D]` (float) to outputs as
+/// for [`assert_causal`]. Returns, for each position in order, how many earlier inputs it sees.
+pub fn assert_causal_discrete<F>(
+    f: F,
+    x: &Tensor,
+    levels: i64,
+    order: &[i64],
+    must_see: MustSee,
+) -> Vec<usize>
+where
+    F: Fn(&Tensor) -> Tensor,
+{
+    let d = x.numel() as i64;
+    let rank = order_ranks(order, d);
+    let x = x.detach().reshape([1, d]).to_kind(Kind::Float);
+    let base = causal_outputs(&f(&x), d);
+    let mut seen = vec![0usize; d as usize];
+    for j in 0..d {
+        let current = x.double_value(&[0, j]) as i64;
+        let mut changed = vec![false; d as usize];
+        for level in (0..levels).filter(|&l| l != current) {
+            let alt = x.copy();
+            let _ = alt.select(1, j).fill_(level as f64);
+            let out = causal_outputs(&f(&alt), d);
+            for pos in 0..d {
+                let same = out.select(2, pos).equal(&base.select(2, pos));
+                if rank[pos as usize] <= rank[j as usize] {
+                    assert!(
+                        same,
+                        "position {pos} (step {} of the order) changes with input {j} (step {}) set to {level}",
+                        rank[pos as usize], rank[j as usize]
+                    );
+                } else if !same {
+                    changed[pos as usize] = true;
+                }
+            }
+        }
+        for pos in 0..d {
+            if rank[pos as usize] > rank[j as usize] {
+                if changed[pos as usize] {
+                    seen[rank[pos as usize]] += 1;
+                } else if must_see == MustSee::AllEarlier {
+                    panic!(
+                        "position {pos} (step {} of the order) does not see the earlier input {j} (step {}): a blind spot",
+                        rank[pos as usize], rank[j as usize]
+                    );
+                }
+            }
+        }
     }
     seen
 }

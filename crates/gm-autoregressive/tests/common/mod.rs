@@ -1,9 +1,12 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use gm_autoregressive::pixelrnn::PixelRnnVariant;
+use gm_autoregressive::transformer::Positional;
 use gm_autoregressive::{
-    Autoregressive, AutoregressiveConfig, GatedPixelCnnConfig, MadeNetConfig, NadeConfig,
-    NetworkConfig, OutputConfig, PixelCnnConfig,
+    Autoregressive, AutoregressiveConfig, GatedPixelCnnConfig, LstmConfig, MadeNetConfig,
+    NadeConfig, NetworkConfig, OutputConfig, PixelCnnConfig, PixelRnnConfig, TransformerConfig,
+    WaveNetConfig,
 };
 use gm_core::data::ValueKind;
 use gm_core::model::{Batch, GenerativeModel};
@@ -45,6 +48,28 @@ pub fn shrink(c: &mut AutoregressiveConfig) {
             g.channels = 4;
             g.layers = 2;
             g.head_channels = 4;
+        }
+        NetworkConfig::Transformer(t) => {
+            t.width = 16;
+            t.heads = 2;
+            t.layers = 1;
+            t.ff_multiple = 2;
+        }
+        NetworkConfig::Lstm(l) => {
+            l.embedding = 8;
+            l.hidden = 16;
+            l.layers = 1;
+        }
+        NetworkConfig::Pixelrnn(p) => {
+            p.hidden = 4;
+            p.layers = 2;
+            p.head_channels = 4;
+        }
+        NetworkConfig::Wavenet(w) => {
+            w.channels = 8;
+            w.skip_channels = 8;
+            w.head_channels = 8;
+            w.dilations = vec![1, 2];
         }
     }
 }
@@ -106,13 +131,80 @@ pub fn small_networks() -> Vec<(&'static str, NetworkConfig)> {
                 head_channels: 32,
             }),
         ),
+        (
+            "pixelrnn (row lstm)",
+            NetworkConfig::Pixelrnn(PixelRnnConfig {
+                variant: PixelRnnVariant::RowLstm,
+                hidden: 6,
+                layers: 3,
+                kernel: 3,
+                head_channels: 16,
+            }),
+        ),
+        (
+            "pixelrnn (diagonal bilstm)",
+            NetworkConfig::Pixelrnn(PixelRnnConfig {
+                variant: PixelRnnVariant::DiagonalBilstm,
+                hidden: 6,
+                layers: 2,
+                kernel: 3,
+                head_channels: 16,
+            }),
+        ),
+        (
+            "transformer",
+            NetworkConfig::Transformer(TransformerConfig {
+                width: 16,
+                heads: 2,
+                layers: 2,
+                ff_multiple: 2,
+                positional: Positional::Learned,
+            }),
+        ),
+        (
+            "transformer (sinusoidal)",
+            NetworkConfig::Transformer(TransformerConfig {
+                width: 16,
+                heads: 4,
+                layers: 1,
+                ff_multiple: 2,
+                positional: Positional::Sinusoidal,
+            }),
+        ),
+        (
+            "lstm (2 layers)",
+            NetworkConfig::Lstm(LstmConfig {
+                embedding: 8,
+                hidden: 12,
+                layers: 2,
+            }),
+        ),
+        (
+            "wavenet",
+            NetworkConfig::Wavenet(WaveNetConfig {
+                channels: 8,
+                skip_channels: 12,
+                head_channels: 16,
+                // Receptive field 32: every earlier value of the 25-value causality test is seen.
+                dilations: vec![1, 2, 4, 8, 16],
+            }),
+        ),
     ]
+}
+
+/// Networks that read values as tokens (an embedding lookup): their causality is checked by
+/// enumeration, not gradients.
+pub fn is_token_network(c: &NetworkConfig) -> bool {
+    matches!(
+        c,
+        NetworkConfig::Transformer(_) | NetworkConfig::Lstm(_) | NetworkConfig::Wavenet(_)
+    )
 }
 
 pub fn is_image_network(c: &NetworkConfig) -> bool {
     matches!(
         c,
-        NetworkConfig::Pixelcnn(_) | NetworkConfig::GatedPixelcnn(_)
+        NetworkConfig::Pixelcnn(_) | NetworkConfig::GatedPixelcnn(_) | NetworkConfig::Pixelrnn(_)
     )
 }
 
@@ -161,6 +253,12 @@ pub fn model(
     let (output_layer, factor) = match network {
         NetworkConfig::Nade(_) => ("output_weight".to_string(), 5.0),
         NetworkConfig::Made(c) => (format!("layer{}.", c.hidden.len()), 5.0),
+        // Heads start at 0.01 (LSTM) or below 0.002 (Transformer) in standard deviation.
+        NetworkConfig::Transformer(_) => ("network.head.".to_string(), 1000.0),
+        NetworkConfig::Lstm(_) => ("network.head.".to_string(), 200.0),
+        NetworkConfig::Wavenet(_) => ("head_out".to_string(), 60.0),
+        // The Row LSTM's hidden states are small at first: its head needs a larger push.
+        NetworkConfig::Pixelrnn(_) => ("head_out".to_string(), 600.0),
         _ => ("head_out".to_string(), 60.0),
     };
     if matches!(output, OutputConfig::MixtureOfGaussians { .. }) {

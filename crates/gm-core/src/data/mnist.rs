@@ -191,17 +191,19 @@ impl Mnist {
         if let Some(dir) = std::env::var_os("GM_DATA_DIR").filter(|v| !v.is_empty()) {
             return Ok(dir.into());
         }
-        let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-            Some(d) => PathBuf::from(d),
-            None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| {
-                GmError::config(
-                    "GM_DATA_DIR",
-                    "neither GM_DATA_DIR, XDG_DATA_HOME nor HOME is set",
-                )
-            })?)
-            .join(".local/share"),
-        };
-        Ok(base.join("gm").join("mnist"))
+        Ok(Mnist::data_home("GM_DATA_DIR")?.join("gm").join("mnist"))
+    }
+
+    /// The user's data folder: `$XDG_DATA_HOME`, else `~/.local/share`; `key` is the variable
+    /// that would set the data's own folder, named in the error.
+    pub(crate) fn data_home(key: &str) -> Result<PathBuf> {
+        if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(d));
+        }
+        Ok(PathBuf::from(std::env::var_os("HOME").ok_or_else(|| {
+            GmError::config(key, format!("neither {key}, XDG_DATA_HOME nor HOME is set"))
+        })?)
+        .join(".local/share"))
     }
 
     /// Loads from [`Mnist::default_dir`].

@@ -2,9 +2,13 @@
 //!
 //! - [`toy`]: 2D sets with exact log-densities.
 //! - [`mnist`]: the IDX reader/writer, the shared MNIST split and binarisation protocol.
+//! - [`text`]: the byte-level text corpus in windows.
+//! - [`signal`]: a μ-law noisy oscillator whose density is known exactly, and μ-law companding.
 //! - [`transforms`]: binarisation and dequantisation.
 
 pub mod mnist;
+pub mod signal;
+pub mod text;
 pub mod toy;
 pub mod transforms;
 
@@ -41,6 +45,8 @@ pub struct NamedData {
     pub values: ValueKind,
     /// The toy set, when it is one (its exact density is then known).
     pub toy: Option<toy::ToyDataset>,
+    /// The oscillator, when the set is its windows (their exact probabilities are then known).
+    pub signal: Option<signal::Oscillator>,
 }
 
 impl NamedData {
@@ -72,6 +78,16 @@ pub fn named_info(name: &str) -> Result<crate::spec::DataInfo> {
             ValueKind::Discrete { levels: 256 },
             MNIST_CLASSES,
         )),
+        "kjv_text" => Ok(DataInfo::new(
+            &[text::TEXT_WINDOW],
+            ValueKind::Discrete { levels: 256 },
+            0,
+        )),
+        "oscillator_mulaw" => Ok(DataInfo::new(
+            &[signal::SIGNAL_WINDOW],
+            ValueKind::Discrete { levels: 256 },
+            0,
+        )),
         other => Err(GmError::config(
             "dataset",
             format!("unknown data set {other:?}; expected one of {DATASET_NAMES:?}"),
@@ -83,20 +99,26 @@ pub fn named_info(name: &str) -> Result<crate::spec::DataInfo> {
 pub const MNIST_CLASSES: i64 = 10;
 
 /// The names [`load_named`] accepts.
-pub const DATASET_NAMES: [&str; 6] = [
+pub const DATASET_NAMES: [&str; 8] = [
     "checkerboard",
     "eight_gaussians",
     "two_moons",
     "two_spirals",
     "mnist_binary",
     "mnist_grey",
+    "kjv_text",
+    "oscillator_mulaw",
 ];
 
 /// Loads a data set by name:
 /// - a toy set: `toy_train` and `toy_test` fresh draws, seeded from `seed` (train and test
 ///   use different streams);
 /// - `mnist_binary`: the shared 9,000/1,000 split, binarised by the fixed threshold (values 0/1);
-/// - `mnist_grey`: the same digits as 8-bit values 0..255.
+/// - `mnist_grey`: the same digits as 8-bit values 0..255;
+/// - `kjv_text`: the text corpus as non-overlapping windows of [`text::TEXT_WINDOW`] bytes
+///   (values 0..255), 14,409 for training and 1,947 for testing;
+/// - `oscillator_mulaw`: 20,000 / 2,000 windows of 256 μ-law codes of the noisy oscillator of
+///   [`signal`], seeded from `seed`, with exact probabilities.
 ///
 /// MNIST examples have shape `[1, 28, 28]`; models that want vectors flatten them.
 pub fn load_named(
@@ -124,6 +146,43 @@ pub fn load_named(
             event_shape: vec![2],
             values: ValueKind::Continuous,
             toy: Some(set),
+            signal: None,
+        });
+    }
+    if name == "kjv_text" {
+        let corpus = text::TextCorpus::load_default()?;
+        let split = |bytes: &[u8]| -> Result<Split> {
+            Ok(Split {
+                x: text::windows(bytes, text::TEXT_WINDOW, device)?,
+                labels: None,
+            })
+        };
+        return Ok(NamedData {
+            name: name.to_string(),
+            train: split(&corpus.train)?,
+            test: split(&corpus.test)?,
+            event_shape: vec![text::TEXT_WINDOW],
+            values: ValueKind::Discrete { levels: 256 },
+            toy: None,
+            signal: None,
+        });
+    }
+    if name == "oscillator_mulaw" {
+        let (train, test) = signal::oscillator_windows(seed, device)?;
+        return Ok(NamedData {
+            name: name.to_string(),
+            train: Split {
+                x: train,
+                labels: None,
+            },
+            test: Split {
+                x: test,
+                labels: None,
+            },
+            event_shape: vec![signal::SIGNAL_WINDOW],
+            values: ValueKind::Discrete { levels: 256 },
+            toy: None,
+            signal: Some(signal::Oscillator::default()),
         });
     }
     let (binary, levels) = match name {
@@ -155,6 +214,7 @@ pub fn load_named(
         event_shape: vec![1, 28, 28],
         values: ValueKind::Discrete { levels },
         toy: None,
+        signal: None,
     })
 }
 
