@@ -464,10 +464,12 @@ pub fn evaluate(
     };
     phases.likelihood = lap();
 
+    // The picture shows 64 samples, fewer where the entry caps its judged samples below that
+    // (the autoregressive image models, whose sampling costs one network step per pixel).
     let n_samples = if data.toy.is_some() {
         entry.evaluation.toy_samples
     } else {
-        64
+        entry.evaluation.image_samples.min(64)
     };
     gm_core::device::seed_torch(gm_core::device::derive_seed(entry.run.train.seed, 0x5A3B));
     let started = Instant::now();
