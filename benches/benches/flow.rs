@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use gm_core::model::{Batch, GenerativeModel};
 use gm_core::tch::{Device, Kind, Tensor};
-use gm_flow::{Architecture, DataSpace, ElementTransform, FlowConfig, FlowModel};
+use gm_flow::{Architecture, ElementTransform, FlowConfig, FlowModel};
 
 fn toy_configs() -> Vec<(&'static str, FlowConfig)> {
     let realnvp = FlowConfig::default();
@@ -51,18 +51,9 @@ fn bench_toy(c: &mut Criterion) {
 
 fn bench_image(c: &mut Criterion) {
     gm_core::tch::manual_seed(0);
-    let config = FlowConfig {
-        architecture: Architecture::MultiScale {
-            levels: 2,
-            steps: 4,
-            hidden_channels: 64,
-            logit_alpha: 0.05,
-        },
-        data: DataSpace::Discrete { levels: 256 },
-        ..Default::default()
-    };
+    let config = gm_benches::glow();
     let mut model = FlowModel::new(&config, &[1, 28, 28], Device::Cpu).expect("model");
-    let x = Tensor::randint(256, [64, 784], (Kind::Float, Device::Cpu));
+    let x = Tensor::randint(256, [64, 1, 28, 28], (Kind::Float, Device::Cpu));
     let batch = Batch::new(x);
     let mut group = c.benchmark_group("flow_mnist");
     group.sample_size(10);

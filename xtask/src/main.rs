@@ -6,6 +6,7 @@
 
 mod data;
 mod libtorch;
+mod speed;
 mod text;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Time gm's training steps against PyTorch twins of the same models (eager and
+    /// torch.compile), interleaved, and print the table (also in target/speed/).
+    Speed(speed::SpeedArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +109,11 @@ fn run(task: Task) -> Result<ExitCode, String> {
             cmd.env("GM_TEXT_DIR", text_dir);
             run_with_env(cmd, &torch)
         }
+        Task::Speed(args) => {
+            let torch = libtorch::ensure()?;
+            speed::run(args, &torch)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Task::BenchAll { args } => {
             let torch = libtorch::ensure()?;
             let dir = data::ensure()?;
@@ -128,7 +137,7 @@ fn run(task: Task) -> Result<ExitCode, String> {
     }
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
 }
 

@@ -360,15 +360,20 @@ impl PixelCnn {
     /// Parameters `[b, P, h, W]` for encoded images `[b, 1, h, W]` (any number of rows h).
     pub fn forward_image(&self, x: &Tensor) -> Result<Tensor> {
         use gm_core::tch::nn::Module;
-        let mut h = self.first.forward(x)?;
+        let mut h = gm_core::nn::channels_last(&self.first.forward(x)?)?;
+        // ReLUs of convolution outputs run in place (a convolution's backward needs its input,
+        // not its output); the residual stream itself is read again, so its ReLU is a copy.
         for block in &self.blocks {
             let mut r = block.reduce.forward(&h.f_relu()?);
-            r = block.conv.forward(&r.f_relu()?)?;
-            r = block.expand.forward(&r.f_relu()?);
+            let _ = r.f_relu_()?;
+            let mut r = block.conv.forward(&r)?;
+            let _ = r.f_relu_()?;
+            r = block.expand.forward(&r);
             h = h.f_add(&r)?;
         }
-        let out = self.head_hidden.forward(&h.f_relu()?);
-        Ok(self.head_out.forward(&out.f_relu()?))
+        let mut out = self.head_hidden.forward(&h.f_relu()?);
+        let _ = out.f_relu_()?;
+        Ok(self.head_out.forward(&out))
     }
 }
 

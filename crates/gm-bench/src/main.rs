@@ -163,6 +163,7 @@ fn load_suite(profile: Profile, suite_file: Option<&PathBuf>) -> gm_core::Result
 }
 
 fn main() -> ExitCode {
+    gm_bench::memory::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -432,13 +433,20 @@ fn train(
     let data = load_named(&run.dataset, device, 50_000, 20_000, 0)?;
     gm_core::device::seed_everything(run.train.seed);
     let mut model = run.model.build(&data.info(), device)?;
+    if device == gm_core::tch::Device::Cpu {
+        gm_core::tch::set_num_threads(gm_core::device::threads_for(
+            model.num_parameters(),
+            data.info().elements(),
+        ));
+    }
     let checkpoint = out.join("checkpoint.safetensors");
     eprintln!(
-        "gm train: {} on {} for {} steps ({} parameters), checkpoint {}",
+        "gm train: {} on {} for {} steps ({} parameters, {} libtorch threads), checkpoint {}",
         run.family(),
         run.dataset,
         run.train.steps,
         model.num_parameters(),
+        gm_core::tch::get_num_threads(),
         checkpoint.display()
     );
     let mut progress = RunProgress::new(&format!("{}/{}", run.family(), run.dataset), false);

@@ -52,6 +52,34 @@ pub fn with_peak<T>(f: impl FnOnce() -> T) -> (T, Option<f64>) {
     (value, peak.map(|b| b as f64 / (1024.0 * 1024.0)))
 }
 
+/// Asks the C allocator to keep freed memory for reuse instead of handing it back to the kernel
+/// after every training step. Returns whether the allocator took the settings (glibc on Linux).
+///
+/// A step allocates and frees activations of several megabytes each. With glibc's defaults
+/// those are mapped and unmapped per allocation, so every step pays page faults and the kernel's
+/// zeroing of fresh pages again (about a tenth of a convolutional U-Net's step on the 2-core
+/// development machine, measured with `perf`). Blocks of up to 32 MiB now come from the heap,
+/// which keeps up to 512 MiB of freed memory. The peak resident set is unchanged; what is kept
+/// after a peak is reused by the next step. `gm` and `gm-speed` call this at start; a library
+/// user may call it too (a PyTorch process gets the same with
+/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=536870912`).
+pub fn keep_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `mallopt` only changes allocator parameters; called before any other thread
+        // allocates (at the start of `main`).
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20) == 1
+                && libc::mallopt(libc::M_TOP_PAD, 16 << 20) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

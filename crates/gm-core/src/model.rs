@@ -434,7 +434,19 @@ pub fn check_data(
             )))
         }
     };
-    // One reduction and one read: [non-finite count, out-of-range or fractional count].
+    // The common case costs one pass and one read: the data are valid exactly when every value
+    // is finite (continuous data) or equals itself rounded and clamped into `0..levels` (NaN
+    // equals nothing; an infinity, an out-of-range value or a fraction changes).
+    let valid = match values {
+        ValueKind::Continuous => x.f_isfinite()?.f_all()?,
+        ValueKind::Discrete { levels } => x
+            .f_eq_tensor(&x.f_round()?.f_clamp(0.0, (levels - 1) as f64)?)?
+            .f_all()?,
+    };
+    if valid.f_int64_value(&[])? != 0 {
+        return Ok(x);
+    }
+    // Otherwise count what is wrong, for the message.
     let finite = x.f_isfinite()?;
     let non_finite = finite.f_logical_not()?.f_sum(Kind::Int64)?;
     let bad_values = match values {

@@ -479,3 +479,65 @@ impl Made {
 pub fn count_parameters<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> i64 {
     tensors.into_iter().map(|t| t.numel() as i64).sum()
 }
+
+/// The same `[b, C, H, W]` values laid out channels-last in memory (NHWC strides, NCHW shape);
+/// other ranks are returned as they are.
+///
+/// oneDNN, which runs libtorch's CPU convolutions, works in channels-last internally: an NCHW
+/// input is reordered on the way into every convolution and its result reordered back, forward
+/// and backward. A convolution stack fed channels-last keeps that layout from layer to layer
+/// (convolutions, element-wise operations and group normalisation all preserve it), which
+/// made a 64-channel 3×3 convolution's forward and backward 1.5× faster on the 2-core CPU the
+/// speed table is measured on. Values are unchanged; only strides differ, so callers must
+/// `reshape` rather than `view` the result.
+pub fn channels_last(x: &Tensor) -> Result<Tensor> {
+    if x.dim() != 4 {
+        return Ok(x.shallow_clone());
+    }
+    Ok(x.f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_permute([0, 3, 1, 2])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Channels-last keeps shape and values, lays channels innermost, is free on a tensor that
+    /// already is, and passes gradients through unchanged; a convolution of it gives the same
+    /// result as of the NCHW original and keeps the layout.
+    #[test]
+    fn channels_last_changes_layout_only() {
+        tch::manual_seed(0);
+        let x =
+            Tensor::randn([2, 3, 4, 5], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+        let y = channels_last(&x).unwrap();
+        assert_eq!(y.size(), vec![2, 3, 4, 5]);
+        assert_eq!(y.stride(), vec![60, 1, 15, 3]);
+        assert_eq!(y.detach(), x.detach());
+        let again = channels_last(&y).unwrap();
+        assert_eq!(
+            again.data_ptr(),
+            y.data_ptr(),
+            "no copy when already channels-last"
+        );
+        let weights = Tensor::randn([2, 3, 4, 5], (Kind::Double, tch::Device::Cpu));
+        (&y * &weights).sum(Kind::Double).backward();
+        assert_eq!(x.grad(), weights);
+        let w = Tensor::randn([6, 3, 3, 3], (Kind::Double, tch::Device::Cpu));
+        let nchw = x
+            .detach()
+            .conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        let nhwc = y
+            .detach()
+            .conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        assert!((&nchw - &nhwc).abs().max().double_value(&[]) < 1e-12);
+        assert_eq!(
+            nhwc.stride()[1],
+            1,
+            "the convolution keeps channels innermost"
+        );
+        let v = Tensor::randn([7], (Kind::Float, tch::Device::Cpu));
+        assert_eq!(channels_last(&v).unwrap().data_ptr(), v.data_ptr());
+    }
+}

@@ -302,3 +302,63 @@ fn damaged_checkpoints_are_refused() {
     assert!(error_text(load_tensors(&path)).contains("not a readable safetensors file"));
     assert!(error_text(load_tensors(&temp("missing.safetensors"))).contains("no such checkpoint"));
 }
+
+/// The one-pass validity check accepts exactly the values the counting check would: every value
+/// of a list of edge cases, in every data space, alone and beside valid values, in f32 and f64.
+#[test]
+fn data_check_accepts_exactly_the_data_space() {
+    let values = [
+        0.0,
+        -0.0,
+        1.0,
+        2.0,
+        254.0,
+        255.0,
+        256.0,
+        -1.0,
+        0.5,
+        1.5,
+        254.5,
+        1e-7,
+        0.999_999,
+        1e30,
+        -1e30,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    let spaces = [
+        ValueKind::Continuous,
+        ValueKind::Discrete { levels: 2 },
+        ValueKind::Discrete { levels: 256 },
+    ];
+    for kind in [Kind::Float, Kind::Double] {
+        for &space in &spaces {
+            for &v in &values {
+                let expected = match space {
+                    ValueKind::Continuous => v.is_finite(),
+                    ValueKind::Discrete { levels } => {
+                        v.is_finite() && v.fract() == 0.0 && v >= 0.0 && v <= (levels - 1) as f64
+                    }
+                };
+                // Values that f32 cannot hold exactly are judged as f32 holds them.
+                let held = Tensor::from_slice(&[v]).to_kind(kind).double_value(&[0]);
+                let expected = if kind == Kind::Float && held != v && v.is_finite() {
+                    match space {
+                        ValueKind::Continuous => held.is_finite(),
+                        ValueKind::Discrete { levels } => {
+                            held.fract() == 0.0 && held >= 0.0 && held <= (levels - 1) as f64
+                        }
+                    }
+                } else {
+                    expected
+                };
+                let x = Tensor::from_slice(&[0.0, v, 1.0])
+                    .to_kind(kind)
+                    .reshape([3, 1]);
+                let got = check_data(&x, &[1], space, "t").is_ok();
+                assert_eq!(got, expected, "{v} in {space:?} as {kind:?}");
+            }
+        }
+    }
+}

@@ -294,6 +294,205 @@ fn adam_matches_reference() {
     }
 }
 
+/// The flat-buffer optimizer over parameters of two dtypes (so two buffers), with the global
+/// norm clipped and L2 weight decay through the gradient, against the update written out on
+/// the host in f64.
+#[test]
+fn flat_adam_with_clipping_matches_reference() {
+    let a = Tensor::from_slice(&[1.0f64, -2.0, 0.5, 3.0])
+        .reshape([2, 2])
+        .set_requires_grad(true);
+    let b = Tensor::from_slice(&[0.25f32, -1.5, 2.0]).set_requires_grad(true);
+    let config = AdamConfig {
+        lr: 0.05,
+        beta1: 0.8,
+        beta2: 0.9,
+        eps: 1e-6,
+        weight_decay: 0.1,
+        decoupled_weight_decay: false,
+        grad_clip_norm: Some(2.0),
+    };
+    let mut opt = Adam::new(vec![a.shallow_clone(), b.shallow_clone()], config.clone()).unwrap();
+    assert_eq!(opt.parameters().groups().len(), 2, "one buffer per dtype");
+    let mut w = vec![1.0f64, -2.0, 0.5, 3.0, 0.25, -1.5, 2.0];
+    let (mut m, mut v) = (vec![0.0f64; 7], vec![0.0f64; 7]);
+    for t in 1..=6 {
+        // loss = Σ a³/3 + Σ b²: gradients a² and 2b, well above the clipping norm.
+        let loss = a.pow_tensor_scalar(3).sum(Kind::Double) / 3.0
+            + b.square().sum(Kind::Float).to_kind(Kind::Double);
+        let norm = opt.backward_step(&loss, config.lr).unwrap().unwrap();
+        let mut g: Vec<f64> = (0..7)
+            .map(|i| if i < 4 { w[i] * w[i] } else { 2.0 * w[i] })
+            .collect();
+        let expected_norm = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let got_norm = norm.double_value(&[]);
+        assert!(
+            (got_norm - expected_norm).abs() < 1e-5 * expected_norm,
+            "step {t}: norm {got_norm} vs {expected_norm}"
+        );
+        let scale = (2.0 / (expected_norm + 1e-6)).min(1.0);
+        for i in 0..7 {
+            g[i] = g[i] * scale + config.weight_decay * w[i];
+            m[i] = config.beta1 * m[i] + (1.0 - config.beta1) * g[i];
+            v[i] = config.beta2 * v[i] + (1.0 - config.beta2) * g[i] * g[i];
+            let mh = m[i] / (1.0 - config.beta1.powi(t));
+            let vh = v[i] / (1.0 - config.beta2.powi(t));
+            w[i] -= config.lr * mh / (vh.sqrt() + config.eps);
+        }
+    }
+    let got_a = Vec::<f64>::try_from(&a.detach().flatten(0, -1)).unwrap();
+    let got_b = Vec::<f64>::try_from(&b.detach().to_kind(Kind::Double)).unwrap();
+    // The norm is computed in single precision, so the clipping factor is exact to ~1e-7.
+    for i in 0..4 {
+        assert!((got_a[i] - w[i]).abs() < 1e-8, "{got_a:?} vs {w:?}");
+    }
+    for i in 0..3 {
+        assert!((got_b[i] - w[4 + i]).abs() < 1e-5, "{got_b:?} vs {w:?}");
+    }
+}
+
+/// The parameters a module holds move into the optimizer's buffer and stay the module's: the
+/// module computes with the buffer's values, the optimizer's updates reach it, gradients land
+/// in the gradient buffer, and names, shapes and the state layout are unchanged.
+#[test]
+fn parameters_live_in_the_optimizer_buffer() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    tch::manual_seed(3);
+    let layer = nn::linear(vs.root() / "layer", 3, 2, Default::default());
+    let x = Tensor::randn([5, 3], (Kind::Float, Device::Cpu));
+    let before = x.apply(&layer);
+    let names_before: Vec<(String, Vec<i64>)> = {
+        let mut v: Vec<_> = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut opt = Adam::new(vs.trainable_variables(), AdamConfig::default()).unwrap();
+    let flat = opt.parameters();
+    assert_eq!(flat.groups().len(), 1);
+    let group = &flat.groups()[0];
+    assert_eq!(group.params.numel(), 3 * 2 + 2);
+    let span = gm_core::train::flat::contiguous_span(&vs.trainable_variables())
+        .expect("the weights tile one buffer");
+    assert_eq!(span.0.data_ptr(), group.params.data_ptr());
+    // Same values, same outputs; names and shapes unchanged.
+    assert_eq!(x.apply(&layer), before);
+    let mut names_after: Vec<_> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.size()))
+        .collect();
+    names_after.sort();
+    assert_eq!(names_after, names_before);
+    // Backward writes into the gradient buffer; a step moves what the module computes with.
+    let loss = x.apply(&layer).square().sum(Kind::Float);
+    opt.backward_step(&loss, 0.1).unwrap();
+    flat_is_bound(&opt);
+    let grads = opt.parameters().groups()[0].grads.shallow_clone();
+    assert!(grads.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    let params = vs.trainable_variables();
+    let weight = params
+        .iter()
+        .position(|p| p.data_ptr() == layer.ws.data_ptr())
+        .expect("the layer's weight is trainable");
+    let group = &opt.parameters().groups()[0];
+    let k = group.members.iter().position(|m| m.0 == weight).unwrap();
+    assert_eq!(
+        group.member_view(&grads, k, &[2, 3]).unwrap(),
+        layer.ws.grad(),
+        "the weight's gradient is its stretch of the buffer"
+    );
+    let after = x.apply(&layer);
+    assert!((after - before).abs().max().double_value(&[]) > 1e-3);
+    // The state keeps one pair of moments per parameter, shaped like it.
+    let state = opt.state("adam.");
+    let shapes: Vec<Vec<i64>> = state.iter().map(|(_, t)| t.size()).collect();
+    assert_eq!(state.len(), 2 * params.len() + 1);
+    for (i, p) in params.iter().enumerate() {
+        assert_eq!(shapes[2 * i], p.size());
+        assert_eq!(shapes[2 * i + 1], p.size());
+    }
+}
+
+fn flat_is_bound(opt: &Adam) {
+    opt.parameters()
+        .check_bound()
+        .expect("parameters stay in the buffer");
+}
+
+/// An average built before the optimizer (whose buffer then moves the weights), one built
+/// after it (which averages the buffer in one operation) and one built over one optimizer's
+/// buffer before a second optimizer moves the weights again all follow the formula by name.
+#[test]
+fn ema_follows_the_weights_into_the_optimizer_buffer() {
+    for (ema_first, rebuilt) in [(true, false), (false, false), (false, true)] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs
+            .root()
+            .var_copy("weight", &Tensor::from_slice(&[1.0f32, 3.0]));
+        let q = vs.root().var_copy("bias", &Tensor::from_slice(&[2.0f32]));
+        let config = EmaConfig {
+            decay: 0.5,
+            start_step: 1,
+        };
+        let (mut ema, mut opt) = if ema_first {
+            let ema = config.init(&vs).unwrap();
+            (
+                ema,
+                Adam::new(vs.trainable_variables(), AdamConfig::default()).unwrap(),
+            )
+        } else {
+            let opt = Adam::new(vs.trainable_variables(), AdamConfig::default()).unwrap();
+            let ema = config.init(&vs).unwrap();
+            if rebuilt {
+                // A second optimizer gathers the weights into its own buffer.
+                (
+                    ema,
+                    Adam::new(vs.trainable_variables(), AdamConfig::default()).unwrap(),
+                )
+            } else {
+                (ema, opt)
+            }
+        };
+        let mut expected = [1.0f64, 3.0, 2.0];
+        for step in 1..=4u64 {
+            let loss = (p.square().sum(Kind::Float) + q.sum(Kind::Float)) * 1.0;
+            opt.backward_step(&loss, 0.1).unwrap();
+            ema.update(step).unwrap();
+            let live: Vec<f64> = [
+                p.double_value(&[0]),
+                p.double_value(&[1]),
+                q.double_value(&[0]),
+            ]
+            .to_vec();
+            for i in 0..3 {
+                expected[i] = if step <= 1 {
+                    live[i]
+                } else {
+                    0.5 * expected[i] + 0.5 * live[i]
+                };
+            }
+            let w = Vec::<f32>::try_from(ema.averaged("weight").unwrap()).unwrap();
+            let b = Vec::<f32>::try_from(ema.averaged("bias").unwrap()).unwrap();
+            let got = [w[0] as f64, w[1] as f64, b[0] as f64];
+            for i in 0..3 {
+                assert!(
+                    (got[i] - expected[i]).abs() < 1e-6,
+                    "ema_first {ema_first} rebuilt {rebuilt} step {step}: {got:?} vs {expected:?}"
+                );
+            }
+        }
+        // Swapping the average in and out restores the live weights exactly.
+        let live = p.copy();
+        let seen = ema.with_averaged(|| Ok(p.copy())).unwrap();
+        assert!((seen.double_value(&[0]) - expected[0]).abs() < 1e-6);
+        assert_eq!(p, live);
+    }
+}
+
 #[test]
 fn clipping_scales_to_max_norm() {
     let a = Tensor::from_slice(&[3.0f64]).set_requires_grad(true);

@@ -126,7 +126,9 @@ impl FlowLayer for MultiScale {
         let mut parts = Vec::with_capacity(self.levels.len());
         let mut h = x.shallow_clone();
         for level in &self.levels {
-            h = Squeeze.forward(&h, None)?.0;
+            // Channels-last from here on (see `gm_core::nn::channels_last`): a no-op when the
+            // squeezed tensor already is.
+            h = gm_core::nn::channels_last(&Squeeze.forward(&h, None)?.0)?;
             for layer in &level.steps {
                 let (next, ld) = layer.forward(&h, None)?;
                 h = next;
@@ -212,6 +214,7 @@ impl MultiScale {
                 let out = pieces.pop().expect("one piece per factored-out level");
                 h = Tensor::f_cat(&[&h, &out], 1)?;
             }
+            h = gm_core::nn::channels_last(&h)?;
             // Three layers per step: ActNorm, 1×1 convolution, coupling.
             for (i, layer) in level.steps.iter().enumerate().rev() {
                 let (prev, ld) = layer.inverse(&h, None)?;

@@ -260,6 +260,18 @@ impl ImageCoupling {
     fn run(&self, x: &Tensor, context: Option<&Tensor>, inverse: bool) -> Result<(Tensor, Tensor)> {
         reject_context("image coupling", context)?;
         check_image("ImageCoupling", x, self.channels)?;
+        match self.mask {
+            ImageMask::Channel { second_half } => self.run_halves(x, second_half, inverse),
+            ImageMask::Checkerboard { .. } => self.run_masked(x, inverse),
+        }
+    }
+
+    /// The map computed as written: the conditioner sees every channel with the moving entries
+    /// zeroed and produces a shift and scale for every entry, of which the kept ones are
+    /// discarded. Any mask; the reference for [`ImageCoupling::run_halves`].
+    #[doc(hidden)]
+    pub fn run_masked(&self, x: &Tensor, inverse: bool) -> Result<(Tensor, Tensor)> {
+        check_image("ImageCoupling", x, self.channels)?;
         let keep = self.keep_mask(x)?;
         let kept = x.f_where_scalarother(&keep, 0.0)?;
         use gm_core::tch::nn::Module;
@@ -268,26 +280,84 @@ impl ImageCoupling {
         let out = self.conv_out.forward(&h);
         let shift = out.f_narrow(1, 0, self.channels)?;
         let raw = out.f_narrow(1, self.channels, self.channels)?;
-        // ln sigmoid(raw + 2) = -softplus(-(raw + 2)).
-        let log_scale = raw.f_add_scalar(2.0)?.f_neg()?.f_softplus()?.f_neg()?;
-        let moved = if inverse {
-            // Finite factor times finite difference: at worst ±inf, never NaN; then clamped.
-            // Exact wherever the factor is below e^64 and the result below the bound (see the
-            // type's documentation).
-            let (cap, bound) = match x.kind() {
-                Kind::Double => (MAX_INVERSE_LOG_SCALE_F64, INVERSE_BOUND_F64),
-                _ => (MAX_INVERSE_LOG_SCALE, INVERSE_BOUND),
-            };
-            let factor = log_scale.f_neg()?.f_clamp_max(cap)?.f_exp()?;
-            x.f_sub(&shift)?.f_mul(&factor)?.f_clamp(-bound, bound)?
-        } else {
-            x.f_mul(&log_scale.f_exp()?)?.f_add(&shift)?
-        };
+        let (moved, log_scale) = affine(x, &shift, &raw, inverse)?;
         let y = x.f_where_self(&keep.f_expand_as(x)?, &moved)?;
         let ld = log_scale.f_where_scalarother(&keep.f_logical_not()?.f_expand_as(x)?, 0.0)?;
         let ld = ld.f_sum_dim_intlist([1, 2, 3].as_slice(), false, None::<Kind>)?;
         Ok((y, if inverse { ld.f_neg()? } else { ld }))
     }
+
+    /// The same map for a channel mask without the work whose result is discarded: the zeroed
+    /// half of the conditioner's input contributes nothing, so the first convolution runs on the
+    /// kept half with the matching half of its weights, and the last produces only the moving
+    /// half's shift and scale. The first and last convolutions cost half as much; the weights,
+    /// the map and its gradients are those of [`ImageCoupling::run_masked`].
+    fn run_halves(&self, x: &Tensor, second_half: bool, inverse: bool) -> Result<(Tensor, Tensor)> {
+        let c = self.channels;
+        let half = c / 2;
+        let (keep_at, move_at) = if second_half { (half, 0) } else { (0, half) };
+        let kept = x.f_narrow(1, keep_at, half)?;
+        let moving = x.f_narrow(1, move_at, half)?;
+        let w_in = self.conv_in.ws.f_narrow(1, keep_at, half)?;
+        // ReLUs in place: a convolution's backward needs its input, not its output, so the
+        // output can be overwritten, saving an allocation and a pass over the hidden layer.
+        let mut h = kept.f_conv2d(&w_in, self.conv_in.bs.as_ref(), [1, 1], [1, 1], [1, 1], 1)?;
+        let _ = h.f_relu_()?;
+        use gm_core::tch::nn::Module;
+        let mut h = self.conv_mid.forward(&h);
+        let _ = h.f_relu_()?;
+        // Output channels [0, c) are shifts and [c, 2c) raw scales; keep the moving half of each.
+        let w = &self.conv_out.ws;
+        let w_out = Tensor::f_cat(
+            &[
+                w.f_narrow(0, move_at, half)?,
+                w.f_narrow(0, c + move_at, half)?,
+            ],
+            0,
+        )?;
+        let b_out = match &self.conv_out.bs {
+            Some(b) => Some(Tensor::f_cat(
+                &[
+                    b.f_narrow(0, move_at, half)?,
+                    b.f_narrow(0, c + move_at, half)?,
+                ],
+                0,
+            )?),
+            None => None,
+        };
+        let out = h.f_conv2d(&w_out, b_out.as_ref(), [1, 1], [1, 1], [1, 1], 1)?;
+        let shift = out.f_narrow(1, 0, half)?;
+        let raw = out.f_narrow(1, half, half)?;
+        let (moved, log_scale) = affine(&moving, &shift, &raw, inverse)?;
+        let y = if second_half {
+            Tensor::f_cat(&[&moved, &kept], 1)?
+        } else {
+            Tensor::f_cat(&[&kept, &moved], 1)?
+        };
+        let ld = log_scale.f_sum_dim_intlist([1, 2, 3].as_slice(), false, None::<Kind>)?;
+        Ok((y, if inverse { ld.f_neg()? } else { ld }))
+    }
+}
+
+/// The affine map of the moving entries `x` given the conditioner's `shift` and `raw` scale:
+/// `(moved, ln scale)`, with scale `sigmoid(raw + 2)`.
+fn affine(x: &Tensor, shift: &Tensor, raw: &Tensor, inverse: bool) -> Result<(Tensor, Tensor)> {
+    // ln sigmoid(raw + 2) = -softplus(-(raw + 2)).
+    let log_scale = raw.f_add_scalar(2.0)?.f_neg()?.f_softplus()?.f_neg()?;
+    let moved = if inverse {
+        // Finite factor times finite difference: at worst ±inf, never NaN; then clamped.
+        // Exact wherever the factor is below e^64 and the result below the bound (see the
+        // type's documentation).
+        let (cap, bound) = match x.kind() {
+            Kind::Double => (MAX_INVERSE_LOG_SCALE_F64, INVERSE_BOUND_F64),
+            _ => (MAX_INVERSE_LOG_SCALE, INVERSE_BOUND),
+        };
+        let factor = log_scale.f_neg()?.f_clamp_max(cap)?.f_exp()?;
+        x.f_sub(shift)?.f_mul(&factor)?.f_clamp(-bound, bound)?
+    } else {
+        x.f_mul(&log_scale.f_exp()?)?.f_add(shift)?
+    };
+    Ok((moved, log_scale))
 }
 
 impl FlowLayer for ImageCoupling {

@@ -230,7 +230,10 @@ impl GroupNorm {
     }
 }
 
-/// LeakyReLU with slope 0.2 (the DCGAN discriminator's).
+/// LeakyReLU with slope 0.2 (the DCGAN discriminator's), as `x · (x > 0 ? 1 : 0.2)`: the
+/// backward pass is one multiplication by the saved factor, where `max(x, 0.2 x)` costs about
+/// six kernels and a fixed-slope PReLU a reduction for the slope's unused gradient.
 pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.f_maximum(&x.f_mul_scalar(0.2)?)?)
+    let factor = Tensor::f_where_scalar(&x.f_gt(0.0)?, 1.0, 0.2)?;
+    Ok(x.f_mul(&factor.f_to_kind(x.kind())?)?)
 }

@@ -241,11 +241,16 @@ impl Generator {
                 up2,
                 start,
             } => {
+                // The ReLUs run in place (group normalisation's backward needs its input only).
+                // Channels-last (`gm_core::nn::channels_last`) made this network slower: the
+                // transposed convolutions and group norms of 7×7 and 14×14 maps lose by it.
                 let h = project
                     .forward(input, false)?
                     .f_reshape([b, start[0], start[1], start[2]])?;
-                let h = norm0.forward(&h)?.f_relu()?;
-                let h = norm1.forward(&up1.forward(&h, false)?)?.f_relu()?;
+                let mut h = norm0.forward(&h)?;
+                let _ = h.f_relu_()?;
+                let mut h = norm1.forward(&up1.forward(&h, false)?)?;
+                let _ = h.f_relu_()?;
                 up2.forward(&h, false)?
             }
         };

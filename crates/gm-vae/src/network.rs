@@ -308,7 +308,8 @@ impl ConvTrunk {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.shallow_clone();
+        // Channels-last through the stack (`gm_core::nn::channels_last`; free for one channel).
+        let mut h = gm_core::nn::channels_last(x)?;
         for layer in &self.layers {
             h = self.activation.apply(&layer.forward(&h)?);
         }
@@ -357,7 +358,7 @@ impl DeconvTrunk {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.shallow_clone();
+        let mut h = gm_core::nn::channels_last(x)?;
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(&h)?;

@@ -50,6 +50,31 @@ pub struct NamedData {
 }
 
 impl NamedData {
+    /// A data set without labels (and, until the caller says so, no known density).
+    pub fn unlabelled(
+        name: &str,
+        train: Tensor,
+        test: Tensor,
+        event_shape: &[i64],
+        values: ValueKind,
+    ) -> Self {
+        NamedData {
+            name: name.to_string(),
+            train: Split {
+                x: train,
+                labels: None,
+            },
+            test: Split {
+                x: test,
+                labels: None,
+            },
+            event_shape: event_shape.to_vec(),
+            values,
+            toy: None,
+            signal: None,
+        }
+    }
+
     /// What a model spec needs to build a model for these data.
     pub fn info(&self) -> crate::spec::DataInfo {
         let classes = match &self.train.labels {
@@ -133,57 +158,31 @@ pub fn load_named(
         let train = set.sample(toy_train, device)?;
         seed_torch(derive_seed(seed, 0x7041_0002));
         let test = set.sample(toy_test, device)?;
-        return Ok(NamedData {
-            name: name.to_string(),
-            train: Split {
-                x: train,
-                labels: None,
-            },
-            test: Split {
-                x: test,
-                labels: None,
-            },
-            event_shape: vec![2],
-            values: ValueKind::Continuous,
-            toy: Some(set),
-            signal: None,
-        });
+        let mut data = NamedData::unlabelled(name, train, test, &[2], ValueKind::Continuous);
+        data.toy = Some(set);
+        return Ok(data);
     }
     if name == "kjv_text" {
         let corpus = text::TextCorpus::load_default()?;
-        let split = |bytes: &[u8]| -> Result<Split> {
-            Ok(Split {
-                x: text::windows(bytes, text::TEXT_WINDOW, device)?,
-                labels: None,
-            })
-        };
-        return Ok(NamedData {
-            name: name.to_string(),
-            train: split(&corpus.train)?,
-            test: split(&corpus.test)?,
-            event_shape: vec![text::TEXT_WINDOW],
-            values: ValueKind::Discrete { levels: 256 },
-            toy: None,
-            signal: None,
-        });
+        return Ok(NamedData::unlabelled(
+            name,
+            text::windows(&corpus.train, text::TEXT_WINDOW, device)?,
+            text::windows(&corpus.test, text::TEXT_WINDOW, device)?,
+            &[text::TEXT_WINDOW],
+            ValueKind::Discrete { levels: 256 },
+        ));
     }
     if name == "oscillator_mulaw" {
         let (train, test) = signal::oscillator_windows(seed, device)?;
-        return Ok(NamedData {
-            name: name.to_string(),
-            train: Split {
-                x: train,
-                labels: None,
-            },
-            test: Split {
-                x: test,
-                labels: None,
-            },
-            event_shape: vec![signal::SIGNAL_WINDOW],
-            values: ValueKind::Discrete { levels: 256 },
-            toy: None,
-            signal: Some(signal::Oscillator::default()),
-        });
+        let mut data = NamedData::unlabelled(
+            name,
+            train,
+            test,
+            &[signal::SIGNAL_WINDOW],
+            ValueKind::Discrete { levels: 256 },
+        );
+        data.signal = Some(signal::Oscillator::default());
+        return Ok(data);
     }
     let (binary, levels) = match name {
         "mnist_binary" => (true, 2),

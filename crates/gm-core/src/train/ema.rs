@@ -8,6 +8,7 @@
 
 use super::checkpoint::StateDict;
 use super::config::{check_range, Config};
+use super::flat::contiguous_span;
 use crate::model::WeightChoice;
 use crate::spec::Budget;
 use crate::{GmError, Result};
@@ -77,7 +78,13 @@ pub struct Ema {
     config: EmaConfig,
     names: Vec<String>,
     live: Vec<Tensor>,
+    /// Each variable's average (views into `pairs`' averages when those are flat).
     shadow: Vec<Tensor>,
+    /// (live, average) tensors the update runs over: one pair spanning every variable when the
+    /// live weights sit in one buffer (an optimizer's), one pair per variable otherwise.
+    pairs: Vec<(Tensor, Tensor)>,
+    /// With one flat pair: each variable's offset into it, to notice the weights moving.
+    span_offsets: Option<Vec<i64>>,
 }
 
 impl Ema {
@@ -90,18 +97,85 @@ impl Ema {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let shadow = tch::no_grad(|| {
-            vars.iter()
-                .map(|(_, t)| Ok::<_, tch::TchError>(t.f_detach()?.copy()))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
-        let (names, live) = vars.into_iter().unzip();
+        let (names, live): (Vec<String>, Vec<Tensor>) = vars.into_iter().unzip();
+        let (shadow, pairs, span_offsets) = Self::averages_of(&live)?;
         Ok(Ema {
             config: config.clone(),
             names,
             live,
             shadow,
+            pairs,
+            span_offsets,
         })
+    }
+
+    /// Fresh averages equal to `live`: one buffer in the live weights' layout when they share
+    /// one, so an update is one operation.
+    #[allow(clippy::type_complexity)]
+    fn averages_of(
+        live: &[Tensor],
+    ) -> Result<(Vec<Tensor>, Vec<(Tensor, Tensor)>, Option<Vec<i64>>)> {
+        tch::no_grad(|| {
+            if let Some((span, offsets)) = contiguous_span(live) {
+                let average = span.f_detach()?.copy();
+                let shadow = live
+                    .iter()
+                    .zip(&offsets)
+                    .map(|(t, &offset)| {
+                        average
+                            .f_narrow(0, offset, t.numel() as i64)?
+                            .f_view(&t.size()[..])
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                return Ok((shadow, vec![(span, average)], Some(offsets)));
+            }
+            let shadow = live
+                .iter()
+                .map(|t| Ok::<_, tch::TchError>(t.f_detach()?.copy()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let pairs = live
+                .iter()
+                .zip(&shadow)
+                .map(|(l, s)| (l.shallow_clone(), s.shallow_clone()))
+                .collect();
+            Ok((shadow, pairs, None))
+        })
+    }
+
+    /// Whether the (live, average) pairs are one flat pair that no longer covers the live
+    /// weights: an optimizer built after the average gathers the weights into its own buffer.
+    /// Pairs per variable hold the variables themselves and follow them wherever they move.
+    /// Cheap enough for every step: one address per variable, no tensor operation.
+    fn span_moved(&self) -> bool {
+        match (self.pairs.as_slice(), &self.span_offsets) {
+            ([(span, _)], Some(offsets)) => {
+                let base = span.data_ptr() as usize;
+                let size = span.kind().elt_size_in_bytes();
+                self.live
+                    .iter()
+                    .zip(offsets)
+                    .any(|(t, &offset)| t.data_ptr() as usize != base + offset as usize * size)
+            }
+            _ => false,
+        }
+    }
+
+    /// Re-points the update at the live weights if their storage moved, keeping the averages.
+    fn follow_storage(&mut self) -> Result<()> {
+        if !self.span_moved() {
+            return Ok(());
+        }
+        let (shadow, pairs, span_offsets) = Self::averages_of(&self.live)?;
+        tch::no_grad(|| -> Result<()> {
+            for (new, old) in shadow.iter().zip(&self.shadow) {
+                new.shallow_clone().f_copy_(old)?;
+            }
+            Ok(())
+        })?;
+        self.shadow = shadow;
+        self.pairs = pairs;
+        self.span_offsets = span_offsets;
+        Ok(())
     }
 
     pub fn config(&self) -> &EmaConfig {
@@ -126,9 +200,10 @@ impl Ema {
     /// random initialisation (and layers initialised from the first batch, such as ActNorm)
     /// never enter the average.
     pub fn update(&mut self, step: u64) -> Result<()> {
+        self.follow_storage()?;
         let follow = step <= self.config.start_step.max(1);
         tch::no_grad(|| -> Result<()> {
-            for (s, p) in self.shadow.iter_mut().zip(&self.live) {
+            for (p, s) in &mut self.pairs {
                 if follow {
                     s.f_copy_(p)?;
                 } else {
@@ -142,16 +217,29 @@ impl Ema {
     /// Runs `f` with the averaged weights in the var store, then puts the live weights back
     /// (also when `f` fails or panics).
     pub fn with_averaged<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        // One copy each way over the flat pair when it is current, else one per variable.
+        let (live, averages): (Vec<Tensor>, Vec<Tensor>) = if self.span_moved() {
+            self.live
+                .iter()
+                .zip(&self.shadow)
+                .map(|(l, s)| (l.shallow_clone(), s.shallow_clone()))
+                .unzip()
+        } else {
+            self.pairs
+                .iter()
+                .map(|(l, s)| (l.shallow_clone(), s.shallow_clone()))
+                .unzip()
+        };
         let backup = tch::no_grad(|| -> Result<Vec<Tensor>> {
-            let mut backup = Vec::with_capacity(self.live.len());
-            for (p, s) in self.live.iter().zip(&self.shadow) {
+            let mut backup = Vec::with_capacity(live.len());
+            for (p, s) in live.iter().zip(&averages) {
                 backup.push(p.f_detach()?.copy());
                 p.shallow_clone().f_copy_(s)?;
             }
             Ok(backup)
         })?;
         let _restore = Restore {
-            live: &self.live,
+            live: &live,
             backup,
         };
         f()

@@ -5,6 +5,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod ema;
+pub mod flat;
+pub mod fused;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
@@ -13,6 +15,7 @@ pub mod training;
 pub use checkpoint::StateDict;
 pub use config::Config;
 pub use ema::{Ema, EmaConfig};
+pub use flat::FlatParameters;
 pub use optim::{clip_grad_norm, Adam, AdamConfig};
 pub use schedule::LrSchedule;
 pub use trainer::{TrainConfig, TrainHistory, Trainer};

@@ -6,6 +6,8 @@
 
 use super::checkpoint::StateDict;
 use super::config::{check_positive, check_range, Config};
+use super::flat::FlatParameters;
+use super::fused::{self, AdamStep};
 use crate::{GmError, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -56,18 +58,25 @@ impl Config for AdamConfig {
     }
 }
 
-/// See [`AdamConfig`].
+/// See [`AdamConfig`]. The parameters are moved into flat buffers ([`FlatParameters`]) when the
+/// optimizer is built, so a step is a few operations over one tensor per dtype and device (on
+/// the CPU, one fused pass over the weights, gradients and moments), whatever the number of
+/// parameter tensors.
 #[derive(Debug)]
 pub struct Adam {
     config: AdamConfig,
-    params: Vec<Tensor>,
+    flat: FlatParameters,
+    /// First and second moments, one buffer per group in the group's layout.
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+    /// Each parameter's group and position in it, in the order given to [`Adam::new`].
+    locations: Vec<(usize, usize)>,
     steps: i64,
 }
 
 impl Adam {
     /// An optimizer over `params` (tensors that require grad, e.g. `vs.trainable_variables()`).
+    /// Their storage moves into the optimizer's buffers; values and shapes are kept.
     pub fn new(params: Vec<Tensor>, config: AdamConfig) -> Result<Self> {
         config.validate()?;
         if params.is_empty() {
@@ -76,19 +85,27 @@ impl Adam {
                 "the optimizer was given no parameters",
             ));
         }
-        let exp_avg = params
-            .iter()
-            .map(|p| p.f_zeros_like())
-            .collect::<Result<Vec<_>, _>>()?;
-        let exp_avg_sq = params
-            .iter()
-            .map(|p| p.f_zeros_like())
-            .collect::<Result<Vec<_>, _>>()?;
+        let flat = FlatParameters::new(params)?;
+        let mut locations = vec![(0, 0); flat.tensors().len()];
+        for (g, group) in flat.groups().iter().enumerate() {
+            for (k, &(i, _, _)) in group.members.iter().enumerate() {
+                locations[i] = (g, k);
+            }
+        }
+        let zeros = |flat: &FlatParameters| {
+            flat.groups()
+                .iter()
+                .map(|g| g.params.f_zeros_like())
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let exp_avg = zeros(&flat)?;
+        let exp_avg_sq = zeros(&flat)?;
         Ok(Adam {
             config,
-            params,
+            flat,
             exp_avg,
             exp_avg_sq,
+            locations,
             steps: 0,
         })
     }
@@ -101,73 +118,129 @@ impl Adam {
         self.steps
     }
 
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
+    /// The parameters and their buffers.
+    pub fn parameters(&self) -> &FlatParameters {
+        &self.flat
+    }
+
+    pub fn zero_grad(&mut self) -> Result<()> {
+        self.flat.zero_grad()
     }
 
     /// Zeroes gradients, back-propagates `loss`, clips if configured and updates with `lr`.
     /// Returns the gradient norm before clipping when clipping is on.
     pub fn backward_step(&mut self, loss: &Tensor, lr: f64) -> Result<Option<Tensor>> {
-        self.zero_grad();
+        self.zero_grad()?;
         loss.f_backward()?;
-        let norm = match self.config.grad_clip_norm {
-            Some(max) => Some(clip_grad_norm(&self.params, max)?),
-            None => None,
-        };
-        self.step(lr)?;
-        Ok(norm)
+        match self.config.grad_clip_norm {
+            Some(max) => {
+                let norm = self.flat.grad_norm()?;
+                let scale = clip_scale(&norm, max)?;
+                self.update(lr, Some(&scale))?;
+                Ok(Some(norm))
+            }
+            None => {
+                self.update(lr, None)?;
+                Ok(None)
+            }
+        }
     }
 
-    /// One update from the current gradients (parameters without a gradient are skipped).
+    /// One update from the current gradients (a parameter that has received no gradient since
+    /// the last zeroing has a zero one).
     pub fn step(&mut self, lr: f64) -> Result<()> {
+        self.update(lr, None)
+    }
+
+    /// The update with the gradients multiplied by `grad_scale` (the clipping factor).
+    fn update(&mut self, lr: f64, grad_scale: Option<&Tensor>) -> Result<()> {
+        // A parameter whose storage was replaced after the optimizer was built would silently
+        // stop training; debug builds (the test suite) check every step.
+        #[cfg(debug_assertions)]
+        self.flat.check_bound()?;
         let c = &self.config;
         self.steps += 1;
         let bias1 = 1.0 - c.beta1.powi(self.steps as i32);
         let bias2 = 1.0 - c.beta2.powi(self.steps as i32);
-        let step_size = lr / bias1;
+        let coefficients = AdamStep {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            step_size: lr / bias1,
+            bias2_sqrt: bias2.sqrt(),
+            coupled_decay: if c.decoupled_weight_decay {
+                0.0
+            } else {
+                c.weight_decay
+            },
+            decoupled_factor: if c.decoupled_weight_decay {
+                1.0 - lr * c.weight_decay
+            } else {
+                1.0
+            },
+            grad_scale: 1.0,
+        };
         tch::no_grad(|| -> Result<()> {
-            for ((p, m), v) in self
-                .params
-                .iter_mut()
+            for ((group, m), v) in self
+                .flat
+                .groups()
+                .iter()
                 .zip(&mut self.exp_avg)
                 .zip(&mut self.exp_avg_sq)
             {
-                let g = p.grad();
-                if !g.defined() {
+                let mut p = group.params.shallow_clone();
+                let g = &group.grads;
+                if fused::supports(&p) {
+                    let mut step = coefficients.clone();
+                    if let Some(scale) = grad_scale {
+                        // On the CPU reading the factor back costs nothing.
+                        step.grad_scale = scale.f_double_value(&[])?;
+                    }
+                    fused::adam_step(&mut p, g, m, v, &step)?;
                     continue;
                 }
-                let g = if c.weight_decay > 0.0 && !c.decoupled_weight_decay {
-                    g.f_add(&p.f_mul_scalar(c.weight_decay)?)?
-                } else {
-                    g
+                let mut g = match grad_scale {
+                    Some(scale) => g.f_mul(&scale.f_to_kind(g.kind())?.f_to_device(g.device())?)?,
+                    None => g.shallow_clone(),
                 };
-                if c.weight_decay > 0.0 && c.decoupled_weight_decay {
-                    let _ = p.f_mul_scalar_(1.0 - lr * c.weight_decay)?;
+                if coefficients.coupled_decay > 0.0 {
+                    g = g.f_add(&p.f_mul_scalar(coefficients.coupled_decay)?)?;
+                }
+                if coefficients.decoupled_factor != 1.0 {
+                    let _ = p.f_mul_scalar_(coefficients.decoupled_factor)?;
                 }
                 // m ← β₁ m + (1-β₁) g and v ← β₂ v + (1-β₂) g², as interpolations in place.
                 let _ = m.f_lerp_(&g, 1.0 - c.beta1)?;
                 let _ = v.f_lerp_(&g.f_square()?, 1.0 - c.beta2)?;
-                // p ← p - step · m / (√(v / bias2) + ε), reusing one temporary.
+                // p ← p - step · m / (√v / √bias2 + ε), reusing one temporary.
                 let mut update = v.f_sqrt()?;
-                let _ = update.f_div_scalar_(bias2.sqrt())?;
+                let _ = update.f_div_scalar_(coefficients.bias2_sqrt)?;
                 let _ = update.f_add_scalar_(c.eps)?;
                 let _ = update.f_reciprocal_()?;
                 let _ = update.f_mul_(m)?;
-                let _ = update.f_mul_scalar_(step_size)?;
+                let _ = update.f_mul_scalar_(coefficients.step_size)?;
                 let _ = p.f_sub_(&update)?;
             }
             Ok(())
         })
     }
 
+    /// Parameter `i`'s view of a group-layout buffer list.
+    fn member_view(&self, buffers: &[Tensor], i: usize) -> Result<Tensor> {
+        let (g, k) = self.locations[i];
+        self.flat.groups()[g].member_view(&buffers[g], k, &self.flat.tensors()[i].size())
+    }
+
     /// The optimizer state as named tensors: moments per parameter and the step count.
     pub fn state(&self, prefix: &str) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.params.len() + 1);
-        for (i, (m, v)) in self.exp_avg.iter().zip(&self.exp_avg_sq).enumerate() {
-            out.push((format!("{prefix}exp_avg.{i}"), m.shallow_clone()));
-            out.push((format!("{prefix}exp_avg_sq.{i}"), v.shallow_clone()));
+        let n = self.locations.len();
+        let mut out = Vec::with_capacity(2 * n + 1);
+        for i in 0..n {
+            // Views of buffers this optimizer made itself cannot fail.
+            let m = self.member_view(&self.exp_avg, i).expect("moment view");
+            let v = self.member_view(&self.exp_avg_sq, i).expect("moment view");
+            out.push((format!("{prefix}exp_avg.{i}"), m));
+            out.push((format!("{prefix}exp_avg_sq.{i}"), v));
         }
         out.push((format!("{prefix}steps"), Tensor::from_slice(&[self.steps])));
         out
@@ -180,10 +253,12 @@ impl Adam {
             path: "<state>".into(),
             message,
         };
-        let mut moments = Vec::with_capacity(self.exp_avg.len());
-        for (i, (m, v)) in self.exp_avg.iter().zip(&self.exp_avg_sq).enumerate() {
-            let src_m = state.take(&format!("{prefix}exp_avg.{i}"), &m.size())?;
-            let src_v = state.take(&format!("{prefix}exp_avg_sq.{i}"), &v.size())?;
+        let n = self.locations.len();
+        let mut moments = Vec::with_capacity(n);
+        for i in 0..n {
+            let shape = self.flat.tensors()[i].size();
+            let src_m = state.take(&format!("{prefix}exp_avg.{i}"), &shape)?;
+            let src_v = state.take(&format!("{prefix}exp_avg_sq.{i}"), &shape)?;
             if src_v.numel() > 0 && src_v.f_min()?.f_double_value(&[])? < 0.0 {
                 return Err(bad(format!(
                     "{prefix}exp_avg_sq.{i} holds negative values; a second moment cannot be negative"
@@ -205,20 +280,24 @@ impl Adam {
             )));
         }
         tch::no_grad(|| -> Result<()> {
-            for ((m, v), (src_m, src_v)) in self
-                .exp_avg
-                .iter_mut()
-                .zip(self.exp_avg_sq.iter_mut())
-                .zip(&moments)
-            {
-                m.f_copy_(src_m)?;
-                v.f_copy_(src_v)?;
+            for (i, (src_m, src_v)) in moments.iter().enumerate() {
+                self.member_view(&self.exp_avg, i)?.f_copy_(src_m)?;
+                self.member_view(&self.exp_avg_sq, i)?.f_copy_(src_v)?;
             }
             Ok(())
         })?;
         self.steps = steps;
         Ok(())
     }
+}
+
+/// `min(1, max_norm / (norm + 1e-6))`, on the norm's device.
+fn clip_scale(norm: &Tensor, max_norm: f64) -> Result<Tensor> {
+    Ok(norm
+        .f_add_scalar(1e-6)?
+        .f_reciprocal()?
+        .f_mul_scalar(max_norm)?
+        .f_clamp_max(1.0)?)
 }
 
 /// Scales the gradients of `params` so their global L2 norm is at most `max_norm`; returns the
@@ -240,12 +319,7 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<Tensor> {
         let norm = Tensor::f_stack(&squares, 0)?
             .f_sum(None::<Kind>)?
             .f_sqrt()?;
-        // scale = min(1, max / (norm + 1e-6)).
-        let scale = norm
-            .f_add_scalar(1e-6)?
-            .f_reciprocal()?
-            .f_mul_scalar(max_norm)?
-            .f_clamp_max(1.0)?;
+        let scale = clip_scale(&norm, max_norm)?;
         for g in grads {
             let mut g = g;
             let _ = g.f_mul_(&scale.f_to_kind(g.kind())?)?;
