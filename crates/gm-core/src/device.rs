@@ -143,10 +143,12 @@ pub fn default_threads() -> i32 {
 /// batch 256) is as fast or faster on one; the MNIST models gain 1.3–1.7× from the second core.
 /// The choice depends on the model alone, so a resumed run computes with the same count.
 pub fn threads_for(parameters: i64, example_elements: i64) -> i32 {
+    // Read (and so fix) the process's default before any caller sets a count.
+    let default = default_threads();
     if parameters < 200_000 && example_elements <= 16 {
         1
     } else {
-        default_threads()
+        default
     }
 }
 

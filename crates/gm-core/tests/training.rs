@@ -419,7 +419,7 @@ fn parameters_live_in_the_optimizer_buffer() {
 
 fn flat_is_bound(opt: &Adam) {
     opt.parameters()
-        .check_bound()
+        .check_bound(true)
         .expect("parameters stay in the buffer");
 }
 

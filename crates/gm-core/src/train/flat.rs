@@ -47,6 +47,9 @@ impl FlatParameters {
     /// Moves `params` (tensors that require grad, e.g. a var store's trainable variables) into
     /// flat buffers, keeping their values and any gradient they already hold.
     pub fn new(params: Vec<Tensor>) -> Result<Self> {
+        if params.is_empty() {
+            return Err(GmError::config("params", "no parameters were given"));
+        }
         let mut keys: Vec<(Kind, Device)> = Vec::new();
         let mut by_key: Vec<Vec<usize>> = Vec::new();
         for (i, p) in params.iter().enumerate() {
@@ -110,7 +113,7 @@ impl FlatParameters {
             tensors: params,
             groups,
         };
-        flat.check_bound()?;
+        flat.check_bound(true)?;
         Ok(flat)
     }
 
@@ -138,10 +141,11 @@ impl FlatParameters {
             let mut squares = Vec::with_capacity(self.groups.len());
             let device = self.groups[0].grads.device();
             for g in &self.groups {
+                // In single precision at least: a half-precision norm overflows at 65504.
                 let norm = g
                     .grads
-                    .f_norm()?
                     .f_to_kind(Kind::Float)?
+                    .f_norm()?
                     .f_to_device(device)?;
                 squares.push(norm.f_square()?);
             }
@@ -152,19 +156,24 @@ impl FlatParameters {
         })
     }
 
-    /// Checks that every parameter and its gradient still live in the buffers: a model that
-    /// replaced a parameter's storage (moved it to another device, say) after the optimizer was
-    /// built would otherwise stop training silently.
-    pub fn check_bound(&self) -> Result<()> {
+    /// Checks that every parameter still lives in the buffer (one address per parameter, no
+    /// tensor operation: cheap enough for every step): a model that replaced a parameter's
+    /// storage after the optimizer was built (moved it to another device, say) would otherwise
+    /// stop training silently. With `grads`, also every gradient.
+    pub fn check_bound(&self, grads: bool) -> Result<()> {
         for g in &self.groups {
             let base = g.params.data_ptr() as usize;
             let grad_base = g.grads.data_ptr() as usize;
             let size = g.params.kind().elt_size_in_bytes();
-            for &(i, offset, _) in &g.members {
+            for &(i, offset, count) in &g.members {
+                if count == 0 {
+                    continue; // an empty tensor has no address
+                }
                 let p = &self.tensors[i];
-                let at = base + offset as usize * size;
-                let grad_at = grad_base + offset as usize * size;
-                if p.data_ptr() as usize != at || p.grad().data_ptr() as usize != grad_at {
+                let at = offset as usize * size;
+                let moved = p.data_ptr() as usize != base + at
+                    || (grads && p.grad().data_ptr() as usize != grad_base + at);
+                if moved {
                     return Err(GmError::config(
                         "params",
                         format!(

@@ -6,7 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod ema;
 pub mod flat;
-pub mod fused;
+pub(crate) mod fused;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

@@ -155,9 +155,9 @@ impl Adam {
     /// The update with the gradients multiplied by `grad_scale` (the clipping factor).
     fn update(&mut self, lr: f64, grad_scale: Option<&Tensor>) -> Result<()> {
         // A parameter whose storage was replaced after the optimizer was built would silently
-        // stop training; debug builds (the test suite) check every step.
-        #[cfg(debug_assertions)]
-        self.flat.check_bound()?;
+        // stop training: every step checks the weights' addresses, and debug builds (the test
+        // suite) the gradients' too (reading them allocates a handle per parameter).
+        self.flat.check_bound(cfg!(debug_assertions))?;
         let c = &self.config;
         self.steps += 1;
         let bias1 = 1.0 - c.beta1.powi(self.steps as i32);
