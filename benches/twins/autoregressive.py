@@ -28,6 +28,7 @@ import tomllib
 import torch
 
 from common import check_data, first_compiled_step, lr_factor, make_optimizer, optimizer_step
+from common import binary_batch
 import torch.nn.functional as F
 from torch import nn
 
@@ -227,11 +228,8 @@ class PixelCnnCase:
 
 
 def binary_images(n, device):
-    """n binarised-MNIST-shaped examples [n, 1, 28, 28] in {0, 1}, P(1) = 0.13 (the same draw
-    as gm-vae's bench `binary_batch`, reshaped to mnist_binary's event shape)."""
-    generator = torch.Generator().manual_seed(1)
-    x = (torch.rand(n, 784, generator=generator) < 0.13).float()
-    return x.reshape(n, *EVENT_SHAPE).to(device)
+    """The same draw as the VAE bench's, shaped like mnist_binary's examples [n, 1, 28, 28]."""
+    return binary_batch(n, device, EVENT_SHAPE)
 
 
 def _maker(file_name, batch, name):

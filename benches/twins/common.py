@@ -78,3 +78,11 @@ def optimizer_step(optimizer, loss, params, lr, clip=None):
     if clip is not None:
         torch.nn.utils.clip_grad_norm_(params, float(clip))
     optimizer.step()
+
+
+def binary_batch(n, device, shape=(784,)):
+    """crates/gm-vae/benches/vae.rs `binary_batch`: n examples of `shape` in {0, 1} with
+    P(1) = 0.13, drawn from a generator seeded with 1 (the same values whatever the shape)."""
+    generator = torch.Generator().manual_seed(1)
+    x = (torch.rand(n, 784, generator=generator) < 0.13).float()
+    return x.reshape(n, *shape).to(device)

@@ -26,6 +26,7 @@ import tomllib
 import torch
 
 from common import check_data, first_compiled_step, lr_factor, make_optimizer, optimizer_step
+from common import binary_batch
 import torch.nn.functional as F
 from torch import nn
 
@@ -338,12 +339,6 @@ class VaeCase:
         optimizer_step(self.opt, loss, self.trainable, lr, self.clip)
         self.steps += 1
         return loss
-
-
-def binary_batch(n, device):
-    """crates/gm-vae/benches/vae.rs `binary_batch`: [n, 784] floats in {0, 1}, P(1) = 0.13."""
-    generator = torch.Generator().manual_seed(1)
-    return (torch.rand(n, 784, generator=generator) < 0.13).float().to(device)
 
 
 def _maker(file_name, batch, name):
