@@ -84,29 +84,7 @@ fn main() {
         if name == "gm-core" {
             lock_versions = libtorch_binding_versions(&crates_dir.join("..").join("Cargo.lock"));
         }
-        files.sort();
-        let mut hasher = Sha256::new();
-        hasher.update(lock_versions.as_bytes());
-        let mut any = false;
-        for file in &files {
-            if let Ok(bytes) = std::fs::read(file) {
-                any = true;
-                let relative = file.strip_prefix(&root).unwrap_or(file);
-                hasher.update(relative.to_string_lossy().as_bytes());
-                hasher.update([0u8]);
-                hasher.update((bytes.len() as u64).to_le_bytes());
-                hasher.update(&bytes);
-            }
-        }
-        // Outside the workspace (a published crate) the sources are not there to hash.
-        let digest = if any {
-            hasher.finalize()[..6]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        } else {
-            "unknown".to_string()
-        };
+        let digest = digest_of(&root, files, &lock_versions);
         let var = format!("GM_SOURCE_{}", name.to_uppercase().replace('-', "_"));
         println!("cargo:rustc-env={var}={digest}");
         println!("cargo:rerun-if-changed={}", root.join("src").display());
@@ -115,8 +93,40 @@ fn main() {
             root.join("Cargo.toml").display()
         );
     }
+    // Family `vq_vae_prior` is trained by a gm-bench module: its runs are keyed by that file too.
+    let bench = crates_dir.join("gm-bench");
+    let vq_prior = digest_of(&bench, vec![bench.join("src").join("vq_prior.rs")], "");
+    println!("cargo:rustc-env=GM_SOURCE_GM_BENCH_VQ_PRIOR={vq_prior}");
     println!(
         "cargo:rerun-if-changed={}",
         crates_dir.join("..").join("Cargo.lock").display()
     );
+}
+
+/// The first 6 bytes (hex) of the SHA-256 of `extra` and each file's path under `root`, length
+/// and bytes, in path order; "unknown" when none can be read.
+fn digest_of(root: &Path, mut files: Vec<PathBuf>, extra: &str) -> String {
+    files.sort();
+    let mut hasher = Sha256::new();
+    hasher.update(extra.as_bytes());
+    let mut any = false;
+    for file in &files {
+        if let Ok(bytes) = std::fs::read(file) {
+            any = true;
+            let relative = file.strip_prefix(root).unwrap_or(file);
+            hasher.update(relative.to_string_lossy().as_bytes());
+            hasher.update([0u8]);
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(&bytes);
+        }
+    }
+    // Outside the workspace (a published crate) the sources are not there to hash.
+    if any {
+        hasher.finalize()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    } else {
+        "unknown".to_string()
+    }
 }

@@ -167,7 +167,7 @@ fn chapters(verses: &[(String, String)]) -> Vec<usize> {
 fn split(verses: &[(String, String)]) -> (String, String) {
     let (mut train, mut test) = (String::new(), String::new());
     for ((_, text), chapter) in verses.iter().zip(chapters(verses)) {
-        let out = if splitmix64(chapter as u64) % 10 == 0 {
+        let out = if splitmix64(chapter as u64).is_multiple_of(10) {
             &mut test
         } else {
             &mut train

@@ -175,6 +175,10 @@ impl CodePrior for AutoregressiveCodePrior {
             .ok_or_else(|| GmError::Unsupported("the prior has no likelihood".into()))
     }
 
+    fn train_step(&mut self, codes: &Tensor) -> Result<StepOutput> {
+        self.step(codes)
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         self.model.state()
     }

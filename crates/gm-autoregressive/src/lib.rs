@@ -51,7 +51,7 @@ pub use lstm::LstmConfig;
 pub use made::MadeNetConfig;
 pub use model::{register, Autoregressive, AutoregressiveConfig, SHIPPED_CONFIGS};
 pub use nade::NadeConfig;
-pub use network::{Network, NetworkConfig};
+pub use network::{FusedNll, Network, NetworkConfig};
 pub use output::{draw_categorical, filter_logits, Output, OutputConfig};
 pub use pixelcnn::PixelCnnConfig;
 pub use pixelrnn::PixelRnnConfig;

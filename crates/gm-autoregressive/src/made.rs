@@ -7,7 +7,9 @@
 //! The first order is the configured `ordering`; the others are random permutations.
 
 use crate::nade::order_from_degrees;
-use crate::network::{check_input, check_order, Network, NetworkShape};
+use crate::network::{
+    check_input, check_order, check_orderings, several_orders, Network, NetworkShape,
+};
 use gm_core::nn::{made_masks, Activation, Ordering};
 use gm_core::tch::{nn, Kind, Tensor};
 use gm_core::train::config::Config;
@@ -50,13 +52,7 @@ impl Config for MadeNetConfig {
                 ),
             ));
         }
-        if !(1..=64).contains(&self.orderings) {
-            return Err(GmError::config(
-                "network.orderings",
-                format!("must be in [1, 64], got {}", self.orderings),
-            ));
-        }
-        Ok(())
+        check_orderings(self.orderings)
     }
 }
 
@@ -78,18 +74,7 @@ impl MadeNetConfig {
 
     /// The degrees (1-based positions) of each order.
     fn degrees(&self, d: i64) -> Vec<Vec<i64>> {
-        (0..self.orderings)
-            .map(|k| {
-                if k == 0 {
-                    self.ordering.degrees(d)
-                } else {
-                    Ordering::Random {
-                        seed: self.ordering_seed.wrapping_add(k as u64),
-                    }
-                    .degrees(d)
-                }
-            })
-            .collect()
+        several_orders(&self.ordering, self.orderings, self.ordering_seed, d)
     }
 
     pub fn init(&self, path: &nn::Path, shape: &NetworkShape) -> Result<Made> {

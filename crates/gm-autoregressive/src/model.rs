@@ -5,7 +5,7 @@
 
 use crate::beam::{BeamSearch, Hypothesis};
 use crate::made::ensemble;
-use crate::network::{Network, NetworkConfig, NetworkShape};
+use crate::network::{FusedNll, Network, NetworkConfig, NetworkShape};
 use crate::output::{Output, OutputConfig};
 use crate::scheduled::ScheduledSampling;
 use gm_core::model::{
@@ -207,6 +207,76 @@ impl Autoregressive {
         ))
     }
 
+    /// A training step through [`Network::forward`] and autograd (under scheduled sampling,
+    /// [`Network::forward_scheduled`]).
+    fn autograd_train_step(
+        &mut self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        order: usize,
+        own: f64,
+    ) -> Result<StepOutput> {
+        let log_probs = if own > 0.0 {
+            let output = self.output;
+            let plain = SampleOptions::default();
+            let mut draw = |params: &Tensor| output.sample(params, &plain);
+            let encode = |v: &Tensor| output.encode(v);
+            let params = self.network.forward_scheduled(
+                &self.output.encode(x)?,
+                labels,
+                order,
+                own,
+                &mut draw,
+                &encode,
+            )?;
+            self.output.log_prob(&params, x)?
+        } else {
+            self.conditional_log_probs(x, labels, order)?
+        };
+        let nll = log_probs
+            .f_sum_dim_intlist(&[1i64][..], false, Kind::Float)?
+            .f_mean(Kind::Float)?
+            .f_neg()?;
+        let loss = nll.f_div_scalar(self.data.elements() as f64)?;
+        self.training.step(&loss)?;
+        Ok(StepOutput::new().with("loss", &loss).with("nll", &nll))
+    }
+
+    /// The network's hand-written NLL pass ([`Network::fused_bernoulli_nll`]) for checked data,
+    /// where the output is Bernoulli and the network has one.
+    fn fused_nll(&self, x: &Tensor, order: usize, gradients: bool) -> Result<Option<FusedNll>> {
+        if self.output != Output::Bernoulli {
+            return Ok(None);
+        }
+        self.network.fused_bernoulli_nll(x, order, gradients)
+    }
+
+    /// [`GenerativeModel::train_step`] on the network's hand-written pass, where it has one:
+    /// the loss is the NLL plus `s − s` for `s = Σ_θ θ · ∂NLL/∂θ` (with the gradient held
+    /// constant), which is the NLL's value exactly and gives autograd the hand-written gradient,
+    /// so clipping, the optimizer and the weight average run as for every other model.
+    fn fused_train_step(&mut self, x: &Tensor, order: usize) -> Result<Option<StepOutput>> {
+        let Some(fused) = self.fused_nll(x, order, true)? else {
+            return Ok(None);
+        };
+        let n = fused.nll.size()[0] as f64;
+        let nll = fused.nll.f_mean(Kind::Float)?;
+        let mut linear = Tensor::f_zeros([], (Kind::Float, self.device()))?;
+        for (param, grad) in &fused.gradients {
+            linear = linear.f_add(&param.f_mul(grad)?.f_sum(Kind::Float)?)?;
+        }
+        let zero_with_gradient = linear.f_sub(&linear.f_detach()?)?.f_div_scalar(n)?;
+        let loss = nll
+            .f_add(&zero_with_gradient)?
+            .f_div_scalar(self.data.elements() as f64)?;
+        self.training.step(&loss)?;
+        Ok(Some(
+            StepOutput::new()
+                .with("loss", &loss)
+                .with("nll", &nll.f_detach()?),
+        ))
+    }
+
     /// `ln p(x_d | x before d)` for every value `[b, D]` under order `order`.
     pub fn conditional_log_probs(
         &self,
@@ -237,6 +307,11 @@ impl Autoregressive {
         // One order: the ensemble of one is its own log-likelihood.
         let per_order = (0..self.network.orders().len())
             .map(|k| {
+                if labels.is_none() {
+                    if let Some(fused) = self.fused_nll(x, k, false)? {
+                        return Ok(fused.nll.f_neg()?);
+                    }
+                }
                 self.conditional_log_probs(x, labels, k)?
                     .f_sum_dim_intlist(&[1i64][..], false, Kind::Double)
                     .map_err(GmError::from)
@@ -352,30 +427,15 @@ impl GenerativeModel for Autoregressive {
             .scheduled_sampling
             .as_ref()
             .map_or(0.0, |s| s.probability(step));
-        let log_probs = if own > 0.0 {
-            let output = self.output;
-            let plain = SampleOptions::default();
-            let mut draw = |params: &Tensor| output.sample(params, &plain);
-            let encode = |v: &Tensor| output.encode(v);
-            let params = self.network.forward_scheduled(
-                &self.output.encode(&x)?,
-                labels.as_ref(),
-                order,
-                own,
-                &mut draw,
-                &encode,
-            )?;
-            self.output.log_prob(&params, &x)?
+        let fused = if own == 0.0 && labels.is_none() {
+            self.fused_train_step(&x, order)?
         } else {
-            self.conditional_log_probs(&x, labels.as_ref(), order)?
+            None
         };
-        let nll = log_probs
-            .f_sum_dim_intlist(&[1i64][..], false, Kind::Float)?
-            .f_mean(Kind::Float)?
-            .f_neg()?;
-        let loss = nll.f_div_scalar(self.data.elements() as f64)?;
-        self.training.step(&loss)?;
-        let out = StepOutput::new().with("loss", &loss).with("nll", &nll);
+        let out = match fused {
+            Some(out) => out,
+            None => self.autograd_train_step(&x, labels.as_ref(), order, own)?,
+        };
         Ok(if self.config.scheduled_sampling.is_some() {
             out.with("own_draw_probability", &Tensor::from(own as f32))
         } else {

@@ -16,11 +16,21 @@ use crate::pixelrnn::PixelRnnConfig;
 use crate::sequence::Stepper;
 use crate::transformer::TransformerConfig;
 use crate::wavenet::WaveNetConfig;
+use gm_core::nn::Ordering;
 use gm_core::spec::DataInfo;
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::train::config::Config;
 use gm_core::{GmError, Result};
 use serde::{Deserialize, Serialize};
+
+/// What [`Network::fused_bernoulli_nll`] returns.
+#[derive(Debug)]
+pub struct FusedNll {
+    /// Each example's NLL in nats, `[batch]`, double precision, no autograd graph.
+    pub nll: Tensor,
+    /// Each trainable tensor with the gradient of the summed NLL; empty when not asked for.
+    pub gradients: Vec<(Tensor, Tensor)>,
+}
 
 /// What the model needs to know to build a network.
 #[derive(Debug, Clone)]
@@ -67,6 +77,22 @@ pub trait Network: std::fmt::Debug {
             }
             None => sample_by_full_passes(self, n, labels, order, device, draw, encode),
         }
+    }
+
+    /// A hand-written pass for the Bernoulli NLL, where the network has one for its device and
+    /// dtype: for binary data `x` `[batch, D]` on {0, 1} (**not** [`Network::forward`]'s
+    /// encoding; other values are refused), each example's
+    /// `−Σ_d ln p(x_d | x before d)` in order `order`, `[batch]` nats in double precision and
+    /// without an autograd graph, and with `gradients` the gradient of their sum for every
+    /// trainable tensor. `None` (the default) sends the model through [`Network::forward`] and
+    /// autograd; a network that overrides this is tested to agree with that path.
+    fn fused_bernoulli_nll(
+        &self,
+        _x: &Tensor,
+        _order: usize,
+        _gradients: bool,
+    ) -> Result<Option<FusedNll>> {
+        Ok(None)
     }
 
     /// The network run one position at a time with a cache, where it can be (the sequence
@@ -251,6 +277,34 @@ pub fn check_input(x: &Tensor, d: i64, what: &str) -> Result<i64> {
         return Err(GmError::shape(what, format!("[batch ≥ 1, {d}]"), &size));
     }
     Ok(size[0])
+}
+
+/// Checks `network.orderings`, the number of orders of an order-agnostic network: 1 to 64.
+pub fn check_orderings(orderings: usize) -> Result<()> {
+    if !(1..=64).contains(&orderings) {
+        return Err(GmError::config(
+            "network.orderings",
+            format!("must be in [1, 64], got {orderings}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The degrees (1-based positions) of the `orderings` orders of an order-agnostic network: the
+/// first is `first`, the others random permutations seeded `seed + k`.
+pub fn several_orders(first: &Ordering, orderings: usize, seed: u64, d: i64) -> Vec<Vec<i64>> {
+    (0..orderings)
+        .map(|k| {
+            if k == 0 {
+                first.degrees(d)
+            } else {
+                Ordering::Random {
+                    seed: seed.wrapping_add(k as u64),
+                }
+                .degrees(d)
+            }
+        })
+        .collect()
 }
 
 /// The raster order `0..D`.

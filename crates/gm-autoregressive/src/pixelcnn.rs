@@ -1,7 +1,13 @@
 //! PixelCNN (van den Oord et al., 2016, "Pixel Recurrent Neural Networks"): masked
-//! convolutions over a single-channel image in raster order. The first layer's mask (type A)
-//! hides the centre pixel, later ones (type B) show it; residual blocks of a 1×1 bottleneck, a
-//! masked k×k convolution and a 1×1 expansion; a 1×1 head to P numbers per pixel.
+//! convolutions over an image in raster order. The first layer's mask (type A) hides the centre
+//! pixel, later ones (type B) show it; residual blocks of a 1×1 bottleneck, a masked k×k
+//! convolution and a 1×1 expansion; a 1×1 head to P numbers per value.
+//!
+//! Colour images (C > 1 channels) are generated pixel by pixel and, within a pixel, channel by
+//! channel (R, then G given R, then B given R and G): every feature map is split into C groups
+//! (feature `i` belongs to channel `i mod C`), and at the centre tap a feature of group g sees
+//! input groups below g (type A) or up to g (type B), the 1×1 layers included; earlier pixels
+//! are seen in full ([`colour_mask`]).
 //!
 //! The stack of masked convolutions has a blind spot (pixels up and to the right that no path
 //! reaches); [`crate::gated`] removes it.
@@ -112,6 +118,8 @@ pub(crate) fn grey_image(shape: &NetworkShape, kind: &str) -> Result<(i64, i64)>
 /// pixel and the reach, with the flattening [`Network::forward`] needs and window sampling.
 #[derive(Debug)]
 pub struct PixelGrid {
+    /// Colour channels C (1 for the networks that model single-channel images only).
+    pub colours: i64,
     pub height: i64,
     pub width: i64,
     pub params_per_value: i64,
@@ -125,6 +133,7 @@ impl PixelGrid {
     pub fn new(shape: &NetworkShape, kind: &str, reach: i64) -> Result<Self> {
         let (height, width) = grey_image(shape, kind)?;
         Ok(PixelGrid {
+            colours: 1,
             height,
             width,
             params_per_value: shape.params_per_value,
@@ -133,16 +142,36 @@ impl PixelGrid {
         })
     }
 
+    /// The grid of an image network that also models colour images `[C, H, W]`, generated
+    /// pixel by pixel and channel by channel within a pixel ([`colour_raster_order`]).
+    pub fn with_colours(shape: &NetworkShape, kind: &str, reach: i64) -> Result<Self> {
+        let (colours, height, width) = image_shape(shape.data, kind)?;
+        Ok(PixelGrid {
+            colours,
+            height,
+            width,
+            params_per_value: shape.params_per_value,
+            reach,
+            orders: vec![colour_raster_order(colours, height, width)],
+        })
+    }
+
     pub fn pixels(&self) -> i64 {
         self.height * self.width
+    }
+
+    /// Values per image, `C·H·W`.
+    pub fn values(&self) -> i64 {
+        self.colours * self.pixels()
     }
 
     pub fn orders(&self) -> &[Vec<i64>] {
         &self.orders
     }
 
-    /// [`Network::forward`] through an image network: checks `x` `[b, H·W]` and `order`,
-    /// runs `image_forward` on `[b, 1, H, W]`, returns `[b, P, H·W]`.
+    /// [`Network::forward`] through an image network: checks `x` `[b, C·H·W]` and `order`,
+    /// runs `image_forward` on `[b, C, H, W]` (whose output channel `p·C + g` holds parameter
+    /// p of channel g), returns `[b, P, C·H·W]`.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -151,9 +180,9 @@ impl PixelGrid {
         image_forward: impl Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         check_order_index(order, self.orders.len())?;
-        let b = check_input(x, self.pixels(), what)?;
-        let img = x.f_reshape([b, 1, self.height, self.width])?;
-        Ok(image_forward(&img)?.f_reshape([b, self.params_per_value, self.pixels()])?)
+        let b = check_input(x, self.values(), what)?;
+        let img = x.f_reshape([b, self.colours, self.height, self.width])?;
+        Ok(image_forward(&img)?.f_reshape([b, self.params_per_value, self.values()])?)
     }
 
     /// [`Network::sample_sequential`] by windows ([`sample_raster`]).
@@ -169,7 +198,7 @@ impl PixelGrid {
         check_order_index(order, self.orders.len())?;
         sample_raster(
             n,
-            (self.height, self.width),
+            (self.colours, self.height, self.width),
             self.reach,
             device,
             image_forward,
@@ -185,6 +214,43 @@ impl PixelGrid {
 pub enum MaskType {
     A,
     B,
+}
+
+/// The generation order of a colour image `[C, H, W]` (values stored channel-major): pixels in
+/// raster order and, within a pixel, channels in order. For C = 1 the raster order.
+pub fn colour_raster_order(colours: i64, height: i64, width: i64) -> Vec<i64> {
+    let pixels = height * width;
+    (0..pixels)
+        .flat_map(|pixel| (0..colours).map(move |g| g * pixels + pixel))
+        .collect()
+}
+
+/// The mask `[outputs, inputs, k, k]` of a k×k kernel over images of `colours` channels:
+/// earlier pixels in full (the taps [`raster_mask`] shows off the centre) and, at the centre
+/// tap, input feature `i` (of channel group `i mod C`) reaches output feature `o` (group
+/// `o mod C`) when its group is below (type A) or at most (type B) the output's.
+pub fn colour_mask(k: i64, kind: MaskType, inputs: i64, outputs: i64, colours: i64) -> Tensor {
+    let centre = k / 2;
+    let spatial = raster_mask(k, MaskType::A);
+    let mut values = Vec::with_capacity((outputs * inputs * k * k) as usize);
+    for o in 0..outputs {
+        for i in 0..inputs {
+            let (g_out, g_in) = (o % colours, i % colours);
+            let centre_seen = match kind {
+                MaskType::A => g_in < g_out,
+                MaskType::B => g_in <= g_out,
+            };
+            for tap in 0..k * k {
+                let seen = if tap == centre * k + centre {
+                    centre_seen
+                } else {
+                    spatial.double_value(&[0, 0, tap / k, tap % k]) > 0.0
+                };
+                values.push(if seen { 1.0f32 } else { 0.0 });
+            }
+        }
+    }
+    Tensor::from_slice(&values).reshape([outputs, inputs, k, k])
 }
 
 /// The mask `[1, 1, k, k]` of a k×k kernel.
@@ -226,6 +292,39 @@ impl MaskedConv2d {
         MaskedConv2d {
             weight: path.var("weight", &[outputs, inputs, k, k], init),
             bias: path.var("bias", &[outputs], init),
+            mask,
+            padding: k / 2,
+        }
+    }
+
+    /// A layer over images of `colours` channels ([`colour_mask`]), initialised uniformly in
+    /// ±`scale`/√(mean fan-in of the visible weights); the bias likewise, or zero.
+    pub fn with_colours(
+        path: &nn::Path,
+        (inputs, outputs, k): (i64, i64, i64),
+        kind: MaskType,
+        colours: i64,
+        scale: f64,
+        zero_bias: bool,
+    ) -> Self {
+        let mask = colour_mask(k, kind, inputs, outputs, colours).to_device(path.device());
+        let fan_in = (mask.sum(Kind::Float).double_value(&[]) / outputs as f64).max(1.0);
+        let bound = scale / fan_in.sqrt();
+        let init = nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        MaskedConv2d {
+            weight: path.var("weight", &[outputs, inputs, k, k], init),
+            bias: path.var(
+                "bias",
+                &[outputs],
+                if zero_bias {
+                    nn::Init::Const(0.0)
+                } else {
+                    init
+                },
+            ),
             mask,
             padding: k / 2,
         }
@@ -290,6 +389,10 @@ pub(crate) fn pointwise_scaled(
 
 impl PixelCnnConfig {
     pub fn parameters(&self, shape: &NetworkShape) -> i128 {
+        let colours = match shape.data.event_shape.as_slice() {
+            [c, _, _] => *c as i128,
+            _ => 1,
+        };
         let (c, b, h) = (
             self.channels as i128,
             self.blocks as i128,
@@ -297,83 +400,165 @@ impl PixelCnnConfig {
         );
         let (k1, k) = (self.first_kernel as i128, self.kernel as i128);
         let half = c / 2;
-        let first = c * k1 * k1 + c;
+        let outputs = shape.params_per_value as i128 * colours;
+        let first = c * colours * k1 * k1 + c;
         let block = (c * half + half) + (half * half * k * k + half) + (half * c + c);
-        let head =
-            (c * h + h) + (h * shape.params_per_value as i128 + shape.params_per_value as i128);
+        let head = (c * h + h) + (h * outputs + outputs);
         first + b * block + head
     }
 
     pub fn init(&self, path: &nn::Path, shape: &NetworkShape) -> Result<PixelCnn> {
         self.validate()?;
-        let grid = PixelGrid::new(
+        let grid = PixelGrid::with_colours(
             shape,
             "pixelcnn",
             self.first_kernel / 2 + self.blocks * (self.kernel / 2),
         )?;
+        let colours = grid.colours;
         let c = self.channels;
         let half = c / 2;
-        let first = MaskedConv2d::new(&(path / "first"), 1, c, self.first_kernel, MaskType::A);
+        if colours > 1 && (half < colours || self.head_channels < colours) {
+            return Err(GmError::config(
+                if half < colours {
+                    "network.channels"
+                } else {
+                    "network.head_channels"
+                },
+                format!(
+                    "a colour PixelCNN splits its features into one group per channel: needs \
+                     channels / 2 and head_channels of at least {colours}, got {} and {}",
+                    half, self.head_channels
+                ),
+            ));
+        }
+        let outputs = shape.params_per_value * colours;
+        // Single-channel images keep plain 1×1 convolutions; colour ones mask them too, so a
+        // channel's features see the pixel's earlier channels only.
+        let pointwise_layer = |p: nn::Path, inputs: i64, out: i64| -> Pointwise {
+            if colours == 1 {
+                Pointwise::Plain(pointwise(p, inputs, out))
+            } else {
+                Pointwise::Masked(MaskedConv2d::with_colours(
+                    &p,
+                    (inputs, out, 1),
+                    MaskType::B,
+                    colours,
+                    1.0,
+                    false,
+                ))
+            }
+        };
+        let first = if colours == 1 {
+            MaskedConv2d::new(&(path / "first"), 1, c, self.first_kernel, MaskType::A)
+        } else {
+            MaskedConv2d::with_colours(
+                &(path / "first"),
+                (colours, c, self.first_kernel),
+                MaskType::A,
+                colours,
+                1.0,
+                false,
+            )
+        };
         let blocks = (0..self.blocks)
             .map(|i| {
                 let p = path / format!("block{i}");
+                let conv = if colours == 1 {
+                    MaskedConv2d::new(&(&p / "conv"), half, half, self.kernel, MaskType::B)
+                } else {
+                    MaskedConv2d::with_colours(
+                        &(&p / "conv"),
+                        (half, half, self.kernel),
+                        MaskType::B,
+                        colours,
+                        1.0,
+                        false,
+                    )
+                };
                 ResidualBlock {
-                    reduce: pointwise(&p / "reduce", c, half),
-                    conv: MaskedConv2d::new(&(&p / "conv"), half, half, self.kernel, MaskType::B),
-                    expand: pointwise(&p / "expand", half, c),
+                    reduce: pointwise_layer(&p / "reduce", c, half),
+                    conv,
+                    expand: pointwise_layer(&p / "expand", half, c),
                 }
             })
             .collect();
+        let head_out = if colours == 1 {
+            Pointwise::Plain(output_layer(path / "head_out", self.head_channels, outputs))
+        } else {
+            // A tenth of the usual scale and a zero bias, as `output_layer`.
+            Pointwise::Masked(MaskedConv2d::with_colours(
+                &(path / "head_out"),
+                (self.head_channels, outputs, 1),
+                MaskType::B,
+                colours,
+                0.1,
+                true,
+            ))
+        };
         Ok(PixelCnn {
             first,
             blocks,
-            head_hidden: pointwise(path / "head_hidden", c, self.head_channels),
-            head_out: output_layer(
-                path / "head_out",
-                self.head_channels,
-                shape.params_per_value,
-            ),
+            head_hidden: pointwise_layer(path / "head_hidden", c, self.head_channels),
+            head_out,
             grid,
             channels: c,
         })
     }
 }
 
+/// A 1×1 convolution: plain for single-channel images, masked across channel groups for
+/// colour ones.
+#[derive(Debug)]
+enum Pointwise {
+    Plain(nn::Conv2D),
+    Masked(MaskedConv2d),
+}
+
+impl Pointwise {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        use gm_core::tch::nn::Module;
+        match self {
+            Pointwise::Plain(conv) => Ok(conv.forward(x)),
+            Pointwise::Masked(conv) => conv.forward(x),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ResidualBlock {
-    reduce: nn::Conv2D,
+    reduce: Pointwise,
     conv: MaskedConv2d,
-    expand: nn::Conv2D,
+    expand: Pointwise,
 }
 
 #[derive(Debug)]
 pub struct PixelCnn {
     first: MaskedConv2d,
     blocks: Vec<ResidualBlock>,
-    head_hidden: nn::Conv2D,
-    head_out: nn::Conv2D,
+    head_hidden: Pointwise,
+    head_out: Pointwise,
     grid: PixelGrid,
     channels: i64,
 }
 
 impl PixelCnn {
-    /// Parameters `[b, P, h, W]` for encoded images `[b, 1, h, W]` (any number of rows h).
+    /// Parameters `[b, P·C, h, W]` (channel `p·C + g` is parameter p of colour g) for encoded
+    /// images `[b, C, h, W]` (any number of rows h).
     pub fn forward_image(&self, x: &Tensor) -> Result<Tensor> {
-        use gm_core::tch::nn::Module;
         let mut h = gm_core::nn::channels_last(&self.first.forward(x)?)?;
         // ReLUs of convolution outputs run in place (a convolution's backward needs its input,
         // not its output); the residual stream itself is read again, so its ReLU is a copy.
         for block in &self.blocks {
-            let mut r = block.reduce.forward(&h.f_relu()?);
+            let mut r = block.reduce.forward(&h.f_relu()?)?;
             let _ = r.f_relu_()?;
             let mut r = block.conv.forward(&r)?;
             let _ = r.f_relu_()?;
-            r = block.expand.forward(&r);
+            r = block.expand.forward(&r)?;
             h = h.f_add(&r)?;
         }
-        let mut out = self.head_hidden.forward(&h.f_relu()?);
+        let mut out = self.head_hidden.forward(&h.f_relu()?)?;
         let _ = out.f_relu_()?;
-        Ok(self.head_out.forward(&out))
+        self.head_out.forward(&out)
     }
 }
 
@@ -390,7 +575,7 @@ impl Network for PixelCnn {
     fn activations_per_example(&self) -> i128 {
         self.grid.pixels() as i128
             * (self.channels as i128 * (3 + 3 * self.blocks.len() as i128)
-                + 2 * self.grid.params_per_value as i128)
+                + 2 * (self.grid.params_per_value * self.grid.colours) as i128)
     }
 
     fn sample_sequential(
@@ -413,42 +598,48 @@ impl Network for PixelCnn {
     }
 }
 
-/// Raster-order sampling of single-channel `height × width` images with a network whose output
-/// at (r, c) depends only on input rows `r − reach..=r` and columns `c − reach..=c + reach`:
-/// each pixel runs `forward` (encoded images `[n, 1, rows, cols]` → parameters
-/// `[n, P, rows, cols]`) on that window alone. Every value the window's output at (r, c) is
+/// Raster-order sampling of `colours × height × width` images (channels in order within each
+/// pixel) with a network whose output at (r, c) depends only on input rows `r − reach..=r` and
+/// columns `c − reach..=c + reach`: each value runs `forward` (encoded images
+/// `[n, C, rows, cols]` → parameters `[n, P·C, rows, cols]`, channel `p·C + g` holding
+/// parameter p of colour g) on that window alone. Every value the window's output at (r, c) is
 /// built from lies inside the window with its own inputs, so it equals a pass over the whole
 /// image (the padding at the window's edges reaches nothing that (r, c) depends on). Returns
-/// the drawn values `[n, H·W]`.
+/// the drawn values `[n, C·H·W]`, stored channel-major.
 pub fn sample_raster(
     n: i64,
-    (height, width): (i64, i64),
+    (colours, height, width): (i64, i64, i64),
     reach: i64,
     device: Device,
     forward: &dyn Fn(&Tensor) -> Result<Tensor>,
     draw: &mut dyn FnMut(&Tensor, i64) -> Result<Tensor>,
     encode: &dyn Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let image = Tensor::f_zeros([n, 1, height, width], (Kind::Float, device))?;
-    let values = Tensor::f_zeros([n, height * width], (Kind::Float, device))?;
+    let image = Tensor::f_zeros([n, colours, height, width], (Kind::Float, device))?;
+    let values = Tensor::f_zeros([n, colours * height * width], (Kind::Float, device))?;
     for r in 0..height {
         let top = (r - reach).max(0);
         for c in 0..width {
             let left = (c - reach).max(0);
             let right = (c + reach + 1).min(width);
-            let window = image
-                .f_narrow(2, top, r - top + 1)?
-                .f_narrow(3, left, right - left)?;
-            let params = forward(&window)?
-                .f_select(2, r - top)?
-                .f_select(2, c - left)?; // [n, P]
-            let pos = r * width + c;
-            let v = draw(&params, pos)?;
-            values.f_select(1, pos)?.f_copy_(&v)?;
-            image
-                .f_select(2, r)?
-                .f_select(2, c)?
-                .f_copy_(&encode(&v)?.f_unsqueeze(1)?)?;
+            for g in 0..colours {
+                let window =
+                    image
+                        .f_narrow(2, top, r - top + 1)?
+                        .f_narrow(3, left, right - left)?;
+                let out = forward(&window)?
+                    .f_select(2, r - top)?
+                    .f_select(2, c - left)?; // [n, P·C]
+                let params = out.f_reshape([n, -1, colours])?.f_select(2, g)?; // [n, P]
+                let pos = (g * height + r) * width + c;
+                let v = draw(&params, pos)?;
+                values.f_select(1, pos)?.f_copy_(&v)?;
+                image
+                    .f_select(1, g)?
+                    .f_select(1, r)?
+                    .f_select(1, c)?
+                    .f_copy_(&encode(&v)?)?;
+            }
         }
     }
     Ok(values)

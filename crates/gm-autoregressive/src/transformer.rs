@@ -100,7 +100,7 @@ impl TransformerConfig {
     pub fn parameters(&self, shape: &NetworkShape) -> i128 {
         let d = shape.data.elements() as i128;
         let w = self.width as i128;
-        let ff = (self.ff_multiple * self.width) as i64;
+        let ff = self.ff_multiple * self.width;
         let levels = match shape.data.values {
             gm_core::data::ValueKind::Discrete { levels } => levels as i64,
             gm_core::data::ValueKind::Continuous => 0,

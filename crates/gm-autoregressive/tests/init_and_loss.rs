@@ -84,7 +84,7 @@ fn training_loss_is_the_exact_nll() {
         let mut m = Autoregressive::new(&config, &data, Device::Cpu).unwrap();
         let x = gm_core::testing::example_data(&data, 8);
         let flat = x.reshape([8, 16]).to_kind(Kind::Double);
-        let order = m.network().orders().len() as usize;
+        let order = m.network().orders().len();
         assert!(order >= 1);
         let logits = gm_core::tch::no_grad(|| {
             m.network()

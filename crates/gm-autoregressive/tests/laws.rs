@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use gm_autoregressive::network::sample_by_full_passes;
 use gm_autoregressive::pixelrnn::PixelRnnVariant;
 use gm_autoregressive::{NetworkConfig, OutputConfig};
 use gm_core::model::{GenerativeModel, SampleOptions};
@@ -237,46 +236,11 @@ fn fast_samplers_draw_what_full_passes_draw() {
             // 10×10: wider than the small networks' reach, so the windows are cropped.
             let data = data_for(&network, 100, levels, classes);
             let m = model(&network, OutputConfig::Auto, &data, 5);
-            let output = m.output();
             let options = SampleOptions::new().temperature(0.9);
             let labels = (classes > 0).then(|| Tensor::from_slice(&[0i64, 1, 2, 2, 1, 0]));
-            let encode = |v: &Tensor| output.encode(&v.unsqueeze(1)).map(|e| e.squeeze_dim(1));
-            let net = m.network();
             // Both samplers record the parameters they draw each value from.
-            let run = |fast: bool| {
-                let mut seen = Vec::new();
-                let mut draw = |p: &Tensor, pos: i64| {
-                    seen.push((pos, p.copy()));
-                    output.sample(p, &options)
-                };
-                gm_core::tch::manual_seed(21);
-                let values = gm_core::tch::no_grad(|| {
-                    if fast {
-                        net.sample_sequential(
-                            6,
-                            labels.as_ref(),
-                            0,
-                            Device::Cpu,
-                            &mut draw,
-                            &encode,
-                        )
-                    } else {
-                        sample_by_full_passes(
-                            net,
-                            6,
-                            labels.as_ref(),
-                            0,
-                            Device::Cpu,
-                            &mut draw,
-                            &encode,
-                        )
-                    }
-                })
-                .unwrap();
-                (values, seen)
-            };
-            let (fast, fast_params) = run(true);
-            let (plain, plain_params) = run(false);
+            let (fast, fast_params) = sample_recording(&m, 6, labels.as_ref(), &options, true);
+            let (plain, plain_params) = sample_recording(&m, 6, labels.as_ref(), &options, false);
             assert_eq!(fast_params.len(), plain_params.len());
             for ((pa, a), (pb, b)) in fast_params.iter().zip(&plain_params) {
                 assert_eq!(
@@ -341,5 +305,138 @@ fn greedy_decoding_takes_the_most_likely_value() {
                 );
             }
         }
+    }
+}
+
+/// NADE's hand-written pass (the CPU kernel `fused_bernoulli_nll`) gives the NLL of every
+/// example and the gradient of their sum that autograd gives through `forward`, in natural
+/// and random orders and at hidden sizes that are and are not multiples of the kernel's
+/// vector width; and the same bits on one thread as on three.
+#[test]
+fn nade_hand_written_pass_matches_autograd() {
+    use gm_autoregressive::NadeConfig;
+    use gm_core::nn::Ordering;
+    single_thread();
+    for (d, hidden, ordering, order) in [
+        (16, 12, Ordering::Natural, 0),
+        (25, 37, Ordering::Random { seed: 5 }, 0),
+        (9, 8, Ordering::Reversed, 0),
+        (16, 20, Ordering::Natural, 2),
+    ] {
+        let network = NetworkConfig::Nade(NadeConfig {
+            hidden,
+            ordering,
+            orderings: order + 1,
+            ordering_seed: 9,
+        });
+        let data = data_for(&network, d, 2, 0);
+        let m = model(&network, OutputConfig::Auto, &data, 4);
+        gm_core::tch::manual_seed(11);
+        let x = Tensor::rand([13, d], (Kind::Float, Device::Cpu))
+            .lt(0.4)
+            .to_kind(Kind::Float);
+        let fused = m
+            .network()
+            .fused_bernoulli_nll(&x, order, true)
+            .unwrap()
+            .expect("NADE has a CPU pass in single precision");
+        assert_eq!(fused.gradients.len(), 4);
+        for (param, _) in &fused.gradients {
+            param.shallow_clone().zero_grad();
+        }
+        let log_probs = m.conditional_log_probs(&x, None, order).unwrap();
+        let nll = log_probs
+            .sum_dim_intlist(&[1i64][..], false, Kind::Double)
+            .neg();
+        let nll_gap = (&nll - &fused.nll).abs().max().double_value(&[]);
+        assert!(
+            nll_gap < 2e-4,
+            "d {d}, H {hidden}: NLLs differ by {nll_gap}"
+        );
+        nll.sum(Kind::Double).backward();
+        for (param, grad) in &fused.gradients {
+            let want = param.grad();
+            let scale = want.abs().max().double_value(&[]).max(1e-3);
+            let gap = (&want - grad).abs().max().double_value(&[]);
+            assert!(
+                gap < 1e-5 * scale.max(1.0) + 1e-4 * scale,
+                "d {d}, H {hidden}, {:?}: gradient differs by {gap} (largest {scale})",
+                param.size()
+            );
+        }
+        // The parts of the batch are fixed: more threads give the same bits.
+        gm_core::tch::set_num_threads(3);
+        let again = m
+            .network()
+            .fused_bernoulli_nll(&x, order, true)
+            .unwrap()
+            .unwrap();
+        single_thread();
+        assert!(again.nll.equal(&fused.nll));
+        for ((_, a), (_, b)) in again.gradients.iter().zip(&fused.gradients) {
+            assert!(a.equal(b));
+        }
+        // Without gradients: the same NLLs and none of the work.
+        let plain = m
+            .network()
+            .fused_bernoulli_nll(&x, order, false)
+            .unwrap()
+            .unwrap();
+        assert!(plain.nll.equal(&fused.nll) && plain.gradients.is_empty());
+    }
+}
+
+/// A NADE training step on the hand-written pass hands the optimizer exactly autograd's
+/// gradient of the loss, `−mean_b Σ_d ln p(x_d | x before d) / D` (no clipping, so the
+/// gradients are read as they were applied).
+#[test]
+fn nade_training_step_applies_the_gradient_of_its_loss() {
+    use gm_autoregressive::{Autoregressive, AutoregressiveConfig, NadeConfig};
+    use gm_core::model::Batch;
+    use gm_core::nn::Ordering;
+    single_thread();
+    gm_core::tch::manual_seed(2);
+    let network = NetworkConfig::Nade(NadeConfig {
+        hidden: 10,
+        ordering: Ordering::Random { seed: 1 },
+        ..NadeConfig::default()
+    });
+    let data = data_for(&network, 16, 2, 0);
+    let mut config = AutoregressiveConfig {
+        network,
+        ..AutoregressiveConfig::default()
+    };
+    config.optimizer.grad_clip_norm = None;
+    let mut m = Autoregressive::new(&config, &data, Device::Cpu).unwrap();
+    let x = Tensor::rand([6, 16], (Kind::Float, Device::Cpu))
+        .lt(0.3)
+        .to_kind(Kind::Float);
+    let params: Vec<Tensor> = m
+        .network()
+        .fused_bernoulli_nll(&x, 0, true)
+        .unwrap()
+        .unwrap()
+        .gradients
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let loss = m
+        .conditional_log_probs(&x, None, 0)
+        .unwrap()
+        .sum_dim_intlist(&[1i64][..], false, Kind::Float)
+        .mean(Kind::Float)
+        .neg()
+        / 16.0;
+    let want = Tensor::run_backward(&[loss], &params, false, false);
+    m.train_step(&Batch::new(x.shallow_clone())).unwrap();
+    for (p, want) in params.iter().zip(&want) {
+        let got = p.grad();
+        let scale = want.abs().max().double_value(&[]).max(1e-6);
+        let gap = (&got - want).abs().max().double_value(&[]);
+        assert!(
+            gap < 1e-4 * scale,
+            "{:?}: applied gradient off by {gap} (largest {scale})",
+            p.size()
+        );
     }
 }

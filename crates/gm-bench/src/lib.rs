@@ -18,6 +18,8 @@
 //! - [`memory`], [`provenance`]: a phase's peak memory; the code version, device, threads
 //!   and date each result records (results are keyed by the code that produced them).
 //! - [`saved`]: a trained model rebuilt from its checkpoint alone (`gm sample`, `gm eval`).
+//! - [`vq_prior`]: family `vq_vae_prior`, a VQ-VAE (gm-vae) and its PixelCNN code prior
+//!   (gm-autoregressive) trained in one two-phase run, so the suite samples and scores it.
 
 pub mod charts;
 pub mod classifier;
@@ -31,3 +33,4 @@ pub mod runner;
 pub mod saved;
 pub mod suite;
 pub mod text;
+pub mod vq_prior;

@@ -778,7 +778,7 @@ fn bench_all(options: &BenchOptions) -> gm_core::Result<ExitCode> {
         }
         let data = &data_cache[&entry.dataset];
         // The digit classifier judges image samples; trained once, cached in the data folder.
-        if classifier.is_none() && gm_bench::runner::judged_as_digits(&data) {
+        if classifier.is_none() && gm_bench::runner::judged_as_digits(data) {
             say(format!("{}: loading the digit classifier", entry.id));
             classifier = Some(
                 gm_core::data::mnist::Mnist::load_default()

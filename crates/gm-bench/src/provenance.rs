@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The source digest of each crate, as the build script computed it.
-pub const SOURCE_DIGESTS: [(&str, &str); 7] = [
+pub const SOURCE_DIGESTS: [(&str, &str); 8] = [
     ("gm-core", env!("GM_SOURCE_GM_CORE")),
     ("gm-flow", env!("GM_SOURCE_GM_FLOW")),
     ("gm-vae", env!("GM_SOURCE_GM_VAE")),
@@ -16,17 +16,21 @@ pub const SOURCE_DIGESTS: [(&str, &str); 7] = [
     ("gm-diffusion", env!("GM_SOURCE_GM_DIFFUSION")),
     ("gm-autoregressive", env!("GM_SOURCE_GM_AUTOREGRESSIVE")),
     ("gm-bench", env!("GM_SOURCE_GM_BENCH")),
+    // The gm-bench module that trains family `vq_vae_prior`.
+    ("gm-bench/vq_prior", env!("GM_SOURCE_GM_BENCH_VQ_PRIOR")),
 ];
 
-/// The crate that implements a registered family; `None` for a family this table does not
+/// The crates that implement a registered family; `None` for a family this table does not
 /// know (a test's stub model), whose runs are then keyed by every crate's code.
-pub fn family_crate(family: &str) -> Option<&'static str> {
+pub fn family_crates(family: &str) -> Option<&'static [&'static str]> {
     match family {
-        "flow" => Some("gm-flow"),
-        "vae" | "vq_vae" => Some("gm-vae"),
-        "gan" => Some("gm-gan"),
-        "diffusion" | "flow_matching" | "masked_diffusion" => Some("gm-diffusion"),
-        "autoregressive" => Some("gm-autoregressive"),
+        "flow" => Some(&["gm-flow"]),
+        "vae" | "vq_vae" => Some(&["gm-vae"]),
+        "gan" => Some(&["gm-gan"]),
+        "diffusion" | "flow_matching" | "masked_diffusion" => Some(&["gm-diffusion"]),
+        "autoregressive" => Some(&["gm-autoregressive"]),
+        // A VQ-VAE (gm-vae) with an autoregressive code prior, trained by a gm-bench module.
+        "vq_vae_prior" => Some(&["gm-vae", "gm-autoregressive", "gm-bench/vq_prior"]),
         _ => None,
     }
 }
@@ -41,12 +45,12 @@ fn digest_of(name: &str) -> &'static str {
 
 /// The code a family's training depends on: `gm-core:<digest> gm-flow:<digest>`.
 pub fn training_code_version(family: &str) -> String {
-    match family_crate(family) {
-        Some(name) => format!(
-            "gm-core:{} {name}:{}",
-            digest_of("gm-core"),
-            digest_of(name)
-        ),
+    match family_crates(family) {
+        Some(names) => std::iter::once("gm-core")
+            .chain(names.iter().copied())
+            .map(|name| format!("{name}:{}", digest_of(name)))
+            .collect::<Vec<_>>()
+            .join(" "),
         None => SOURCE_DIGESTS
             .iter()
             .filter(|(n, _)| *n != "gm-bench")

@@ -18,6 +18,7 @@ pub fn registry() -> Registry {
     gm_gan::register(&mut registry);
     gm_diffusion::register(&mut registry);
     gm_autoregressive::register(&mut registry);
+    crate::vq_prior::register(&mut registry);
     registry
 }
 
@@ -98,7 +99,7 @@ impl Evaluation {
     fn validate(&self, origin: &str) -> Result<()> {
         let bad = |key: &str, v: i64, least: i64| {
             GmError::config(
-                &format!("evaluation.{key}"),
+                format!("evaluation.{key}"),
                 format!("{origin}: must be at least {least}, got {v}"),
             )
         };
@@ -201,7 +202,7 @@ fn apply_overrides(
                 Some(toml::Value::Table(t)) => t,
                 _ => {
                     return Err(GmError::config(
-                        &format!("overrides.{path}"),
+                        format!("overrides.{path}"),
                         format!("{origin}: the run file has no table {key:?} on this path"),
                     ))
                 }

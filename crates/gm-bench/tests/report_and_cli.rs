@@ -259,6 +259,16 @@ fn results_are_keyed_by_the_code_of_their_family() {
         "{flow}"
     );
     assert!(training_code_version("masked_diffusion").contains("gm-diffusion:"));
+    // The VQ-VAE with its code prior: both family crates and the gm-bench module that trains it.
+    let vq = training_code_version("vq_vae_prior");
+    for part in [
+        "gm-core:",
+        "gm-vae:",
+        "gm-autoregressive:",
+        "gm-bench/vq_prior:",
+    ] {
+        assert!(vq.contains(part), "{vq} lacks {part}");
+    }
     assert!(result_code_version("vae").ends_with(&format!(
         "gm-bench:{}",
         gm_bench::provenance::SOURCE_DIGESTS[6].1

@@ -310,6 +310,33 @@ fn budgets_are_applied_by_the_specs() {
                     }
                     c.lr_schedule
                 }
+                "vq_vae_prior" => {
+                    let c: gm_bench::vq_prior::VqVaePriorConfig = e.run.model_config().unwrap();
+                    // The first phase keeps its share of the run (3 of 5 parts, as written),
+                    // and the prior's schedule spans the second phase and ends at its minimum.
+                    assert_eq!(c.vq_vae_steps, steps * 3 / 5, "{}: first phase", e.id);
+                    let prior_steps = steps - c.vq_vae_steps;
+                    let LrSchedule::WarmupCosine {
+                        total_steps,
+                        min_ratio,
+                        ..
+                    } = c.prior.lr_schedule
+                    else {
+                        panic!("{}: the prior's schedule is not a warm-up cosine", e.id)
+                    };
+                    assert_eq!(total_steps, prior_steps, "{}: prior schedule", e.id);
+                    let last = c.prior.lr_schedule.factor(prior_steps - 1);
+                    assert!(
+                        (last - min_ratio).abs() < 1e-12,
+                        "{}: prior ends at {last}",
+                        e.id
+                    );
+                    // The VQ-VAE's own schedule (constant as shipped) would span its phase.
+                    if let LrSchedule::WarmupCosine { total_steps, .. } = c.vq_vae.lr_schedule {
+                        assert_eq!(total_steps, c.vq_vae_steps, "{}: VQ-VAE schedule", e.id);
+                    }
+                    LrSchedule::Constant
+                }
                 other => panic!("unexpected family {other}"),
             };
             if let LrSchedule::WarmupCosine {

@@ -4,6 +4,7 @@
 //! to bound its likelihood; gm-autoregressive's models of discrete grids implement
 //! [`CodePrior`] and are attached to it. The prior's state travels in the VQ-VAE's checkpoint.
 
+use crate::model::StepOutput;
 use crate::train::StateDict;
 use crate::{GmError, Result};
 use tch::{Device, Kind, Tensor};
@@ -24,6 +25,15 @@ pub trait CodePrior {
 
     /// `ln p(codes)` for grids `[batch] ++ grid`, as `[batch]`.
     fn log_prob(&self, codes: &Tensor) -> Result<Tensor>;
+
+    /// One optimizer step on a batch of grids, for a prior that learns; the default refuses
+    /// (a fixed prior has nothing to fit).
+    fn train_step(&mut self, _codes: &Tensor) -> Result<StepOutput> {
+        Err(GmError::Unsupported(format!(
+            "the {} code prior has nothing to train",
+            self.name()
+        )))
+    }
 
     /// Everything that defines the prior (weights, and for parameter-free priors the values
     /// that fix it), as named tensors.

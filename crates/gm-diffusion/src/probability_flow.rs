@@ -21,10 +21,11 @@ use serde::{Deserialize, Serialize};
 pub type Velocity<'a> = dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + 'a;
 
 /// How the divergence of the velocity is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Divergence {
     /// The trace of the Jacobian, one backward pass per dimension.
+    #[default]
     Exact,
     /// Hutchinson's estimator with `probes` Rademacher probes per example.
     Hutchinson { probes: i64 },
@@ -39,12 +40,6 @@ impl Divergence {
                 format!("Hutchinson divergence, {probes} Rademacher probes")
             }
         }
-    }
-}
-
-impl Default for Divergence {
-    fn default() -> Self {
-        Divergence::Exact
     }
 }
 

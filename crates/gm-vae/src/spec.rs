@@ -128,10 +128,18 @@ impl ModelSpec for VqVaeConfig {
     }
 
     fn build(&self, data: &DataInfo, device: Device) -> Result<Box<dyn GenerativeModel>> {
+        Ok(Box::new(self.build_vq_vae(data, device)?))
+    }
+}
+
+impl VqVaeConfig {
+    /// [`ModelSpec::build`] with the concrete type, for models built around a VQ-VAE (one
+    /// with a trained code prior).
+    pub fn build_vq_vae(&self, data: &DataInfo, device: Device) -> Result<VqVae> {
         let data_shape = fitted_shape(&self.data_shape, data)?;
         check_likelihood(&self.likelihood, data)?;
         let mut config = self.clone();
         config.data_shape = data_shape;
-        Ok(Box::new(VqVae::new(&config, device)?))
+        VqVae::new(&config, device)
     }
 }

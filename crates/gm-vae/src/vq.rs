@@ -559,6 +559,22 @@ impl VqVae {
         self.prior.take()
     }
 
+    /// One step of the attached prior on the codes of data `x` (the VQ-VAE's weights stay
+    /// as they are): how a prior is fitted to `encode_codes` of the training set a batch at a
+    /// time.
+    pub fn train_prior_step(&mut self, x: &Tensor) -> Result<StepOutput> {
+        if self.prior.is_none() {
+            return Err(no_prior());
+        }
+        let codes = self.encode_codes(x)?;
+        self.prior.as_mut().ok_or_else(no_prior)?.train_step(&codes)
+    }
+
+    /// Optimizer steps taken by the VQ-VAE itself (not its prior).
+    pub fn steps(&self) -> u64 {
+        self.opt.steps().max(0) as u64
+    }
+
     fn data_batch(&self, x: &Tensor, what: &str) -> Result<Tensor> {
         let size = x.size();
         let shape = &self.config.data_shape;

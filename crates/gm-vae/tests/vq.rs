@@ -290,6 +290,9 @@ fn code_prior_seam() {
     let mut vq = VqVae::new(&small_vq_config(CodebookUpdate::default()), Device::Cpu).unwrap();
     let x = binary_data(5, 36, 7);
     assert!(matches!(vq.sample(2), Err(GmError::Unsupported(m)) if m.contains("set_prior")));
+    assert!(
+        matches!(vq.train_prior_step(&x), Err(GmError::Unsupported(m)) if m.contains("set_prior"))
+    );
     assert_eq!(vq.likelihood_kind(), LikelihoodKind::None);
     assert!(vq.log_likelihood(&x).unwrap().is_none());
 
@@ -299,6 +302,11 @@ fn code_prior_seam() {
     vq.set_prior(Box::new(UniformCodePrior::new(&[3], 8, Device::Cpu)))
         .unwrap();
     assert_eq!(vq.likelihood_kind(), LikelihoodKind::LowerBound);
+    // A fixed prior has nothing to train, and says so; the VQ-VAE's own steps are untouched.
+    assert!(
+        matches!(vq.train_prior_step(&x), Err(GmError::Unsupported(m)) if m.contains("nothing to train"))
+    );
+    assert_eq!(vq.steps(), 0);
     let bound = vq.log_likelihood(&x).unwrap().unwrap();
     let reconstruction = vq.reconstruction_log_likelihood(&x).unwrap();
     let expected = reconstruction - 3.0 * 8f64.ln();

@@ -83,6 +83,7 @@ pub fn small_networks() -> Vec<(&'static str, NetworkConfig)> {
             NetworkConfig::Nade(NadeConfig {
                 hidden: 12,
                 ordering: Ordering::Natural,
+                ..NadeConfig::default()
             }),
         ),
         (
@@ -90,6 +91,16 @@ pub fn small_networks() -> Vec<(&'static str, NetworkConfig)> {
             NetworkConfig::Nade(NadeConfig {
                 hidden: 12,
                 ordering: Ordering::Random { seed: 3 },
+                ..NadeConfig::default()
+            }),
+        ),
+        (
+            "nade (3 orders)",
+            NetworkConfig::Nade(NadeConfig {
+                hidden: 12,
+                ordering: Ordering::Reversed,
+                orderings: 3,
+                ordering_seed: 5,
             }),
         ),
         (
@@ -281,4 +292,42 @@ pub fn all_points(d: i64, levels: i64) -> Tensor {
         .flat_map(|c| (0..d).map(move |i| ((c / levels.pow(i as u32)) % levels) as f32))
         .collect();
     Tensor::from_slice(&values).reshape([n, d])
+}
+
+/// Draws `n` examples from `m`'s network in its first order, seeded alike each time: with the
+/// network's own sampler (`fast`) or with one full pass per value. Returns the values and, in
+/// the order drawn, each value's position and the parameters it was drawn from.
+pub fn sample_recording(
+    m: &Autoregressive,
+    n: i64,
+    labels: Option<&Tensor>,
+    options: &gm_core::model::SampleOptions,
+    fast: bool,
+) -> (Tensor, Vec<(i64, Tensor)>) {
+    let output = m.output();
+    let encode = |v: &Tensor| output.encode(&v.unsqueeze(1)).map(|e| e.squeeze_dim(1));
+    let net = m.network();
+    let mut seen = Vec::new();
+    let mut draw = |p: &Tensor, pos: i64| {
+        seen.push((pos, p.copy()));
+        output.sample(p, options)
+    };
+    gm_core::tch::manual_seed(21);
+    let values = gm_core::tch::no_grad(|| {
+        if fast {
+            net.sample_sequential(n, labels, 0, Device::Cpu, &mut draw, &encode)
+        } else {
+            gm_autoregressive::network::sample_by_full_passes(
+                net,
+                n,
+                labels,
+                0,
+                Device::Cpu,
+                &mut draw,
+                &encode,
+            )
+        }
+    })
+    .unwrap();
+    (values, seen)
 }

@@ -4,8 +4,19 @@
 //! running sum and costs O(D·H) per example too.
 //!
 //! Binary data (Bernoulli output) only: the conditionals are `σ(b_d + V_d · σ(a_d))`.
+//!
+//! With `orderings > 1` the same weights are trained under several orders, one per step, and
+//! the likelihood is the ensemble `ln (1/K) Σ_k p_k(x)` (Uria et al. 2016), as for MADE; it
+//! costs K passes.
+//!
+//! On the CPU in single precision, training and scoring take a hand-written pass ([`kernel`]);
+//! elsewhere (CUDA, double precision) autograd runs through [`Network::forward`].
 
-use crate::network::{check_input, check_order, Network, NetworkShape};
+mod kernel;
+
+use crate::network::{
+    check_input, check_order, check_orderings, several_orders, FusedNll, Network, NetworkShape,
+};
 use gm_core::data::ValueKind;
 use gm_core::nn::Ordering;
 use gm_core::tch::{nn, Device, Kind, Tensor};
@@ -21,8 +32,12 @@ const CHUNK: i64 = 16;
 pub struct NadeConfig {
     /// Hidden units H.
     pub hidden: i64,
-    /// The order in which values are generated.
+    /// The first (or only) order in which values are generated.
     pub ordering: Ordering,
+    /// Orders trained with the same weights (1: an ordinary NADE).
+    pub orderings: usize,
+    /// The seed of the further orders' permutations.
+    pub ordering_seed: u64,
 }
 
 impl Default for NadeConfig {
@@ -30,6 +45,8 @@ impl Default for NadeConfig {
         NadeConfig {
             hidden: 500,
             ordering: Ordering::Natural,
+            orderings: 1,
+            ordering_seed: 0,
         }
     }
 }
@@ -42,7 +59,7 @@ impl Config for NadeConfig {
                 format!("must be in [1, 65536], got {}", self.hidden),
             ));
         }
-        Ok(())
+        check_orderings(self.orderings)
     }
 }
 
@@ -70,14 +87,21 @@ impl NadeConfig {
         let w_bound = (1.0 / d as f64).sqrt();
         let v_bound = (1.0 / h as f64).sqrt();
         let uniform = |b: f64| nn::Init::Uniform { lo: -b, up: b };
-        let order = order_from_degrees(&self.ordering.degrees(d));
+        let orders: Vec<Vec<i64>> =
+            several_orders(&self.ordering, self.orderings, self.ordering_seed, d)
+                .iter()
+                .map(|degrees| order_from_degrees(degrees))
+                .collect();
         Ok(Nade {
             input_weight: path.var("input_weight", &[d, h], uniform(w_bound)),
             hidden_bias: path.var("hidden_bias", &[h], nn::Init::Const(0.0)),
             output_weight: path.var("output_weight", &[d, h], uniform(v_bound)),
             output_bias: path.var("output_bias", &[d], nn::Init::Const(0.0)),
-            order_index: Tensor::from_slice(&order).to_device(path.device()),
-            orders: vec![order],
+            order_indices: orders
+                .iter()
+                .map(|o| Tensor::from_slice(o).to_device(path.device()))
+                .collect(),
+            orders,
         })
     }
 }
@@ -95,8 +119,8 @@ pub struct Nade {
     hidden_bias: Tensor,
     output_weight: Tensor,
     output_bias: Tensor,
-    /// The generation order as an index tensor on the weights' device, built once.
-    order_index: Tensor,
+    /// Each generation order as an index tensor on the weights' device, built once.
+    order_indices: Vec<Tensor>,
     orders: Vec<Vec<i64>>,
 }
 
@@ -105,14 +129,14 @@ impl Network for Nade {
     fn forward(&self, x: &Tensor, _labels: Option<&Tensor>, order: usize) -> Result<Tensor> {
         check_input(x, self.input_weight.size()[0], "Nade.forward")?;
         check_order(self, order)?;
-        let order = &self.order_index;
+        let order = &self.order_indices[order];
         let bits = x
             .f_add_scalar(1.0)?
             .f_mul_scalar(0.5)?
-            .f_index_select(1, &order)?;
-        let w = self.input_weight.f_index_select(0, &order)?; // [D, H] in generation order
-        let v = self.output_weight.f_index_select(0, &order)?;
-        let b = self.output_bias.f_index_select(0, &order)?;
+            .f_index_select(1, order)?;
+        let w = self.input_weight.f_index_select(0, order)?; // [D, H] in generation order
+        let v = self.output_weight.f_index_select(0, order)?;
+        let b = self.output_bias.f_index_select(0, order)?;
         // The running sum a_s = c + Σ_{t<s} W_t x_t, a chunk of values at a time: an
         // exclusive cumulative sum inside the chunk plus the total carried from earlier chunks.
         // Short chunks keep each step's tensors in cache (a cumulative sum over all D values
@@ -149,8 +173,82 @@ impl Network for Nade {
         }
         let logits = Tensor::f_cat(&logits, 1)?.f_add(&b)?; // [n, D] in generation order
                                                             // Back to storage order.
-        let out = logits.f_zeros_like()?.f_index_copy(1, &order, &logits)?;
+        let out = logits.f_zeros_like()?.f_index_copy(1, order, &logits)?;
         Ok(out.f_unsqueeze(1)?)
+    }
+
+    /// On the CPU in single precision, NADE's own O(D·H) algorithm ([`kernel`]), several
+    /// times faster than autograd through the running sum; elsewhere `None`.
+    fn fused_bernoulli_nll(
+        &self,
+        x: &Tensor,
+        order: usize,
+        gradients: bool,
+    ) -> Result<Option<FusedNll>> {
+        let (d, h) = (self.input_weight.size()[0], self.input_weight.size()[1]);
+        check_input(x, d, "Nade.fused_bernoulli_nll")?;
+        check_order(self, order)?;
+        let on_cpu_f32 = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
+        if !on_cpu_f32(&self.input_weight) || x.device() != Device::Cpu || d == 0 || h == 0 {
+            return Ok(None);
+        }
+        // The kernel reads bits, not `forward`'s {−1, 1} encoding: refuse anything else.
+        let bits = x.f_eq(0.0)?.f_logical_or(&x.f_eq(1.0)?)?.f_all()?;
+        if bits.f_int64_value(&[])? == 0 {
+            return Err(GmError::Domain(format!(
+                "Nade.fused_bernoulli_nll: x must hold 0s and 1s (data, not the network's \
+                 {{−1, 1}} input); got values in [{}, {}]",
+                x.f_min()?.f_double_value(&[])?,
+                x.f_max()?.f_double_value(&[])?
+            )));
+        }
+        let values = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(Vec::<f32>::try_from(
+                &t.f_detach()?.f_to_kind(Kind::Float)?.f_reshape([-1])?,
+            )?)
+        };
+        let (w, c, v, b) = (
+            values(&self.input_weight)?,
+            values(&self.hidden_bias)?,
+            values(&self.output_weight)?,
+            values(&self.output_bias)?,
+        );
+        let weights = kernel::Weights {
+            w: &w,
+            c: &c,
+            v: &v,
+            b: &b,
+            d: d as usize,
+            h: h as usize,
+        };
+        let positions: Vec<usize> = self.orders[order].iter().map(|&p| p as usize).collect();
+        let threads = gm_core::tch::get_num_threads().max(1) as usize;
+        let (nll, grads) = kernel::nll(&weights, &positions, &values(x)?, threads, gradients);
+        let gradients = match grads {
+            None => Vec::new(),
+            Some(g) => vec![
+                (
+                    self.input_weight.shallow_clone(),
+                    Tensor::f_from_slice(&g.w)?.f_view([d, h])?,
+                ),
+                (
+                    self.hidden_bias.shallow_clone(),
+                    Tensor::f_from_slice(&g.c)?,
+                ),
+                (
+                    self.output_weight.shallow_clone(),
+                    Tensor::f_from_slice(&g.v)?.f_view([d, h])?,
+                ),
+                (
+                    self.output_bias.shallow_clone(),
+                    Tensor::f_from_slice(&g.b)?,
+                ),
+            ],
+        };
+        Ok(Some(FusedNll {
+            nll: Tensor::f_from_slice(&nll)?,
+            gradients,
+        }))
     }
 
     fn orders(&self) -> &[Vec<i64>] {
@@ -180,7 +278,7 @@ impl Network for Nade {
             .f_unsqueeze(0)?
             .f_expand([n, -1], false)?
             .f_contiguous()?;
-        for &pos in &self.orders[0] {
+        for &pos in &self.orders[order] {
             let hidden = pre.f_sigmoid()?;
             let logit = hidden
                 .f_matmul(&self.output_weight.f_get(pos)?)?
