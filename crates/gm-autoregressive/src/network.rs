@@ -247,7 +247,7 @@ impl NetworkConfig {
 /// not images (a convolutional network needs them).
 pub fn image_shape(data: &DataInfo, kind: &str) -> Result<(i64, i64, i64)> {
     match data.event_shape.as_slice() {
-        [c, h, w] => Ok((*c, *h, *w)),
+        [c, h, w] if *c >= 1 && *h >= 1 && *w >= 1 => Ok((*c, *h, *w)),
         other => Err(GmError::config(
             "network.kind",
             format!("{kind} models images [channels, height, width]; this data set's examples are {other:?}"),

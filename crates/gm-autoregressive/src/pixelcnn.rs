@@ -13,8 +13,8 @@
 //! reaches); [`crate::gated`] removes it.
 //!
 //! Sampling recomputes only a window: the value at (r, c) depends on rows `r − R..=r` and
-//! columns `c − R..=c + R` (R the network's reach), so each pixel costs a pass over that
-//! window rather than the whole image, with outputs identical to a full pass
+//! columns `c − R..=c + R` (R the network's reach), so each value costs a pass over that
+//! window rather than the whole image (C passes per pixel of a colour image), with outputs identical to a full pass
 //! ([`sample_raster`]).
 
 use crate::network::{
@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PixelCnnConfig {
-    /// Width of the residual stream.
+    /// Width of the residual stream (for C colour channels, at least 2·C: the blocks halve it
+    /// and every feature map has one group per channel).
     pub channels: i64,
     /// Residual blocks after the first (type A) layer.
     pub blocks: i64,
@@ -36,7 +37,7 @@ pub struct PixelCnnConfig {
     pub first_kernel: i64,
     /// Kernel size inside the residual blocks (odd).
     pub kernel: i64,
-    /// Hidden channels of the 1×1 output head.
+    /// Hidden channels of the 1×1 output head (at least C for C colour channels).
     pub head_channels: i64,
 }
 
@@ -114,8 +115,9 @@ pub(crate) fn grey_image(shape: &NetworkShape, kind: &str) -> Result<(i64, i64)>
     Ok((h, w))
 }
 
-/// What the two pixel networks share: the image size, the raster order, the parameters per
-/// pixel and the reach, with the flattening [`Network::forward`] needs and window sampling.
+/// What the pixel networks share: the image size and channels, the generation order, the
+/// parameters per value and the reach, with the flattening [`Network::forward`] needs and
+/// window sampling.
 #[derive(Debug)]
 pub struct PixelGrid {
     /// Colour channels C (1 for the networks that model single-channel images only).
@@ -230,9 +232,12 @@ pub fn colour_raster_order(colours: i64, height: i64, width: i64) -> Vec<i64> {
 /// tap, input feature `i` (of channel group `i mod C`) reaches output feature `o` (group
 /// `o mod C`) when its group is below (type A) or at most (type B) the output's.
 pub fn colour_mask(k: i64, kind: MaskType, inputs: i64, outputs: i64, colours: i64) -> Tensor {
+    // Callers pass the channels of an image, checked positive by `image_shape`.
+    let colours = colours.max(1);
     let centre = k / 2;
-    let spatial = raster_mask(k, MaskType::A);
-    let mut values = Vec::with_capacity((outputs * inputs * k * k) as usize);
+    // Off the centre: the rows above and, in the centre row, the columns to its left.
+    let earlier = |tap: i64| tap / k < centre || (tap / k == centre && tap % k < centre);
+    let mut values = Vec::with_capacity((outputs * inputs * k * k).max(0) as usize);
     for o in 0..outputs {
         for i in 0..inputs {
             let (g_out, g_in) = (o % colours, i % colours);
@@ -244,7 +249,7 @@ pub fn colour_mask(k: i64, kind: MaskType, inputs: i64, outputs: i64, colours: i
                 let seen = if tap == centre * k + centre {
                     centre_seen
                 } else {
-                    spatial.double_value(&[0, 0, tap / k, tap % k]) > 0.0
+                    earlier(tap)
                 };
                 values.push(if seen { 1.0f32 } else { 0.0 });
             }
@@ -463,6 +468,9 @@ impl PixelCnnConfig {
         let blocks = (0..self.blocks)
             .map(|i| {
                 let p = path / format!("block{i}");
+                // Created in the order reduce, conv, expand (the generator's draws, so a seed
+                // gives the same weights as before colour images were modelled).
+                let reduce = pointwise_layer(&p / "reduce", c, half);
                 let conv = if colours == 1 {
                     MaskedConv2d::new(&(&p / "conv"), half, half, self.kernel, MaskType::B)
                 } else {
@@ -475,13 +483,15 @@ impl PixelCnnConfig {
                         false,
                     )
                 };
+                let expand = pointwise_layer(&p / "expand", half, c);
                 ResidualBlock {
-                    reduce: pointwise_layer(&p / "reduce", c, half),
+                    reduce,
                     conv,
-                    expand: pointwise_layer(&p / "expand", half, c),
+                    expand,
                 }
             })
             .collect();
+        let head_hidden = pointwise_layer(path / "head_hidden", c, self.head_channels);
         let head_out = if colours == 1 {
             Pointwise::Plain(output_layer(path / "head_out", self.head_channels, outputs))
         } else {
@@ -498,7 +508,7 @@ impl PixelCnnConfig {
         Ok(PixelCnn {
             first,
             blocks,
-            head_hidden: pointwise_layer(path / "head_hidden", c, self.head_channels),
+            head_hidden,
             head_out,
             grid,
             channels: c,

@@ -418,29 +418,32 @@ struct DiagonalLstm {
     hidden: i64,
 }
 
+// The rows and columns below are taken apart with one `unbind` each, not one `narrow` or
+// `select` per row or column: the backward of each of those builds a zero tensor of the whole
+// input and adds it in, which made a training step of 64 digits take seconds.
+
 /// Row r shifted r places right: `[b, C, H, W]` → `[b, C, H, W + H − 1]`.
 fn skew(x: &Tensor) -> Result<Tensor> {
-    let size = x.size();
-    let rows = size[2];
+    let rows = x.size()[2];
     let padded = x.f_constant_pad_nd([0, rows - 1])?; // [b, C, H, W + H − 1]
-    let shifted = (0..rows)
-        .map(|r| {
-            padded
-                .f_narrow(2, r, 1)?
-                .f_roll([r], [3])
-                .map_err(Into::into)
-        })
+    let shifted = padded
+        .f_unbind(2)?
+        .iter()
+        .zip(0..)
+        .map(|(row, r)| row.f_roll([r], [2]).map_err(Into::into))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::f_cat(&shifted, 2)?)
+    Ok(Tensor::f_stack(&shifted, 2)?)
 }
 
 /// The inverse of [`skew`]: `[b, C, H, W + H − 1]` → `[b, C, H, W]`.
 fn unskew(x: &Tensor, w: i64) -> Result<Tensor> {
-    let rows = x.size()[2];
-    let parts = (0..rows)
-        .map(|r| x.f_narrow(2, r, 1)?.f_narrow(3, r, w).map_err(Into::into))
+    let parts = x
+        .f_unbind(2)?
+        .iter()
+        .zip(0..)
+        .map(|(row, r)| row.f_narrow(2, r, w).map_err(Into::into))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::f_cat(&parts, 2)?)
+    Ok(Tensor::f_stack(&parts, 2)?)
 }
 
 impl DiagonalLstm {
@@ -450,15 +453,16 @@ impl DiagonalLstm {
         let size = x.size();
         let (b, rows, w) = (size[0], size[2], size[3]);
         let gates = self.input_to_state.forward(&skew(x)?); // [b, 4h, H, W + H − 1]
+        let gate_columns = gates.f_unbind(3)?;
         let mut h = Tensor::f_zeros([b, self.hidden, rows], (Kind::Float, x.device()))?;
         let mut c = h.f_zeros_like()?;
-        let mut columns = Vec::with_capacity((w + rows - 1) as usize);
-        for j in 0..w + rows - 1 {
+        let mut columns = Vec::with_capacity(gate_columns.len());
+        for gate_column in &gate_columns {
             // Padding one row on top: output row r reads rows r − 1 and r of the last column.
             let recurrent = h
                 .f_conv1d(&self.state_to_state, None::<Tensor>, [1], [1], [1], 1)?
                 .f_narrow(2, 0, rows)?;
-            let parts = gates.f_select(3, j)?.f_add(&recurrent)?.f_chunk(4, 1)?;
+            let parts = gate_column.f_add(&recurrent)?.f_chunk(4, 1)?;
             c = parts[1]
                 .f_sigmoid()?
                 .f_mul(&c)?

@@ -24,20 +24,36 @@ fn colour_pixelcnn(blocks: i64) -> NetworkConfig {
     })
 }
 
+/// Widths that are not multiples of 3 channels: groups of unequal sizes.
+fn uneven_colour_pixelcnn() -> NetworkConfig {
+    NetworkConfig::Pixelcnn(PixelCnnConfig {
+        channels: 16,
+        blocks: 1,
+        first_kernel: 3,
+        kernel: 3,
+        head_channels: 10,
+    })
+}
+
 fn colour_data(shape: &[i64], levels: u32) -> DataInfo {
     DataInfo::new(shape, ValueKind::Discrete { levels }, 0)
 }
 
 /// The order is pixels in raster order, channels within each pixel; no output sees its own
-/// value or a later one; and each channel sees the earlier channels of its own pixel (the
-/// dependence that distinguishes a colour model from three grey ones).
+/// value or a later one; each channel sees the earlier channels of its own pixel (the
+/// dependence that distinguishes a colour model from three grey ones) and every channel of
+/// earlier pixels within reach.
 #[test]
 fn colour_pixelcnn_is_causal_across_pixels_and_channels() {
     single_thread();
     assert_eq!(colour_raster_order(3, 1, 2), [0, 2, 4, 1, 3, 5]);
-    for levels in [2u32, 4] {
+    for (network, levels) in [
+        (colour_pixelcnn(2), 2u32),
+        (colour_pixelcnn(2), 4),
+        (uneven_colour_pixelcnn(), 3),
+    ] {
         let data = colour_data(&[3, 4, 4], levels);
-        let m = model(&colour_pixelcnn(2), OutputConfig::Auto, &data, 1);
+        let m = model(&network, OutputConfig::Auto, &data, 1);
         let net = m.network();
         assert_eq!(net.orders()[0], colour_raster_order(3, 4, 4));
         gm_core::tch::manual_seed(5);
@@ -68,6 +84,14 @@ fn colour_pixelcnn_is_causal_across_pixels_and_channels() {
                         "{levels} levels: channel {g} sees channel {earlier}"
                     );
                 }
+                // Every channel of the pixel to the left and of the one above.
+                for before in [pixel - 1, pixel - 4] {
+                    let seen = grad.double_value(&[0, earlier * 16 + before]);
+                    assert!(
+                        seen != 0.0,
+                        "channel {g} misses channel {earlier} of pixel {before}"
+                    );
+                }
             }
         }
     }
@@ -77,10 +101,14 @@ fn colour_pixelcnn_is_causal_across_pixels_and_channels() {
 #[test]
 fn colour_probabilities_sum_to_one() {
     single_thread();
-    for (shape, levels) in [(vec![3i64, 1, 2], 2i64), (vec![2, 2, 1], 3)] {
+    for (shape, levels, network) in [
+        (vec![3i64, 1, 2], 2i64, colour_pixelcnn(1)),
+        (vec![2, 2, 1], 3, colour_pixelcnn(1)),
+        (vec![3, 1, 2], 2, uneven_colour_pixelcnn()),
+    ] {
         let d: i64 = shape.iter().product();
         let data = colour_data(&shape, levels as u32);
-        let m = model(&colour_pixelcnn(1), OutputConfig::Auto, &data, 2);
+        let m = model(&network, OutputConfig::Auto, &data, 2);
         let points = all_points(d, levels);
         let mut batch_shape = vec![points.size()[0]];
         batch_shape.extend_from_slice(&shape);
@@ -164,4 +192,48 @@ fn colour_pixelcnn_conforms_and_starts_near_uniform() {
     };
     let e = gm_autoregressive::Autoregressive::new(&narrow, &data, Device::Cpu).unwrap_err();
     assert!(e.to_string().contains("network.channels"), "{e}");
+    let narrow_head = gm_autoregressive::AutoregressiveConfig {
+        network: NetworkConfig::Pixelcnn(PixelCnnConfig {
+            head_channels: 2,
+            ..PixelCnnConfig::default()
+        }),
+        ..Default::default()
+    };
+    let e = gm_autoregressive::Autoregressive::new(&narrow_head, &data, Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("network.head_channels"), "{e}");
+    // No channels: refused, not a division by zero.
+    let empty = colour_data(&[0, 4, 4], 4);
+    assert!(gm_autoregressive::Autoregressive::new(&config, &empty, Device::Cpu).is_err());
+}
+
+/// The parameter count a config announces (checked against the budget before building) is the
+/// count of the network it builds, grey and colour, at 2 to 256 levels.
+#[test]
+fn pixelcnn_parameter_counts_are_exact() {
+    use gm_autoregressive::network::NetworkShape;
+    for (shape, levels) in [
+        (vec![1i64, 5, 5], 2u32),
+        (vec![3, 5, 5], 2),
+        (vec![3, 4, 4], 256),
+        (vec![2, 3, 3], 5),
+    ] {
+        let data = colour_data(&shape, levels);
+        for network in [colour_pixelcnn(2), uneven_colour_pixelcnn()] {
+            let config = gm_autoregressive::AutoregressiveConfig {
+                network: network.clone(),
+                ..Default::default()
+            };
+            let m = gm_autoregressive::Autoregressive::new(&config, &data, Device::Cpu).unwrap();
+            let announced = network.parameters(&NetworkShape {
+                data: &data,
+                params_per_value: m.output().params_per_value(),
+                classes: 0,
+            });
+            assert_eq!(
+                announced,
+                m.num_parameters() as i128,
+                "{shape:?}, {levels} levels"
+            );
+        }
+    }
 }
