@@ -1,7 +1,7 @@
 //! Where a result came from: the code that trained and evaluated it, the machine, the date.
 //!
 //! The build script digests each crate's sources. A run's *training* is keyed by the digests of
-//! gm-core and of its family's crate (a change there retrains the family's runs, and nothing
+//! gm-core and of its family's crates (a change there retrains the family's runs, and nothing
 //! else); its *result* adds gm-bench's digest (a change to the evaluation re-evaluates the
 //! stored checkpoints without retraining them).
 
