@@ -5,8 +5,9 @@
 //! all with the Python environment that `cargo xtask` installed libtorch from. Every process
 //! builds every case once; then the blocks are interleaved: each round times one block of each
 //! implementation, in an order that rotates, so that drift in the machine's speed (other jobs,
-//! heat) falls on all of them alike. The table gives median step times over the rounds, the
-//! twins' time over gm's, and the share of the machine's matrix-multiply limit gm reaches (the
+//! heat) falls on all of them alike, after one untimed block each. The table gives median step
+//! times over the rounds, the twins' time over gm's (the median of the per-round ratios, which
+//! pair blocks timed seconds apart), and the share of the machine's matrix-multiply limit gm reaches (the
 //! step's matrix-multiply and convolution FLOPs, counted by PyTorch's FLOP counter on the twin,
 //! at the throughput measured for 1024³ products).
 
@@ -23,7 +24,7 @@ pub struct SpeedArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Interleaved rounds per case; the table shows medians over them.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 11)]
     rounds: usize,
     /// Seconds one timed block should last (the step count is set from gm's first step).
     #[arg(long, default_value_t = 0.4)]
@@ -126,6 +127,10 @@ struct Row {
     flops: Option<f64>,
     /// Median seconds per step of gm, eager, compiled.
     medians: [Option<f64>; 3],
+    /// Eager's and compiled's time over gm's: the median over rounds of the ratio of the two
+    /// blocks of the same round (paired, so a slow spell of a shared machine, which lasts
+    /// longer than a round, falls on both sides of each ratio).
+    ratios: [Option<f64>; 2],
     notes: Vec<String>,
 }
 
@@ -262,25 +267,50 @@ pub fn run(args: SpeedArgs, torch: &crate::libtorch::Libtorch) -> Result<(), Str
             }
         };
         let steps = ((args.block_seconds / first.max(1e-6)).round() as u64).clamp(1, 5000);
+        // One untimed block on every side first: allocators, caches and anything initialised
+        // lazily (PyTorch's eager twin has run no step before this) are then warm everywhere.
+        for (k, worker) in workers.iter_mut().enumerate() {
+            if ready[k] {
+                if let Err(e) = worker.time(case, steps) {
+                    row.notes.push(format!("{}: {e}", worker.label));
+                    ready[k] = false;
+                }
+            }
+        }
         let mut samples: [Vec<f64>; 3] = Default::default();
+        // Per round, each side's seconds per step (None where a side did not run).
+        let mut rounds: Vec<[Option<f64>; 3]> = Vec::with_capacity(args.rounds);
         let started = Instant::now();
         for round in 0..args.rounds {
+            let mut this_round = [None; 3];
             for j in 0..workers.len() {
                 let k = (j + round) % workers.len();
                 if !ready[k] {
                     continue;
                 }
                 match workers[k].time(case, steps) {
-                    Ok(t) => samples[k].push(t),
+                    Ok(t) => {
+                        samples[k].push(t);
+                        this_round[k] = Some(t);
+                    }
                     Err(e) => {
                         row.notes.push(format!("{}: {e}", workers[k].label));
                         ready[k] = false;
                     }
                 }
             }
+            rounds.push(this_round);
         }
         for (median_of, times) in row.medians.iter_mut().zip(&mut samples) {
             *median_of = median(std::mem::take(times));
+        }
+        for (k, ratio) in row.ratios.iter_mut().enumerate() {
+            *ratio = median(
+                rounds
+                    .iter()
+                    .filter_map(|r| Some(r[k + 1]? / r[0]?))
+                    .collect(),
+            );
         }
         eprintln!(
             "{case}: {} rounds of {steps} steps in {:.0} s",
@@ -310,6 +340,8 @@ pub fn run(args: SpeedArgs, torch: &crate::libtorch::Libtorch) -> Result<(), Str
             "gm_seconds": r.medians[0],
             "eager_seconds": r.medians[1],
             "compile_seconds": r.medians[2],
+            "eager_over_gm": r.ratios[0],
+            "compile_over_gm": r.ratios[1],
             "notes": r.notes,
         })).collect::<Vec<_>>(),
     });
@@ -336,14 +368,13 @@ pub fn run(args: SpeedArgs, torch: &crate::libtorch::Libtorch) -> Result<(), Str
 /// The Markdown table.
 fn render(rows: &[Row], gflops: f64, args: &SpeedArgs) -> String {
     let ms = |t: Option<f64>| t.map_or("–".to_string(), |t| format!("{:.2}", t * 1e3));
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => format!("{:.2}×", a / b),
-        _ => "–".to_string(),
-    };
+    let ratio = |r: Option<f64>| r.map_or("–".to_string(), |r| format!("{r:.2}×"));
     let mut out = format!(
         "Median step time (ms) over {} interleaved rounds on {}; matrix-multiply throughput {gflops:.1} GFLOP/s\n\
-         (the best of one 1024³ measurement before each case).\n\
-         Ratios are the twin's time over gm's (above 1: gm is faster). FLOP limit: the step's matrix-multiply\n\
+         (the best of one 1024³ measurement before each case), after one untimed block on each side.\n\
+         Ratios are the twin's time over gm's (above 1: gm is faster), as the median over rounds of the ratio\n\
+         of the two blocks of one round (paired: a slow spell of the machine falls on both sides of a ratio,\n\
+         so it may differ from the ratio of the medians). FLOP limit: the step's matrix-multiply\n\
          and convolution FLOPs at that throughput, as a share of gm's step time. Threads: gm's; the\n\
          twins run with PyTorch's default.\n\n\
          | case | gm | PyTorch eager | torch.compile | eager / gm | compile / gm | FLOP limit | threads |\n\
@@ -362,8 +393,8 @@ fn render(rows: &[Row], gflops: f64, args: &SpeedArgs) -> String {
             ms(r.medians[0]),
             ms(r.medians[1]),
             ms(r.medians[2]),
-            ratio(r.medians[1], r.medians[0]),
-            ratio(r.medians[2], r.medians[0]),
+            ratio(r.ratios[0]),
+            ratio(r.ratios[1]),
             limit,
             r.threads.map_or("–".into(), |t| t.to_string()),
         ));

@@ -98,12 +98,6 @@ impl AutoregressiveCodePrior {
             .f_reshape([b, 1, self.grid[0], self.grid[1]])?)
     }
 
-    /// One Adam step on a batch of code grids; returns the batch's mean NLL in nats.
-    pub fn train_step(&mut self, codes: &Tensor) -> Result<f64> {
-        let out = self.step(codes)?;
-        nll_of(&out)
-    }
-
     /// One Adam step, its losses left on the device (reading them syncs with the host).
     fn step(&mut self, codes: &Tensor) -> Result<StepOutput> {
         let x = self.as_data(codes, "AutoregressiveCodePrior.train_step")?;

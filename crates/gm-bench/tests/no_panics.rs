@@ -7,21 +7,23 @@ use gm_core::spec::DataInfo;
 use gm_core::tch::{Device, Kind, Tensor};
 use proptest::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
-/// Every shipped run file's model, built for its data set.
-fn models() -> Vec<(String, DataInfo, Box<dyn GenerativeModel>)> {
+/// Shipped run file `name`'s model, built for its data set. Builds take a lock, so that two
+/// builds never interleave their seeding and drawing; another worker's draws may still fall
+/// between them, so weights can differ from run to run, as the random inputs do (proptest
+/// seeds its runners at random): this test looks for panics, which do not depend on either.
+fn model(name: &str) -> (DataInfo, Box<dyn GenerativeModel>) {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let registry = gm_bench::suite::registry();
-    registry
-        .shipped_names()
-        .into_iter()
-        .map(|name| {
-            let run = registry.load_run(name).unwrap();
-            let info = gm_core::data::named_info(&run.dataset).unwrap();
-            gm_core::tch::manual_seed(0);
-            let model = run.model.build(&info, Device::Cpu).unwrap();
-            (name.to_string(), info, model)
-        })
-        .collect()
+    let run = registry.load_run(name).unwrap();
+    let info = gm_core::data::named_info(&run.dataset).unwrap();
+    gm_core::tch::manual_seed(0);
+    let model = run.model.build(&info, Device::Cpu).unwrap();
+    (info, model)
 }
 
 #[derive(Debug, Clone)]
@@ -113,47 +115,112 @@ fn no_panic<T>(what: &str, f: impl FnOnce() -> gm_core::Result<T>) -> Result<(),
     }
 }
 
+/// Each shipped model through [`check_model`], on as many threads as the machine has cores
+/// (libtorch itself on one each): the models are independent, and one after another they take
+/// most of the suite's time budget. Each worker takes the next model from a shared list.
 #[test]
 fn no_public_call_panics_on_any_input() {
     gm_core::tch::set_num_threads(1);
-    let mut models = models();
-    for (name, info, model) in models.iter_mut() {
-        // A runner per model: one runner counts its cases across runs.
-        // Models that sample by hundreds of network passes (one per pixel, token or solver
-        // step) get fewer cases, so that the suite stays within its time budget.
-        let sequential = name.starts_with("autoregressive/") || name.starts_with("diffusion/");
-        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-            cases: if sequential { 20 } else { 48 },
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        });
-        let model = std::cell::RefCell::new(model);
-        let result = runner.run(&input(), |input| {
-            let (x, labels) = tensors(&input, info);
-            let mut m = model.borrow_mut();
-            let batch = Batch {
-                x: x.shallow_clone(),
-                labels: labels.as_ref().map(|l| l.shallow_clone()),
-            };
-            no_panic(&format!("{name} train_step {input:?}"), || {
-                m.train_step(&batch)
-            })?;
-            no_panic(&format!("{name} log_likelihood {input:?}"), || {
-                gm_core::tch::no_grad(|| m.log_likelihood(&x))
-            })?;
-            no_panic(&format!("{name} log_likelihood_given {input:?}"), || {
-                gm_core::tch::no_grad(|| m.log_likelihood_given(&x, labels.as_ref()))
-            })?;
-            no_panic(&format!("{name} encode {input:?}"), || m.encode(&x))?;
-            let mut options = SampleOptions::new().temperature(TEMPERATURES[input.temperature]);
-            options.labels = labels.as_ref().map(|l| l.shallow_clone());
-            no_panic(&format!("{name} sample_with {input:?}"), || {
-                m.sample_with(input.n, &options)
-            })?;
-            Ok(())
-        });
-        if let Err(e) = result {
-            panic!("{name}: {e}");
-        }
+    let mut names: Vec<String> = gm_bench::suite::registry()
+        .shipped_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    // The slow ones first, so that no worker starts one while the others are finishing.
+    names.sort_by_key(|name| !samples_sequentially(name));
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut failures = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(name) = names.get(i) else { break };
+                        let start = Instant::now();
+                        if let Err(e) = check_model(name) {
+                            failures.push(format!("{name}: {e}"));
+                        }
+                        // Which models cost the time, for whoever keeps the suite in budget.
+                        eprintln!(
+                            "no_panics: {name} in {:.1} s",
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    failures
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a worker of the no-panic test panicked"))
+            .collect()
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Models that sample by hundreds of network passes (one per pixel, token or solver step).
+fn samples_sequentially(name: &str) -> bool {
+    [
+        "autoregressive/",
+        "diffusion/",
+        "flow_matching/",
+        "masked_diffusion/",
+    ]
+    .iter()
+    .any(|family| name.starts_with(family))
+}
+
+/// Sequential samplers get fewer cases, so that the suite stays within its time budget; the
+/// Diagonal BiLSTM, whose every pixel is a step of two LSTMs over all rows (about 70 s for 20
+/// cases), fewer still.
+fn cases_for(name: &str) -> u32 {
+    if name.contains("pixelrnn_diagonal") {
+        8
+    } else if samples_sequentially(name) {
+        20
+    } else {
+        48
     }
+}
+
+/// Random inputs through every public call of shipped model `name`; an error describes the
+/// first call that panicked.
+fn check_model(name: &str) -> Result<(), String> {
+    let (info, model) = model(name);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases_for(name),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let model = std::cell::RefCell::new(model);
+    let result = runner.run(&input(), |input| {
+        let (x, labels) = tensors(&input, &info);
+        let mut m = model.borrow_mut();
+        let batch = Batch {
+            x: x.shallow_clone(),
+            labels: labels.as_ref().map(|l| l.shallow_clone()),
+        };
+        no_panic(&format!("{name} train_step {input:?}"), || {
+            m.train_step(&batch)
+        })?;
+        no_panic(&format!("{name} log_likelihood {input:?}"), || {
+            gm_core::tch::no_grad(|| m.log_likelihood(&x))
+        })?;
+        no_panic(&format!("{name} log_likelihood_given {input:?}"), || {
+            gm_core::tch::no_grad(|| m.log_likelihood_given(&x, labels.as_ref()))
+        })?;
+        no_panic(&format!("{name} encode {input:?}"), || m.encode(&x))?;
+        let mut options = SampleOptions::new().temperature(TEMPERATURES[input.temperature]);
+        options.labels = labels.as_ref().map(|l| l.shallow_clone());
+        no_panic(&format!("{name} sample_with {input:?}"), || {
+            m.sample_with(input.n, &options)
+        })?;
+        Ok(())
+    });
+    result.map_err(|e| e.to_string())
 }

@@ -417,6 +417,114 @@ fn parameters_live_in_the_optimizer_buffer() {
     }
 }
 
+/// `backward_step` gives gradients to its own parameters only: another network's weights in
+/// the same graph (a discriminator in a generator step) keep the `.grad` they had, the own
+/// gradients are exactly autograd's (not added to the previous step's), and a parameter the
+/// loss does not reach gets zero, not a stale gradient. Both ways of writing the buffer: one
+/// concatenation (small) and a copy per parameter on several threads (large).
+#[test]
+fn backward_step_fills_only_its_own_gradients() {
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(2);
+    for size in [2i64, 1 << 17] {
+        let own =
+            Tensor::linspace(-2.0, 1.0, size, (Kind::Double, Device::Cpu)).set_requires_grad(true);
+        let unreached = Tensor::from_slice(&[5.0f64]).set_requires_grad(true);
+        let other = Tensor::from_slice(&[3.0f64]).set_requires_grad(true);
+        let config = AdamConfig {
+            lr: 0.1,
+            ..AdamConfig::default()
+        };
+        let mut opt =
+            Adam::new(vec![own.shallow_clone(), unreached.shallow_clone()], config).unwrap();
+        // The other network's gradient holds a marker that must survive the steps.
+        let marker = Tensor::from_slice(&[7.0f64]);
+        (&other * &marker).sum(Kind::Double).backward();
+        // A first step with `unreached` in the graph, so that its gradient is not zero...
+        let loss = (&own * &other).sum(Kind::Double) + unreached.square().sum(Kind::Double);
+        opt.backward_step(&loss, 0.1).unwrap();
+        assert_eq!(
+            other.grad(),
+            marker,
+            "size {size}: the other leaf's gradient is kept"
+        );
+        assert_eq!(
+            unreached.grad(),
+            Tensor::from_slice(&[10.0f64]),
+            "size {size}"
+        );
+        assert_eq!(
+            own.grad(),
+            Tensor::full([size], 3.0, (Kind::Double, Device::Cpu))
+        );
+        // ...then one without it: its gradient is zero, and the own one is this step's alone.
+        let w = own.detach().copy();
+        let loss = (own.square() * &other).sum(Kind::Double);
+        opt.backward_step(&loss, 0.1).unwrap();
+        assert_eq!(
+            unreached.grad(),
+            Tensor::from_slice(&[0.0f64]),
+            "size {size}"
+        );
+        assert_eq!(own.grad(), w * 6.0, "size {size}");
+        assert_eq!(other.grad(), marker, "size {size}");
+    }
+    tch::set_num_threads(threads);
+}
+
+/// A loss of several elements, or one that does not depend on trainable tensors, is refused
+/// with an error (not summed, not a crash) and the weights stay as they were.
+#[test]
+fn backward_step_refuses_losses_it_cannot_differentiate() {
+    let p = Tensor::from_slice(&[1.0f64, 2.0]).set_requires_grad(true);
+    let mut opt = Adam::new(vec![p.shallow_clone()], AdamConfig::default()).unwrap();
+    let before = p.detach().copy();
+    let several = p.square();
+    let constant = Tensor::from_slice(&[1.0f64]).sum(Kind::Double);
+    let detached = p.detach().sum(Kind::Double);
+    for loss in [several, constant, detached] {
+        let e = opt.backward_step(&loss, 0.1).unwrap_err().to_string();
+        assert!(e.contains("single-element loss"), "{e}");
+    }
+    assert_eq!(p.detach(), before);
+    assert_eq!(opt.steps(), 0);
+}
+
+/// The fused update splits large buffers across libtorch's threads; each element's update is
+/// on its own, so one thread and two give the same bits (float32 and float64, with clipping).
+#[test]
+fn fused_adam_on_several_threads_gives_the_same_bits() {
+    let threads = tch::get_num_threads();
+    let n = (1i64 << 16) + 3;
+    for kind in [Kind::Float, Kind::Double] {
+        let run = |t: i32| {
+            tch::set_num_threads(t);
+            let start = Tensor::linspace(-3.0, 3.0, n, (kind, Device::Cpu));
+            let p = start.sin().set_requires_grad(true);
+            let target = start.cos();
+            let config = AdamConfig {
+                lr: 0.01,
+                weight_decay: 0.1,
+                grad_clip_norm: Some(1.0),
+                ..AdamConfig::default()
+            };
+            let mut opt = Adam::new(vec![p.shallow_clone()], config).unwrap();
+            for _ in 0..3 {
+                let loss = (&p - &target).pow_tensor_scalar(3).sum(kind);
+                opt.backward_step(&loss, 0.01).unwrap();
+            }
+            p.detach().copy()
+        };
+        let (one, two) = (run(1), run(2));
+        assert_eq!(one, two, "{kind:?}");
+        // Three steps of about lr each moved the weights.
+        let start = Tensor::linspace(-3.0, 3.0, n, (kind, Device::Cpu)).sin();
+        let moved = (&one - start).abs().mean(Kind::Double).double_value(&[]);
+        assert!((0.02..0.04).contains(&moved), "{kind:?}: moved {moved}");
+    }
+    tch::set_num_threads(threads);
+}
+
 fn flat_is_bound(opt: &Adam) {
     opt.parameters()
         .check_bound(true)

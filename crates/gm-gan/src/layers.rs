@@ -234,8 +234,9 @@ impl GroupNorm {
 /// backward pass is one multiplication by the saved factor, where `max(x, 0.2 x)` costs about
 /// six kernels and a fixed-slope PReLU a reduction for the slope's unused gradient.
 pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
-    // 0.8 · [x > 0] + 0.2 in the input's dtype: exactly 1 and 0.2 there.
-    let mut factor = x.f_gt(0.0)?.f_to_kind(x.kind())?;
-    let _ = factor.f_mul_scalar_(0.8)?.f_add_scalar_(0.2)?;
+    // The factor in one kernel from the mask, as 1 or 0.2 in the input's dtype (the 0.2 comes
+    // from a scalar tensor of that dtype, so the result takes it: exactly 0.2 there).
+    let slope = Tensor::f_scalar_tensor(0.2, (x.kind(), x.device()))?;
+    let factor = Tensor::f_where_scalarself(&x.f_gt(0.0)?, 1.0, &slope)?;
     Ok(x.f_mul(&factor)?)
 }

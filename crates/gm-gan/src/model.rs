@@ -407,7 +407,8 @@ impl GenerativeModel for Gan {
         self.d_opt.backward_step(&d_loss, lr_d)?;
 
         // The generator, every n_critic-th discriminator update. The discriminator's weights
-        // take no gradient here (its optimizer zeroes its gradients before its own update).
+        // take no gradient here: the generator's optimizer back-propagates to its own
+        // parameters only, so the discriminator's weight gradients are not even computed.
         if self.d_opt.steps() as u64 % self.config.n_critic == 0 {
             let fake = self.generate_trusted(&self.noise(b)?, labels.as_ref())?;
             let g_loss = loss.generator(&self.discriminator.forward_trusted(

@@ -3,7 +3,7 @@
 
 use gm_core::tch::{nn, Device, Kind, Tensor};
 use gm_core::Result;
-use gm_gan::layers::{Layer, SpectralNorm};
+use gm_gan::layers::{leaky_relu, Layer, SpectralNorm};
 use gm_gan::regularizer::{gradient_penalty_at, interpolates, r1_penalty};
 use gm_gan::GanLoss;
 
@@ -215,4 +215,31 @@ fn a_spectrally_normalised_layer_has_unit_spectral_norm() {
     assert!((top - 1.0).abs() < 1e-4, "normalised weight has σ = {top}");
     // The vector is a saved variable of the store, so checkpoints carry it.
     assert!(vs.variables().contains_key("sn_u"));
+}
+
+/// The discriminator's LeakyReLU is `max(x, 0.2 x)` to the bit in float32 and float64 (its
+/// slope is 0.2 in the input's dtype), and its gradient is 1 above zero and 0.2 at and below.
+#[test]
+fn leaky_relu_is_max_of_x_and_a_fifth_of_x_with_its_gradient() {
+    let values = [-3.5, -1.0, -1e-30, 0.0, 1e-30, 0.7, 2.0, 1e30];
+    for kind in [Kind::Float, Kind::Double] {
+        let x = t(&values).to_kind(kind).set_requires_grad(true);
+        let y = leaky_relu(&x).unwrap();
+        assert_eq!(y.kind(), kind);
+        let expected = x.detach().maximum(&(x.detach() * 0.2));
+        assert_eq!(y.detach(), expected, "{kind:?}");
+        y.sum(kind).backward();
+        let slope = Tensor::scalar_tensor(0.2, (kind, Device::Cpu));
+        let want: Vec<Tensor> = values
+            .iter()
+            .map(|&v| {
+                if v > 0.0 {
+                    Tensor::scalar_tensor(1.0, (kind, Device::Cpu))
+                } else {
+                    slope.copy()
+                }
+            })
+            .collect();
+        assert_eq!(x.grad(), Tensor::stack(&want, 0), "{kind:?}");
+    }
 }

@@ -15,6 +15,10 @@
 use crate::{GmError, Result};
 use tch::{Device, Kind, Tensor};
 
+/// From this many gradient elements on, [`FlatParameters::backward_into_grads`] copies parameter
+/// by parameter (in parallel) rather than with one concatenation (serial).
+const PARALLEL_COPY_ELEMENTS: usize = 1 << 17;
+
 /// One dtype and device's share of the parameters.
 #[derive(Debug)]
 pub struct FlatGroup {
@@ -130,6 +134,61 @@ impl FlatParameters {
     pub fn zero_grad(&mut self) -> Result<()> {
         for g in &mut self.groups {
             let _ = g.grads.f_zero_()?;
+        }
+        Ok(())
+    }
+
+    /// Back-propagates `loss` to these parameters only and writes the gradients into the
+    /// gradient buffer, replacing what it held. Other leaves of the graph get no gradient and
+    /// autograd computes nothing that only they need: a GAN's generator step skips the
+    /// discriminator's weight gradients, which `backward()` would compute and accumulate for
+    /// nothing. A parameter the loss does not reach gets zero.
+    pub fn backward_into_grads(&mut self, loss: &Tensor) -> Result<()> {
+        // `loss.backward()` refuses these itself; autograd's engine, called directly, would
+        // sum a tensor of losses silently and dereference a missing graph.
+        if !loss.requires_grad() || loss.numel() != 1 {
+            return Err(GmError::config(
+                "loss",
+                format!(
+                    "back-propagation needs a single-element loss computed from trainable                      parameters; got {:?} elements that {} a gradient",
+                    loss.size(),
+                    if loss.requires_grad() { "require" } else { "do not require" }
+                ),
+            ));
+        }
+        let grads = Tensor::f_run_backward(&[loss], &self.tensors, false, false)?;
+        let threads = tch::get_num_threads();
+        for g in &self.groups {
+            // A large CPU buffer takes one copy per parameter, which libtorch spreads over its
+            // threads; others a single concatenation (serial on the CPU, but one operation).
+            let parallel = g.grads.device() == Device::Cpu
+                && threads > 1
+                && g.grads.numel() >= PARALLEL_COPY_ELEMENTS;
+            if parallel {
+                for &(i, offset, count) in &g.members {
+                    let grad = &grads[i];
+                    let mut slot = g.grads.f_narrow(0, offset, count)?;
+                    if grad.defined() {
+                        // In the gradient's shape: a channels-last gradient is reordered once,
+                        // by the copy.
+                        let _ = slot.f_view(grad.size().as_slice())?.f_copy_(grad)?;
+                    } else {
+                        let _ = slot.f_zero_()?;
+                    }
+                }
+                continue;
+            }
+            let mut parts = Vec::with_capacity(g.members.len());
+            for &(i, _, count) in &g.members {
+                let grad = &grads[i];
+                parts.push(if grad.defined() {
+                    grad.f_reshape([count])?
+                } else {
+                    g.grads
+                        .f_new_zeros([count], (g.grads.kind(), g.grads.device()))?
+                });
+            }
+            let _ = Tensor::f_cat_out(&g.grads, &parts, 0)?;
         }
         Ok(())
     }

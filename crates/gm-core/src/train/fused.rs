@@ -116,10 +116,40 @@ unsafe fn adam_slices<T: Real>(
     n: usize,
     c: &AdamStep,
 ) {
-    let p = std::slice::from_raw_parts_mut(p.data_ptr() as *mut T, n);
-    let g = std::slice::from_raw_parts(g.data_ptr() as *const T, n);
-    let m = std::slice::from_raw_parts_mut(m.data_ptr() as *mut T, n);
-    let v = std::slice::from_raw_parts_mut(v.data_ptr() as *mut T, n);
+    // Every element is updated on its own, so splitting the buffers changes no bit of the
+    // result. Large ones are split across libtorch's threads (the pass is bound by memory
+    // traffic and by division and square root, and one core saturates neither), on libtorch's
+    // own OpenMP team: see `openmp`.
+    let threads = if n >= PARALLEL_MIN_ELEMENTS {
+        tch::get_num_threads().max(1) as usize
+    } else {
+        1
+    };
+    // Addresses, not pointers, so that the closure may be shared between threads.
+    let (p, g, m, v) = (
+        p.data_ptr() as usize,
+        g.data_ptr() as usize,
+        m.data_ptr() as usize,
+        v.data_ptr() as usize,
+    );
+    super::openmp::run_on_team(threads, &|part, parts| {
+        let start = n * part / parts;
+        let len = n * (part + 1) / parts - start;
+        // SAFETY: the parts are disjoint stretches of the four buffers (see the caller).
+        unsafe {
+            let p = std::slice::from_raw_parts_mut((p as *mut T).add(start), len);
+            let g = std::slice::from_raw_parts((g as *const T).add(start), len);
+            let m = std::slice::from_raw_parts_mut((m as *mut T).add(start), len);
+            let v = std::slice::from_raw_parts_mut((v as *mut T).add(start), len);
+            adam_chunk(p, g, m, v, c)
+        }
+    });
+}
+
+/// Below this many elements, one thread does the update: starting the others costs more.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+unsafe fn adam_chunk<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], c: &AdamStep) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {

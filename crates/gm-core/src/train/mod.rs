@@ -7,6 +7,7 @@ pub mod config;
 pub mod ema;
 pub mod flat;
 pub(crate) mod fused;
+pub(crate) mod openmp;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

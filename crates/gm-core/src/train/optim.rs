@@ -127,11 +127,14 @@ impl Adam {
         self.flat.zero_grad()
     }
 
-    /// Zeroes gradients, back-propagates `loss`, clips if configured and updates with `lr`.
-    /// Returns the gradient norm before clipping when clipping is on.
+    /// Back-propagates `loss`, clips if configured and updates with `lr`. Returns the gradient
+    /// norm before clipping when clipping is on.
+    ///
+    /// Only this optimizer's parameters receive gradients (written over the old ones, with no
+    /// zeroing pass): other leaves of `loss`'s graph, such as the discriminator's weights in a
+    /// generator step, get none, and autograd skips the work only they need.
     pub fn backward_step(&mut self, loss: &Tensor, lr: f64) -> Result<Option<Tensor>> {
-        self.zero_grad()?;
-        loss.f_backward()?;
+        self.flat.backward_into_grads(loss)?;
         match self.config.grad_clip_norm {
             Some(max) => {
                 let norm = self.flat.grad_norm()?;
