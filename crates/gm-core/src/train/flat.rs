@@ -150,9 +150,10 @@ impl FlatParameters {
             return Err(GmError::config(
                 "loss",
                 format!(
-                    "back-propagation needs a single-element loss computed from trainable                      parameters; got {:?} elements that {} a gradient",
+                    "back-propagation needs a single-element loss computed from trainable \
+                     parameters; got shape {:?}, which does {}require a gradient",
                     loss.size(),
-                    if loss.requires_grad() { "require" } else { "do not require" }
+                    if loss.requires_grad() { "" } else { "not " }
                 ),
             ));
         }
@@ -171,7 +172,7 @@ impl FlatParameters {
                     if grad.defined() {
                         // In the gradient's shape: a channels-last gradient is reordered once,
                         // by the copy.
-                        let _ = slot.f_view(grad.size().as_slice())?.f_copy_(grad)?;
+                        slot.f_view(grad.size().as_slice())?.f_copy_(grad)?;
                     } else {
                         let _ = slot.f_zero_()?;
                     }
