@@ -35,8 +35,11 @@ proptest! {
 
     #[test]
     fn chain_adds_log_dets(batch in 1i64..4, d in 1i64..5, seed in 0i64..10_000) {
-        let x = random(&[batch, d], seed);
-        let shift = random(&[d], seed + 3);
+        // Halved inputs and shifts keep tanh's input within about ±3 even for 4σ draws:
+        // beyond ±8 inverting tanh loses digits (its slope is e^-2|y|), and the test is about
+        // log-dets adding up, not about tanh's saturation.
+        let x = random(&[batch, d], seed) * 0.5;
+        let shift = random(&[d], seed + 3) * 0.5;
         let log_scale = random(&[d], seed + 4) * 0.3;
         let chain = Chain::new(vec![
             Box::new(ElementwiseAffine::new(&shift, &log_scale)),
@@ -110,6 +113,7 @@ proptest! {
 /// Jacobian of the last output in the ordering is non-zero on every earlier input.
 #[test]
 fn made_connects_all_allowed_inputs() {
+    gm_core::tch::manual_seed(21);
     let vs = nn::VarStore::new(Device::Cpu);
     let made = MadeConfig {
         hidden: vec![64, 64],

@@ -54,6 +54,9 @@ proptest! {
 
     #[test]
     fn coupling_layers(d in 2i64..6, parity in 0i64..2, t in 0usize..3, context in 0i64..3, seed in 0i64..10_000) {
+        // Seeded first, so the weights (not only the inputs) are this case's: a failing case
+        // then replays as it failed.
+        gm_core::tch::manual_seed(seed);
         let vs = double_store();
         let mlp = MlpConfig { hidden: vec![16, 16], ..Default::default() };
         let layer = Coupling::new(&vs.root(), &alternating_mask(d, parity), transforms()[t], &mlp, context).unwrap();
@@ -79,6 +82,7 @@ proptest! {
 
     #[test]
     fn autoregressive_layers(d in 2i64..6, t in 0usize..3, iaf in proptest::bool::ANY, seed in 0i64..10_000) {
+        gm_core::tch::manual_seed(seed);
         let vs = double_store();
         let kind = if iaf { AutoregressiveKind::Iaf } else { AutoregressiveKind::Maf };
         let layer = MaskedAutoregressive::new(&vs.root(), d, &[24, 24], Ordering::Random { seed: seed as u64 }, transforms()[t], kind, 0).unwrap();
@@ -156,14 +160,20 @@ impl ForwardOnly for Squeeze {
 /// Glow's multi-scale stack on a small image: inverse and the full-Jacobian log-det.
 #[test]
 fn multi_scale_flow() {
+    // Seeded, with 8 examples for the data-dependent initialisation and perturbations of 0.1.
+    // With 3 examples the second level's ActNorm saw 3 values per channel, and with 0.2 about
+    // one random draw in 30 made the stack so ill-conditioned that float64 could not invert it
+    // to 1e-8 (a flaky failure, not a wrong inverse: a wrong one is off by O(1)). Over 200 seeds
+    // this set-up's worst inverse error was 8e-15.
+    gm_core::tch::manual_seed(11);
     let vs = double_store();
     let flow = MultiScale::new(&vs.root(), [1, 4, 4], 2, 2, 8).unwrap();
-    let x = randn(&[3, 1, 4, 4], 5);
+    let x = randn(&[8, 1, 4, 4], 5);
     // The first forward initialises ActNorm from data; then perturb everything.
     let _ = gm_core::bijectors::Bijector::forward(&flow, &x).unwrap();
-    randomize(&vs, 0.2);
+    randomize(&vs, 0.1);
     let (z, _) = gm_core::bijectors::Bijector::forward(&flow, &x).unwrap();
-    assert_eq!(z.size(), [3, 16]);
+    assert_eq!(z.size(), [8, 16]);
     assert_bijector_inverts(&flow, &x, 1e-8);
     assert_bijector_inverts_from_output(&flow, &z, 1e-8);
     assert_log_det_matches_autograd(&flow, &x, 1e-6, 2);
@@ -178,6 +188,7 @@ fn multi_scale_flow() {
 /// (log-slopes below -20), where no float32 inverse can be accurate.
 #[test]
 fn float32_inverts_within_1e4() {
+    gm_core::tch::manual_seed(13);
     let vs = gm_core::tch::nn::VarStore::new(gm_core::tch::Device::Cpu);
     let mlp = MlpConfig {
         hidden: vec![32, 32],
@@ -217,6 +228,7 @@ fn float32_inverts_within_1e4() {
 /// coupling computed as written (all channels in, all shifts and scales out, masks applied).
 #[test]
 fn channel_coupling_halves_match_the_masked_computation() {
+    gm_core::tch::manual_seed(17);
     for second_half in [false, true] {
         for inverse in [false, true] {
             let vs = double_store();

@@ -155,12 +155,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
     /// The closed-form KL the ELBO uses equals a Monte Carlo estimate
-    /// `E_q[ln q(z|x) - ln p(z)]` within 4 standard errors, for posteriors of varied spread.
+    /// `E_q[ln q(z|x) - ln p(z)]` within 5 standard errors, for posteriors of varied spread.
+    /// Each run makes 36 such checks (6 examples × 6 cases); at 4 standard errors about 1 run in
+    /// 400 would fail by chance, at 5 about 1 in 50,000, while a wrong closed form (a missing
+    /// −½ per latent, a variance for a standard deviation) is off by tens of standard errors.
     #[test]
-    // The spread stops at 6: beyond it some posteriors have σ below the float64 spacing of their
-    // mean, so a draw μ + σε rounds back to μ and the Monte Carlo estimate loses the −ε²/2 term
-    // (0.5 nats per latent): a limit of the estimator's arithmetic, not of the closed form.
-    fn analytic_kl_matches_monte_carlo(seed in 0i64..1000, spread in 1.0f64..6.0) {
+    // The spread stops at 5: from about 6 some posteriors have σ below the float64 spacing of
+    // their mean, so a draw μ + σε rounds back to μ and the Monte Carlo estimate loses the −ε²/2
+    // term (0.5 nats per latent): a limit of the estimator's arithmetic, not of the closed form.
+    fn analytic_kl_matches_monte_carlo(seed in 0i64..1000, spread in 1.0f64..5.0) {
         single_thread();
         gm_core::tch::manual_seed(seed);
         let vae = Vae::with_kind(&small_config(10, 3), Device::Cpu, Kind::Double).unwrap();
@@ -170,7 +173,7 @@ proptest! {
         let posterior = vae.encode(&x).unwrap();
         let prior = vae.net().prior().unwrap();
         let (estimate, stderr) = kl_monte_carlo(&posterior, &prior, 20_000).unwrap();
-        assert_kl_matches_monte_carlo(&analytic, &estimate, &stderr, 4.0, 1e-9);
+        assert_kl_matches_monte_carlo(&analytic, &estimate, &stderr, 5.0, 1e-9);
     }
 }
 
