@@ -207,10 +207,13 @@ class ActNorm(nn.Module):
         return y, ld.expand(x.shape[0]).contiguous()
 
     def inverse(self, y):
-        c = y.shape[1]
-        x = y * self.log_scale.reshape(1, c, 1, 1).neg().exp() - self.bias.reshape(1, c, 1, 1)
+        x = self.inverse_only(y)
         ld = self.log_scale.sum() * -float(y.shape[2] * y.shape[3])
         return x, ld.expand(y.shape[0]).contiguous()
+
+    def inverse_only(self, y):
+        c = y.shape[1]
+        return y * self.log_scale.reshape(1, c, 1, 1).neg().exp() - self.bias.reshape(1, c, 1, 1)
 
 
 class InvertibleConv1x1(nn.Module):
@@ -245,8 +248,11 @@ class InvertibleConv1x1(nn.Module):
         return F.conv2d(x, w), self._log_det(x, 1.0)
 
     def inverse(self, y):
+        return self.inverse_only(y), self._log_det(y, -1.0)
+
+    def inverse_only(self, y):
         w_inv = torch.linalg.inv(self.weight()).reshape(self.channels, self.channels, 1, 1)
-        return F.conv2d(y, w_inv), self._log_det(y, -1.0)
+        return F.conv2d(y, w_inv)
 
 
 # image.rs: the float32 caps of ImageCoupling's inverse.
@@ -270,13 +276,15 @@ class ImageCoupling(nn.Module):
         self.register_buffer("keep", keep.reshape(1, channels, 1, 1))
         self.register_buffer("moved", keep.logical_not().reshape(1, channels, 1, 1))
 
-    def _params(self, x):
+    def _conditioner(self, x):
         kept = torch.where(self.keep, x, 0.0)
         h = F.relu(self.conv_in(kept))
         h = F.relu(self.conv_mid(h))
         out = self.conv_out(h)
-        shift = out.narrow(1, 0, self.channels)
-        raw = out.narrow(1, self.channels, self.channels)
+        return out.narrow(1, 0, self.channels), out.narrow(1, self.channels, self.channels)
+
+    def _params(self, x):
+        shift, raw = self._conditioner(x)
         # ln sigmoid(raw + 2) = -softplus(-(raw + 2)).
         log_scale = F.softplus((raw + 2.0).neg()).neg()
         return shift, log_scale
@@ -295,6 +303,14 @@ class ImageCoupling(nn.Module):
         x = torch.where(self.keep, y, moved)
         ld = torch.where(self.moved, log_scale, 0.0).sum(dim=(1, 2, 3))
         return x, ld.neg()
+
+    def inverse_only(self, y):
+        """gm's ImageCoupling::inverse_only: 1 / sigmoid(raw + 2) = 1 + exp(-(raw + 2)), the
+        exponent capped, in place (no gradients), no log-determinant."""
+        shift, raw = self._conditioner(y)
+        factor = (-2.0 - raw).clamp_max_(MAX_INVERSE_LOG_SCALE).exp_().add_(1.0)
+        moved = (y - shift).mul_(factor).clamp_(-INVERSE_BOUND, INVERSE_BOUND)
+        return torch.where(self.keep, y, moved)
 
 
 class LogitPreprocess(nn.Module):
@@ -317,6 +333,9 @@ class LogitPreprocess(nn.Module):
         x = (torch.sigmoid(y) - a) / (1.0 - 2.0 * a)
         ld = (F.softplus(y.neg()) + F.softplus(y)).neg() - math.log(1.0 - 2.0 * a)
         return x, ld.sum(dim=tuple(range(1, ld.dim())))
+
+    def inverse_only(self, y):
+        return (torch.sigmoid(y) - self.alpha) / (1.0 - 2.0 * self.alpha)
 
 
 class MultiScale(nn.Module):
@@ -384,6 +403,24 @@ class MultiScale(nn.Module):
             h = F.pixel_shuffle(h, 2)
         return h, total
 
+    def inverse_only(self, z):
+        """gm's MultiScale::inverse_only: the inverse without log-determinants, for sampling."""
+        batch = z.shape[0]
+        pieces, offset = [], 0
+        for (c, hh, ww), out in zip(self.level_shapes, self.factor_out):
+            c = out if out is not None else c
+            n = c * hh * ww
+            pieces.append(z.narrow(1, offset, n).reshape(batch, c, hh, ww))
+            offset += n
+        h = pieces.pop()
+        for layers, out in zip(reversed(self.levels), reversed(self.factor_out)):
+            if out is not None:
+                h = torch.cat([h, pieces.pop()], 1)
+            for layer in reversed(layers):
+                h = layer.inverse_only(h)
+            h = F.pixel_shuffle(h, 2)
+        return h
+
 
 class GlowFlow(nn.Module):
     """build_flow for Architecture::MultiScale: LogitPreprocess then MultiScale, standard Normal
@@ -412,6 +449,11 @@ class GlowFlow(nn.Module):
         h, ld = self.logit.inverse(h)
         total = total + ld
         return h.reshape(z.shape[0], *self.shape), total
+
+    def inverse_only(self, z):
+        """gm's Flow::inverse_only (what sampling uses): no log-determinants."""
+        h = self.logit.inverse_only(self.glow.inverse_only(z))
+        return h.reshape(z.shape[0], *self.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,8 +527,8 @@ class TrainCase:
 
 
 class SampleCase:
-    """FlowModel::sample(n): z ~ N(0, I) · temperature, the inverse pass (with its
-    log-determinants, as gm computes them), the finiteness read, then the data space:
+    """FlowModel::sample(n): z ~ N(0, I) · temperature, the inverse pass without
+    log-determinants (gm's Flow::inverse_only), the finiteness read, then the data space:
     floor(y · levels) clamped into 0..levels."""
 
     def __init__(self, name, flow, n, levels, compiled, temperature=1.0):
@@ -496,7 +538,7 @@ class SampleCase:
 
         def draw():
             z = torch.randn(n, flow.latent, device=device_of(flow)) * temperature
-            y, _ = flow.inverse(z)
+            y = flow.inverse_only(z)
             data = (y * levels).floor().clamp(0.0, levels - 1.0)
             return y, data
 

@@ -110,6 +110,32 @@ impl Flow {
 
     /// `(x, ln |det ∂x/∂z|)` from latents `[batch, latent]`.
     pub fn inverse(&self, z: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let mut h = self.latent_in(z)?;
+        let mut total = Tensor::f_zeros([z.size()[0]], (self.kind, z.device()))?;
+        for layer in self.layers.iter().rev() {
+            let (prev, ld) = layer.inverse(&h, context)?;
+            h = prev;
+            total = total.f_add(&ld)?;
+        }
+        Ok((self.event_out(&h)?, total))
+    }
+
+    /// [`Flow::inverse`]'s `x` alone, for drawing samples: each layer's
+    /// [`FlowLayer::inverse_only`], without log-determinants or gradients.
+    pub fn inverse_only(&self, z: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        gm_core::tch::no_grad(|| {
+            let mut h = self.latent_in(z)?;
+            for layer in self.layers.iter().rev() {
+                h = layer.inverse_only(&h, context)?;
+            }
+            self.event_out(&h)
+        })
+    }
+
+    /// A latent `[batch, latent]` checked and in the weights' dtype. Vector flows take the flat
+    /// latent as is; image flows start from a flat latent too (the multi-scale layer
+    /// unflattens it), so no reshape is needed here.
+    fn latent_in(&self, z: &Tensor) -> Result<Tensor> {
         if z.dim() != 2 || z.size()[1] != self.latent {
             return Err(GmError::shape(
                 "Flow latent",
@@ -117,20 +143,15 @@ impl Flow {
                 &z.size(),
             ));
         }
-        let batch = z.size()[0];
-        // Vector flows take the flat latent as is; image flows start from a flat latent too
-        // (the multi-scale layer unflattens it), so no reshape is needed here.
-        let mut h = gm_core::nn::to_weight_kind(z, self.kind, "Flow latent")?;
-        let mut total = Tensor::f_zeros([batch], (self.kind, z.device()))?;
-        for layer in self.layers.iter().rev() {
-            let (prev, ld) = layer.inverse(&h, context)?;
-            h = prev;
-            total = total.f_add(&ld)?;
-        }
-        let shape: Vec<i64> = std::iter::once(batch)
+        gm_core::nn::to_weight_kind(z, self.kind, "Flow latent")
+    }
+
+    /// The first layer's input shape, `[batch] ++ event_shape`, for `h`.
+    fn event_out(&self, h: &Tensor) -> Result<Tensor> {
+        let shape: Vec<i64> = std::iter::once(h.size()[0])
             .chain(self.event_shape.iter().copied())
             .collect();
-        Ok((h.f_reshape(shape.as_slice())?, total))
+        Ok(h.f_reshape(shape.as_slice())?)
     }
 
     /// `n` draws (with an optional context `[n, C]`), scaled by `temperature` in the latent space.
@@ -143,7 +164,7 @@ impl Flow {
                 .sample(&[n])?
                 .f_to_kind(self.kind)?
                 .f_mul_scalar(temperature)?;
-            let x = self.inverse(&z, context)?.0;
+            let x = self.inverse_only(&z, context)?;
             crate::layer::ensure_finite_draws(&self.layers, &z, &x, context, 0)?;
             Ok(x)
         })
@@ -552,7 +573,7 @@ impl GenerativeModel for FlowModel {
         )?;
         gm_core::nn::check_activation_budget(z.size()[0], self.activations_per_example, what)?;
         let y = gm_core::tch::no_grad(|| {
-            self.with_weights(WeightChoice::Ema, || Ok(self.flow.inverse(&z, None)?.0))
+            self.with_weights(WeightChoice::Ema, || self.flow.inverse_only(&z, None))
         })?;
         self.to_data_space(y).map(Some)
     }

@@ -145,8 +145,12 @@ impl FlowLayer for MultiScale {
     }
 
     fn inverse(&self, z: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let (x, ld, _) = self.run_inverse(z, context, false)?;
-        Ok((x, ld))
+        let (x, ld, _) = self.run_inverse(z, context, Inverse::WithLogDet)?;
+        Ok((x, ld.expect("asked for the log-determinant")))
+    }
+
+    fn inverse_only(&self, z: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.run_inverse(z, context, Inverse::Only)?.0)
     }
 
     /// Names the level, step and layer whose output first holds a NaN or an infinity.
@@ -155,7 +159,7 @@ impl FlowLayer for MultiScale {
         y: &Tensor,
         context: Option<&Tensor>,
     ) -> Result<(Tensor, Option<String>)> {
-        let (x, _, place) = self.run_inverse(y, context, true)?;
+        let (x, _, place) = self.run_inverse(y, context, Inverse::Located)?;
         Ok((x, place))
     }
 
@@ -165,16 +169,29 @@ impl FlowLayer for MultiScale {
 }
 impl_bijector_for_layer!(MultiScale);
 
+/// What [`MultiScale::run_inverse`] computes besides the inverse.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Inverse {
+    /// The log-determinant too.
+    WithLogDet,
+    /// Nothing else: each layer's [`FlowLayer::inverse_only`], for sampling.
+    Only,
+    /// The log-determinant, and the first layer whose output is not finite.
+    Located,
+}
+
 impl MultiScale {
-    /// The inverse, `(x, ln |det ∂x/∂z|, place)`; with `locate`, it checks every layer's output
-    /// and stops at the first that is not finite, naming it in `place` (a diagnosis: each check
-    /// reads back to the host).
+    /// The inverse, `(x, ln |det ∂x/∂z|, place)`, the log-determinant unless `mode` is
+    /// [`Inverse::Only`]; with [`Inverse::Located`] it checks every layer's output and stops at
+    /// the first that is not finite, naming it in `place` (a diagnosis: each check reads back to
+    /// the host).
     fn run_inverse(
         &self,
         z: &Tensor,
         context: Option<&Tensor>,
-        locate: bool,
-    ) -> Result<(Tensor, Tensor, Option<String>)> {
+        mode: Inverse,
+    ) -> Result<(Tensor, Option<Tensor>, Option<String>)> {
+        let locate = mode == Inverse::Located;
         reject_context("multi-scale flow", context)?;
         let d = self.output_features();
         if z.dim() != 2 || z.size()[1] != d {
@@ -207,7 +224,10 @@ impl MultiScale {
             pieces.push(z.f_narrow(1, offset, n)?.f_reshape([batch, c, hh, ww])?);
             offset += n;
         }
-        let mut total = Tensor::f_zeros([batch], (z.kind(), z.device()))?;
+        let mut total = match mode {
+            Inverse::Only => None,
+            _ => Some(Tensor::f_zeros([batch], (z.kind(), z.device()))?),
+        };
         let mut h = pieces.pop().expect("at least one level");
         for (l, level) in self.levels.iter().enumerate().rev() {
             if level.factor_out.is_some() {
@@ -217,15 +237,20 @@ impl MultiScale {
             h = gm_core::nn::channels_last(&h)?;
             // Three layers per step: ActNorm, 1×1 convolution, coupling.
             for (i, layer) in level.steps.iter().enumerate().rev() {
-                let (prev, ld) = layer.inverse(&h, None)?;
-                h = prev;
-                total = total.f_add(&ld)?;
+                h = match total {
+                    Some(sum) => {
+                        let (prev, ld) = layer.inverse(&h, None)?;
+                        total = Some(sum.f_add(&ld)?);
+                        prev
+                    }
+                    None => layer.inverse_only(&h, None)?,
+                };
                 if locate && !crate::layer::all_finite(&h)? {
                     let place = format!("multi_scale level {l} step {} {}", i / 3, layer.name());
                     return Ok((h, total, Some(place)));
                 }
             }
-            h = Squeeze.inverse(&h, None)?.0;
+            h = Squeeze.inverse_only(&h, None)?;
         }
         let place = (locate && !crate::layer::all_finite(&h)?).then(|| "multi_scale".to_string());
         Ok((h, total, place))

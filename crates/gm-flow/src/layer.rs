@@ -20,6 +20,14 @@ pub trait FlowLayer {
     /// A short name for messages and reports.
     fn name(&self) -> &'static str;
 
+    /// [`FlowLayer::inverse`]'s output alone, for drawing samples: layers whose log-determinant
+    /// costs work skip it, and may compute the same map with fewer kernels (to rounding, not
+    /// bit for bit). Not for differentiation: a layer may compute it without recording
+    /// gradients.
+    fn inverse_only(&self, y: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        gm_core::tch::no_grad(|| Ok(self.inverse(y, context)?.0))
+    }
+
     /// [`FlowLayer::inverse`]'s output, and, if it holds a NaN or an infinity, where that first
     /// appeared: this layer's name, or for a layer made of layers the inner one's place. A
     /// diagnosis for the error path (it reads the output back to the host), not for sampling.

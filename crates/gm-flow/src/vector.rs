@@ -442,16 +442,20 @@ impl FlowLayer for ActNorm {
         Ok((y, ld.f_expand([x.size()[0]], false)?.f_contiguous()?))
     }
     fn inverse(&self, y: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        reject_context("actnorm", context)?;
-        self.check(y)?;
-        let x = y
-            .f_mul(&self.shaped(&self.log_scale, y)?.f_neg()?.f_exp()?)?
-            .f_sub(&self.shaped(&self.bias, y)?)?;
+        let x = self.inverse_only(y, context)?;
         let ld = self
             .log_scale
             .f_sum(None::<Kind>)?
             .f_mul_scalar(-(Self::positions(y) as f64))?;
         Ok((x, ld.f_expand([y.size()[0]], false)?.f_contiguous()?))
+    }
+    fn inverse_only(&self, y: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        reject_context("actnorm", context)?;
+        self.check(y)?;
+        Ok(
+            y.f_mul(&self.shaped(&self.log_scale, y)?.f_neg()?.f_exp()?)?
+                .f_sub(&self.shaped(&self.bias, y)?)?,
+        )
     }
     fn name(&self) -> &'static str {
         "actnorm"
