@@ -260,15 +260,17 @@ fn channel_coupling_halves_match_the_masked_computation() {
             let (y_half, ld_half, g_half) = run(false);
             let (y_mask, ld_mask, g_mask) = run(true);
             let what = format!("second_half {second_half}, inverse {inverse}");
-            assert_close(&y_half, &y_mask, 1e-12, &format!("outputs, {what}"));
-            assert_close(
-                &ld_half,
-                &ld_mask,
-                1e-12,
-                &format!("log-determinants, {what}"),
-            );
+            // Relative to each quantity's largest magnitude: the two paths may round
+            // differently (their first and last convolutions see different channel counts),
+            // and the inverse multiplies rounding by its factors: outputs reach 1e10 here.
+            let close = |a: &Tensor, b: &Tensor, what: String| {
+                let scale = b.abs().max().double_value(&[]).max(1.0);
+                assert_close(a, b, 1e-12 * scale, &what);
+            };
+            close(&y_half, &y_mask, format!("outputs, {what}"));
+            close(&ld_half, &ld_mask, format!("log-determinants, {what}"));
             for (k, (a, b)) in g_half.iter().zip(&g_mask).enumerate() {
-                assert_close(a, b, 1e-12, &format!("gradient {k}, {what}"));
+                close(a, b, format!("gradient {k}, {what}"));
             }
             // The map is not trivially the identity.
             assert!(
