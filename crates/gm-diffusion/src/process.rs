@@ -101,8 +101,8 @@ struct DecoderInputs<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DecoderRows {
     /// Only on the rows at step 1, gathered; their count is read to the host (free on the CPU).
-    /// With steps drawn uniformly that is one example in T, and usually none: the decoder's
-    /// three log-CDFs over every value were about 6% of a U-Net training step.
+    /// With steps drawn uniformly that is one example in T, and usually none: on every row,
+    /// the decoder's log-CDFs took about 6% of a U-Net training step's samples in `perf`.
     Gathered,
     /// On every row, then selected: no read, for devices where one would wait for the queue.
     All,
