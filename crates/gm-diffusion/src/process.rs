@@ -231,6 +231,16 @@ impl Process {
         out: &DenoiserOutput,
         decoder: Decoder,
     ) -> Result<Tensor> {
+        // One step per example: the decoder's rows are picked by position (see `DecoderRows`),
+        // where a broadcast `t` would pick row 0 only.
+        let b = x0.size().first().copied().unwrap_or(0);
+        if t.size() != [b] {
+            return Err(GmError::shape(
+                "Process::term t",
+                format!("[{b}]"),
+                &t.size(),
+            ));
+        }
         let (x0, xt) = (x0.f_to_kind(Kind::Double)?, xt.f_to_kind(Kind::Double)?);
         let out = DenoiserOutput {
             prediction: out.prediction.f_to_kind(Kind::Double)?,

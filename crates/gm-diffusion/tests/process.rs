@@ -532,6 +532,30 @@ fn schedules_refuse_betas_outside_the_unit_interval() {
     assert!(msg.contains("(0, 1)"), "{msg}");
 }
 
+/// The bound's term takes one step per example: a broadcast step tensor is refused (the
+/// decoder's rows are found by position), and a `[b]` one is taken.
+#[test]
+fn term_refuses_steps_that_are_not_one_per_example() {
+    let p = process(ScheduleConfig::default(), 10, Variance::Small);
+    let x0 = Tensor::zeros([3, 2], (Kind::Double, Device::Cpu));
+    let out = DenoiserOutput {
+        prediction: x0.zeros_like(),
+        variance: None,
+    };
+    let decoder = Decoder::Discrete { levels: 2 };
+    for bad in [
+        Tensor::from_slice(&[1i64]),
+        Tensor::from(1i64),
+        Tensor::from_slice(&[1i64, 2]),
+    ] {
+        let msg = gm_core::testing::error_text(p.term(&x0, &x0, &bad, &out, decoder));
+        assert!(msg.contains("[3]"), "{msg}");
+    }
+    let t = Tensor::from_slice(&[1i64, 5, 1]);
+    let term = p.term(&x0, &x0, &t, &out, decoder).unwrap();
+    assert_eq!(term.size(), [3]);
+}
+
 #[test]
 fn ddim_with_eta_zero_is_deterministic_and_inverts() {
     let data = Gaussian1d {

@@ -403,7 +403,8 @@ fn affine(x: &Tensor, shift: &Tensor, raw: &Tensor, inverse: bool) -> Result<(Te
 /// [`affine`]'s inverse without the log-scale, for sampling (call it without gradients: it
 /// works in place):
 /// `1 / sigmoid(a) = 1 + e^(−a)` with `a = raw + 2`, so the factor is one exponential, and the
-/// element-wise work is five kernels, most in place, instead of ten. The same limits: the
+/// element-wise work is seven kernels, five of them in place, instead of ten and the
+/// log-determinant's sum. The same limits: the
 /// exponent is capped at the largest log-factor and the result clamped to the bound.
 fn affine_inverse_only(x: &Tensor, shift: &Tensor, raw: &Tensor) -> Result<Tensor> {
     let (cap, bound) = inverse_limits(x.kind());

@@ -20,9 +20,9 @@ pub trait FlowLayer {
     /// A short name for messages and reports.
     fn name(&self) -> &'static str;
 
-    /// [`FlowLayer::inverse`]'s output alone, for drawing samples: layers whose log-determinant
-    /// costs work skip it, and may compute the same map with fewer kernels (to rounding, not
-    /// bit for bit). Not for differentiation: a layer may compute it without recording
+    /// [`FlowLayer::inverse`]'s output alone, for drawing samples: a layer may skip its
+    /// log-determinant and compute the same map with fewer kernels (to rounding, not bit for
+    /// bit); the default computes the inverse and drops the log-determinant. Not for differentiation: a layer may compute it without recording
     /// gradients.
     fn inverse_only(&self, y: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         gm_core::tch::no_grad(|| Ok(self.inverse(y, context)?.0))

@@ -61,7 +61,7 @@ proptest! {
         let mlp = MlpConfig { hidden: vec![16, 16], ..Default::default() };
         let layer = Coupling::new(&vs.root(), &alternating_mask(d, parity), transforms()[t], &mlp, context).unwrap();
         randomize(&vs, 0.3);
-        let x = randn(&[5, d], seed);
+        let x = randn(&[5, d], seed + 1);
         if context == 0 {
             assert_bijector_inverts(&layer, &x, 1e-8);
             assert_bijector_inverts_from_output(&layer, &x, 1e-8);
@@ -87,7 +87,7 @@ proptest! {
         let kind = if iaf { AutoregressiveKind::Iaf } else { AutoregressiveKind::Maf };
         let layer = MaskedAutoregressive::new(&vs.root(), d, &[24, 24], Ordering::Random { seed: seed as u64 }, transforms()[t], kind, 0).unwrap();
         randomize(&vs, 0.3);
-        let x = randn(&[4, d], seed);
+        let x = randn(&[4, d], seed + 1);
         assert_bijector_inverts(&layer, &x, 1e-6);
         assert_bijector_inverts_from_output(&layer, &x, 1e-6);
         assert_log_det_matches_autograd(&layer, &x, 1e-6, 3);
@@ -260,12 +260,11 @@ fn channel_coupling_halves_match_the_masked_computation() {
             let (y_half, ld_half, g_half) = run(false);
             let (y_mask, ld_mask, g_mask) = run(true);
             let what = format!("second_half {second_half}, inverse {inverse}");
-            // Relative to each quantity's largest magnitude: the two paths may round
+            // Relative to each entry's magnitude (at least 1): the two paths may round
             // differently (their first and last convolutions see different channel counts),
             // and the inverse multiplies rounding by its factors: outputs reach 1e10 here.
             let close = |a: &Tensor, b: &Tensor, what: String| {
-                let scale = b.abs().max().double_value(&[]).max(1.0);
-                assert_close(a, b, 1e-12 * scale, &what);
+                assert_close_per_element(a, b, 1e-12, &what);
             };
             close(&y_half, &y_mask, format!("outputs, {what}"));
             close(&ld_half, &ld_mask, format!("log-determinants, {what}"));
@@ -281,24 +280,19 @@ fn channel_coupling_halves_match_the_masked_computation() {
     }
 }
 
-/// `inverse_only`, the sampling direction without log-determinants (and, for the coupling, with
-/// the factor `1 + e^-(raw+2)` in place of `exp(softplus(-(raw+2)))`), gives the inverse's
-/// output: for every image layer and the multi-scale stack, in float64 to 1e-12 and float32 to
-/// 1e-5 relative to the output's scale; the single layers also where the couplings' factors
-/// pass the cap (raw-scale biases of -80 and -700), so that both clamp alike.
+/// `inverse_only`, the sampling direction without log-determinants, gives the inverse's output,
+/// in float64 to 1e-12 and float32 to 1e-5 relative to each entry (at least 1). New code is
+/// tested in the channel couplings (the factor `1 + e^-(raw+2)` in place of
+/// `exp(softplus(-(raw+2)))`, also where the factors pass the cap: raw-scale biases of -80 and
+/// -700, so that both clamp alike) and the multi-scale stack; ActNorm's against its formula
+/// `y·e^-s − b`; the other layers' inverses are their `inverse_only`, checked for completeness.
 #[test]
 fn inverse_only_gives_the_inverse() {
     use gm_core::bijectors::Bijector;
     fn agree(layer: &dyn gm_flow::FlowLayer, y: &Tensor, tol: f64, what: &str) {
         let (full, _) = layer.inverse(y, None).unwrap();
         let only = layer.inverse_only(y, None).unwrap();
-        assert_eq!(full.size(), only.size(), "{what}");
-        let scale = full.abs().max().double_value(&[]).max(1.0);
-        let err = (&full - &only).abs().max().double_value(&[]);
-        assert!(
-            err <= tol * scale,
-            "{what}: differs by {err:e} at scale {scale:e}"
-        );
+        assert_close_per_element(&only, &full, tol, what);
     }
     fn push_raw_scale_bias(vs: &gm_core::tch::nn::VarStore, bias: f64) {
         gm_core::tch::no_grad(|| {
@@ -339,6 +333,12 @@ fn inverse_only_gives_the_inverse() {
             }
             let tag = format!("{kind:?}, raw-scale bias {bias:?}");
             agree(&actnorm, &x, tol, &format!("actnorm, {tag}"));
+            let by_formula = gm_core::tch::no_grad(|| {
+                let shaped = |name: &str| vs.variables()[name].reshape([1, 4, 1, 1]);
+                &x * shaped("actnorm.log_scale").neg().exp() - shaped("actnorm.bias")
+            });
+            let only = gm_flow::FlowLayer::inverse_only(&actnorm, &x, None).unwrap();
+            assert_close_per_element(&only, &by_formula, tol, &format!("actnorm formula, {tag}"));
             agree(&conv, &x, tol, &format!("conv1x1, {tag}"));
             for (mask, layer) in &couplings {
                 agree(layer, &x, tol, &format!("coupling {mask}, {tag}"));
@@ -365,4 +365,16 @@ fn inverse_only_gives_the_inverse() {
             &format!("multi-scale from a draw, {kind:?}"),
         );
     }
+}
+
+/// `|a − b| ≤ tol · max(|b|, 1)` at every entry.
+fn assert_close_per_element(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
+    assert_eq!(a.size(), b.size(), "{what}");
+    let excess = ((a - b).abs() - b.abs().clamp_min(1.0) * tol)
+        .max()
+        .double_value(&[]);
+    assert!(
+        excess <= 0.0,
+        "{what}: an entry differs by {excess:e} more than allowed"
+    );
 }
