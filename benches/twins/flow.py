@@ -382,17 +382,21 @@ class MultiScale(nn.Module):
         parts.append(h.reshape(batch, -1))
         return torch.cat(parts, 1), total
 
-    def inverse(self, z):
+    def _pieces(self, z):
+        """The flat latent split back into the factored-out parts, in order, then the last
+        level's output."""
         batch = z.shape[0]
-        sizes = []
-        for (c, hh, ww), out in zip(self.level_shapes, self.factor_out):
-            sizes.append((out, hh, ww) if out is not None else (c, hh, ww))
         pieces, offset = [], 0
-        for c, hh, ww in sizes:
+        for (c, hh, ww), out in zip(self.level_shapes, self.factor_out):
+            c = out if out is not None else c
             n = c * hh * ww
             pieces.append(z.narrow(1, offset, n).reshape(batch, c, hh, ww))
             offset += n
-        total = torch.zeros(batch, device=z.device)
+        return pieces
+
+    def inverse(self, z):
+        pieces = self._pieces(z)
+        total = torch.zeros(z.shape[0], device=z.device)
         h = pieces.pop()
         for layers, out in zip(reversed(self.levels), reversed(self.factor_out)):
             if out is not None:
@@ -405,13 +409,7 @@ class MultiScale(nn.Module):
 
     def inverse_only(self, z):
         """gm's MultiScale::inverse_only: the inverse without log-determinants, for sampling."""
-        batch = z.shape[0]
-        pieces, offset = [], 0
-        for (c, hh, ww), out in zip(self.level_shapes, self.factor_out):
-            c = out if out is not None else c
-            n = c * hh * ww
-            pieces.append(z.narrow(1, offset, n).reshape(batch, c, hh, ww))
-            offset += n
+        pieces = self._pieces(z)
         h = pieces.pop()
         for layers, out in zip(reversed(self.levels), reversed(self.factor_out)):
             if out is not None:

@@ -52,12 +52,7 @@ impl FlowLayer for Squeeze {
         Ok((x.f_pixel_unshuffle(2)?, zeros_for(x)?))
     }
     fn inverse(&self, y: &Tensor, context: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        reject_context("squeeze", context)?;
-        let s = y.size();
-        if y.dim() != 4 || s[1] % 4 != 0 {
-            return Err(GmError::shape("Squeeze inverse", "[batch, 4C, H, W]", &s));
-        }
-        Ok((y.f_pixel_shuffle(2)?, zeros_for(y)?))
+        Ok((self.inverse_only(y, context)?, zeros_for(y)?))
     }
     fn inverse_only(&self, y: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         reject_context("squeeze", context)?;

@@ -22,8 +22,8 @@ pub trait FlowLayer {
 
     /// [`FlowLayer::inverse`]'s output alone, for drawing samples: a layer may skip its
     /// log-determinant and compute the same map with fewer kernels (to rounding, not bit for
-    /// bit); the default computes the inverse and drops the log-determinant. Not for differentiation: a layer may compute it without recording
-    /// gradients.
+    /// bit); the default computes the inverse and drops the log-determinant. Not for
+    /// differentiation: a layer may compute it without recording gradients.
     fn inverse_only(&self, y: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         gm_core::tch::no_grad(|| Ok(self.inverse(y, context)?.0))
     }
