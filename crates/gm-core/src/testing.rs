@@ -208,6 +208,19 @@ pub fn assert_close(actual: &Tensor, expected: &Tensor, tol: f64, what: &str) {
     assert!(err <= tol, "{what}: differs by {err:e} > {tol:e}");
 }
 
+/// `|actual − expected| ≤ tol · max(|expected|, 1)` at every entry: a relative tolerance for
+/// large entries and an absolute one near zero, for maps computed two ways (fused against plain)
+/// whose values span orders of magnitude.
+pub fn assert_close_per_element(actual: &Tensor, expected: &Tensor, tol: f64, what: &str) {
+    assert_eq!(actual.size(), expected.size(), "{what}: shapes differ");
+    let excess = (actual - expected).abs() - expected.abs().clamp_min(1.0) * tol;
+    let excess = excess.max().double_value(&[]);
+    assert!(
+        excess <= 0.0,
+        "{what}: an entry differs by {excess:e} more than allowed ({tol:e} relative)"
+    );
+}
+
 /// The message of the error `result` must be, panicking if it is `Ok`: for tests of bad input.
 pub fn error_text<T>(result: crate::Result<T>) -> String {
     match result {

@@ -412,7 +412,7 @@ impl FlowModel {
     }
 
     /// Log-likelihood per example in nats with the raw weights, differentiable (see
-    /// [`FlowModel::log_prob_checked`]); `labels` for a conditional flow.
+    /// `FlowModel::log_prob_checked`); `labels` for a conditional flow.
     pub fn log_prob(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         let x = self.checked(x, "FlowModel.log_prob x")?;
         self.log_prob_checked(&x, labels)

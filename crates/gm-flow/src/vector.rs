@@ -387,6 +387,25 @@ impl ActNorm {
         Ok(())
     }
 
+    /// The bias `b` of `y = (x + b)·eˢ`, `[features]`.
+    pub(crate) fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// The log-scale `s` of `y = (x + b)·eˢ`, `[features]`.
+    pub(crate) fn log_scale(&self) -> &Tensor {
+        &self.log_scale
+    }
+
+    /// Whether the data-dependent initialisation has run (by a forward pass, or in the
+    /// checkpoint this layer was loaded from). Reads the flag back to the host until it is set.
+    pub(crate) fn is_initialized(&self) -> Result<bool> {
+        if !self.known_initialized.get() && self.initialized.f_double_value(&[0])? > 0.5 {
+            self.known_initialized.set(true);
+        }
+        Ok(self.known_initialized.get())
+    }
+
     fn initialize_from(&self, x: &Tensor) -> Result<()> {
         if self.known_initialized.get() {
             return Ok(());

@@ -366,15 +366,3 @@ fn inverse_only_gives_the_inverse() {
         );
     }
 }
-
-/// `|a − b| ≤ tol · max(|b|, 1)` at every entry.
-fn assert_close_per_element(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
-    assert_eq!(a.size(), b.size(), "{what}");
-    let excess = ((a - b).abs() - b.abs().clamp_min(1.0) * tol)
-        .max()
-        .double_value(&[]);
-    assert!(
-        excess <= 0.0,
-        "{what}: an entry differs by {excess:e} more than allowed"
-    );
-}

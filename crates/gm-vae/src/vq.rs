@@ -368,7 +368,7 @@ impl VectorQuantizer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VqVaeConfig {
-    /// As for [`VaeConfig::data_shape`].
+    /// As for `VaeConfig::data_shape`.
     pub data_shape: Vec<i64>,
     pub encoder: NetworkConfig,
     pub decoder: NetworkConfig,

@@ -9,7 +9,7 @@
 //! the likelihood is the ensemble `ln (1/K) Σ_k p_k(x)` (Uria et al. 2016), as for MADE; it
 //! costs K passes.
 //!
-//! On the CPU in single precision, training and scoring take a hand-written pass ([`kernel`]);
+//! On the CPU in single precision, training and scoring take a hand-written pass (`kernel`);
 //! elsewhere (CUDA, double precision) autograd runs through [`Network::forward`].
 
 mod kernel;
@@ -177,7 +177,7 @@ impl Network for Nade {
         Ok(out.f_unsqueeze(1)?)
     }
 
-    /// On the CPU in single precision, NADE's own O(D·H) algorithm ([`kernel`]), several
+    /// On the CPU in single precision, NADE's own O(D·H) algorithm (`kernel`), several
     /// times faster than autograd through the running sum; elsewhere `None`.
     fn fused_bernoulli_nll(
         &self,
