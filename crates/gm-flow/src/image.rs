@@ -421,7 +421,7 @@ fn inverse_limits(kind: Kind) -> (f64, f64) {
 /// The affine map of the moving entries `x` given the conditioner's `shift` and `raw` scale:
 /// `(moved, ln scale)`, with scale `sigmoid(raw + 2)`.
 fn affine(x: &Tensor, shift: &Tensor, raw: &Tensor, inverse: bool) -> Result<(Tensor, Tensor)> {
-    // ln sigmoid(raw + 2), one kernel.
+    // ln sigmoid(raw + 2): an addition and one `log_sigmoid` kernel.
     let log_scale = raw.f_add_scalar(2.0)?.f_log_sigmoid()?;
     let moved = if inverse {
         // Finite factor times finite difference: at worst ±inf, never NaN; then clamped.
@@ -439,9 +439,9 @@ fn affine(x: &Tensor, shift: &Tensor, raw: &Tensor, inverse: bool) -> Result<(Te
 /// [`affine`]'s inverse without the log-scale, for sampling (call it without gradients: it
 /// works in place):
 /// `1 / sigmoid(a) = 1 + e^(−a)` with `a = raw + 2`, so the factor is one exponential, and the
-/// element-wise work is seven kernels, five of them in place, instead of ten and the
-/// log-determinant's sum. The same limits: the
-/// exponent is capped at the largest log-factor and the result clamped to the bound.
+/// element-wise work is seven kernels, five of them in place, instead of [`affine`]'s eight and
+/// the log-determinant's sum. The same limits: the exponent is capped at the largest log-factor
+/// and the result clamped to the bound.
 fn affine_inverse_only(x: &Tensor, shift: &Tensor, raw: &Tensor) -> Result<Tensor> {
     let (cap, bound) = inverse_limits(x.kind());
     let mut factor = raw.f_rsub_scalar(-2.0)?;

@@ -407,11 +407,7 @@ impl ActNorm {
     }
 
     fn initialize_from(&self, x: &Tensor) -> Result<()> {
-        if self.known_initialized.get() {
-            return Ok(());
-        }
-        if self.initialized.f_double_value(&[0])? > 0.5 {
-            self.known_initialized.set(true);
+        if self.is_initialized()? {
             return Ok(());
         }
         // The statistics of an empty or non-finite batch would leave the layer NaN for good.
