@@ -519,9 +519,13 @@ pub fn evaluate(
     let mut samplers = Vec::new();
     for (i, variant) in entry.samplers.iter().enumerate() {
         let seed = gm_core::device::derive_seed(entry.run.train.seed, 0x5A3C + i as u64);
-        let judged = judge_variant(
-            variant, seed, entry, model, data, n_samples, device, classifier,
-        );
+        let judging = Judging {
+            entry,
+            model,
+            data,
+            classifier,
+        };
+        let judged = judge_variant(variant, seed, &judging, n_samples, device);
         samplers.push(judged.unwrap_or_else(|e| SamplerResult {
             label: variant.label(),
             seconds_per_10k: 0.0,
@@ -793,19 +797,30 @@ fn reconstruction_error(
     Ok((true, Some(error)))
 }
 
+/// A trained entry and what its samples are judged against.
+struct Judging<'a> {
+    entry: &'a Entry,
+    model: &'a dyn gm_core::model::GenerativeModel,
+    data: &'a NamedData,
+    classifier: Option<&'a DigitClassifier>,
+}
+
 /// Draws `n_samples` the way `variant` says (timed) and judges them like the default samples:
 /// distances to held-out data on toy sets, the digit classifier's metrics on 1,000 more for
 /// digits.
 fn judge_variant(
     variant: &crate::suite::SamplerVariant,
     seed: u64,
-    entry: &Entry,
-    model: &dyn gm_core::model::GenerativeModel,
-    data: &NamedData,
+    judging: &Judging,
     n_samples: i64,
     device: Device,
-    classifier: Option<&DigitClassifier>,
 ) -> Result<SamplerResult> {
+    let Judging {
+        entry,
+        model,
+        data,
+        classifier,
+    } = *judging;
     let options = variant.options().seed(seed);
     let started = Instant::now();
     let drawn = gm_core::tch::no_grad(|| model.sample_with(n_samples, &options))?;

@@ -306,13 +306,15 @@ impl DenoiserConfig {
                 attention,
             } => Body::Unet(Box::new(Unet::new(
                 path,
-                event_shape[0],
-                inputs_per_value,
+                ValueChannels {
+                    image: event_shape[0],
+                    inputs_per_value,
+                    outputs_per_value,
+                },
                 *channels,
                 multipliers,
                 *attention,
                 emb,
-                outputs_per_value,
             )?)),
         };
         Ok(Denoiser {
@@ -574,17 +576,28 @@ struct Unet {
     conv_out: Conv,
 }
 
+/// The U-Net's outer channels: `image` values per pixel, each fed in as `inputs_per_value`
+/// channels and answered with `outputs_per_value`.
+struct ValueChannels {
+    image: i64,
+    inputs_per_value: i64,
+    outputs_per_value: i64,
+}
+
 impl Unet {
     fn new(
         path: &nn::Path,
-        image_channels: i64,
-        inputs_per_value: i64,
+        values: ValueChannels,
         channels: i64,
         multipliers: &[i64],
         attention: bool,
         emb: i64,
-        outputs_per_value: i64,
     ) -> Result<Self> {
+        let ValueChannels {
+            image: image_channels,
+            inputs_per_value,
+            outputs_per_value,
+        } = values;
         let widths: Vec<i64> = multipliers.iter().map(|m| m * channels).collect();
         let levels = widths.len();
         let conv_in = conv2d(
