@@ -116,22 +116,15 @@ impl InvertibleConv1x1 {
         })
     }
 
-    /// The `[C, C]` weight.
+    /// The `[C, C]` weight (the stack of [`InvertibleConv1x1::stacked_weights`] for one layer).
     pub fn weight(&self) -> Result<Tensor> {
-        let l = self.lower.f_mul(&self.lower_mask)?.f_add(&self.eye)?;
-        let u = self.upper.f_mul(&self.lower_mask.f_tr()?)?.f_add(
-            &self
-                .sign_s
-                .f_mul(&self.log_s.f_exp()?)?
-                .f_diag_embed(0, 0, 1)?,
-        )?;
-        Ok(self.permutation.f_matmul(&l)?.f_matmul(&u)?)
+        Ok(Self::stacked_weights(&[self])?.weights.f_squeeze_dim(0)?)
     }
 
-    /// The weights of several 1×1 convolutions of the same width, `[S, C, C]`, with their
-    /// log-diagonals `[S, C]` (the log-determinant per position is their sum): the values of
-    /// each one's [`InvertibleConv1x1::weight`] computed in one batched pass, a dozen operations
-    /// for the whole stack instead of a dozen per layer (and as many gradient nodes).
+    /// The weights `P (L ⊙ M + I) (U ⊙ Mᵀ + diag(sign · exp(log_s)))` of several 1×1
+    /// convolutions of the same width, `[S, C, C]`, with their log-diagonals `[S, C]` (the
+    /// log-determinant per position is their sum), in one batched pass: a dozen operations for
+    /// the whole stack instead of a dozen per layer (and as many gradient nodes).
     pub(crate) fn stacked_weights(convs: &[&InvertibleConv1x1]) -> Result<StackedWeights> {
         let first = convs.first().ok_or_else(|| {
             GmError::config("steps", "stacking the weights of no 1×1 convolution")
