@@ -436,14 +436,21 @@ pub fn check_data(
     };
     // The common case costs one pass and one read: the data are valid exactly when every value
     // is finite (continuous data) or equals itself rounded and clamped into `0..levels` (NaN
-    // equals nothing; an infinity, an out-of-range value or a fraction changes).
-    let valid = match values {
-        ValueKind::Continuous => x.f_isfinite()?.f_all()?,
-        ValueKind::Discrete { levels } => x
-            .f_eq_tensor(&x.f_round()?.f_clamp(0.0, (levels - 1) as f64)?)?
-            .f_all()?,
+    // equals nothing; an infinity, an out-of-range value or a fraction changes). On the CPU
+    // that pass is one loop over the values, without a tensor operation.
+    let valid = match crate::data::scan::all_valid(&x, values) {
+        Some(valid) => valid,
+        None => {
+            let valid = match values {
+                ValueKind::Continuous => x.f_isfinite()?.f_all()?,
+                ValueKind::Discrete { levels } => x
+                    .f_eq_tensor(&x.f_round()?.f_clamp(0.0, (levels - 1) as f64)?)?
+                    .f_all()?,
+            };
+            valid.f_int64_value(&[])? != 0
+        }
     };
-    if valid.f_int64_value(&[])? != 0 {
+    if valid {
         return Ok(x);
     }
     // Otherwise count what is wrong, for the message.

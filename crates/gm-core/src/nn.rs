@@ -204,7 +204,13 @@ impl Mlp {
         for (i, layer) in self.layers.iter().enumerate() {
             h = h.f_linear(&layer.ws, layer.bs.as_ref())?;
             if i < last {
-                h = self.activation.apply(&h);
+                h = match self.activation {
+                    // In place on the layer's fresh output, which the linear layer's backward
+                    // does not read (ReLU's own backward reads its result): one allocation
+                    // fewer per layer.
+                    Activation::Relu => h.f_relu_()?,
+                    other => other.apply(&h),
+                };
             }
         }
         Ok(h)

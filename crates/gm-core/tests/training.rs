@@ -525,6 +525,71 @@ fn fused_adam_on_several_threads_gives_the_same_bits() {
     tch::set_num_threads(threads);
 }
 
+/// Without clipping, `backward_step` updates from the gradients where autograd left them and
+/// writes them into the gradient buffer in the same pass. It must give what the update from
+/// the buffer gives after `backward()` accumulated into it: the same weights and moments, and
+/// the same gradients left in the buffer, for a large float32 matrix (split across threads),
+/// a convolution weight whose gradient comes channels-last, a parameter the loss does not
+/// reach (zero gradient) and a float64 group beside the float32 one.
+#[test]
+fn update_from_autograd_gradients_matches_update_from_the_buffer() {
+    let threads = tch::get_num_threads();
+    let make = || {
+        let float = (Kind::Float, Device::Cpu);
+        vec![
+            Tensor::linspace(-1.0, 1.0, 70_000, float)
+                .view([350, 200])
+                .set_requires_grad(true),
+            Tensor::linspace(-0.5, 0.7, 288, float)
+                .view([8, 4, 3, 3])
+                .set_requires_grad(true),
+            Tensor::ones([5], float).set_requires_grad(true),
+            Tensor::linspace(-2.0, 3.0, 1001, (Kind::Double, Device::Cpu)).set_requires_grad(true),
+        ]
+    };
+    let loss_of = |p: &[Tensor]| {
+        let x = gm_core::nn::channels_last(
+            &Tensor::linspace(-1.0, 1.0, 288, (Kind::Float, Device::Cpu)).view([2, 4, 6, 6]),
+        )
+        .unwrap();
+        let conv = x.conv2d(&p[1], None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        (p[0].sin().sum(Kind::Float) + conv.square().sum(Kind::Float)).to_kind(Kind::Double)
+            + p[3].cos().sum(Kind::Double)
+    };
+    let config = AdamConfig {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..AdamConfig::default()
+    };
+    for t in [1, 2] {
+        tch::set_num_threads(t);
+        let (gathered, accumulated) = (make(), make());
+        let shallow = |p: &[Tensor]| p.iter().map(|t| t.shallow_clone()).collect::<Vec<_>>();
+        let mut a = Adam::new(shallow(&gathered), config.clone()).unwrap();
+        let mut b = Adam::new(shallow(&accumulated), config.clone()).unwrap();
+        for step in 0..3 {
+            a.backward_step(&loss_of(&gathered), 0.01).unwrap();
+            b.zero_grad().unwrap();
+            loss_of(&accumulated).backward();
+            b.step(0.01).unwrap();
+            flat_is_bound(&a);
+            for (i, (p, q)) in gathered.iter().zip(&accumulated).enumerate() {
+                assert_eq!(p.detach(), q.detach(), "{t} threads, step {step}: weight {i}");
+                assert_eq!(p.grad(), q.grad(), "{t} threads, step {step}: gradient {i}");
+            }
+            assert_eq!(a.state(""), b.state(""), "{t} threads, step {step}: moments");
+        }
+        // Every weight the loss reaches moved, and the unreached one's gradient is zero.
+        assert!(gathered[2].grad().eq(0.0).all().int64_value(&[]) != 0);
+        let first = make();
+        for i in [0, 1, 3] {
+            let moved = (gathered[i].detach() - &first[i]).abs().max().double_value(&[]);
+            assert!(moved > 1e-3, "{t} threads: weight {i} moved by {moved}");
+        }
+    }
+    tch::set_num_threads(threads);
+}
+
 fn flat_is_bound(opt: &Adam) {
     opt.parameters()
         .check_bound(true)

@@ -7,6 +7,7 @@
 //! - [`transforms`]: binarisation and dequantisation.
 
 pub mod mnist;
+pub(crate) mod scan;
 pub mod signal;
 pub mod text;
 pub mod toy;

@@ -15,7 +15,7 @@
 use crate::{GmError, Result};
 use tch::{Device, Kind, Tensor};
 
-/// From this many gradient elements on, [`FlatParameters::backward_into_grads`] copies parameter
+/// From this many gradient elements on, [`FlatParameters::write_grads`] copies parameter
 /// by parameter (in parallel) rather than with one concatenation (serial).
 const PARALLEL_COPY_ELEMENTS: usize = 1 << 17;
 
@@ -144,6 +144,17 @@ impl FlatParameters {
     /// discriminator's weight gradients, which `backward()` would compute and accumulate for
     /// nothing. A parameter the loss does not reach gets zero.
     pub fn backward_into_grads(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = self.gradients(loss)?;
+        for group in 0..self.groups.len() {
+            self.write_grads(group, &grads)?;
+        }
+        Ok(())
+    }
+
+    /// The gradients of `loss` with respect to these parameters, in their order, as autograd
+    /// returns them (undefined for a parameter the loss does not reach), without writing them
+    /// anywhere: [`FlatParameters::backward_into_grads`] is this and [`FlatParameters::write_grads`].
+    pub fn gradients(&self, loss: &Tensor) -> Result<Vec<Tensor>> {
         // `loss.backward()` refuses these itself; autograd's engine, called directly, would
         // sum a tensor of losses silently and dereference a missing graph.
         if !loss.requires_grad() || loss.numel() != 1 {
@@ -157,40 +168,43 @@ impl FlatParameters {
                 ),
             ));
         }
-        let grads = Tensor::f_run_backward(&[loss], &self.tensors, false, false)?;
-        let threads = tch::get_num_threads();
-        for g in &self.groups {
-            // A large CPU buffer takes one copy per parameter, which libtorch spreads over its
-            // threads; others a single concatenation (serial on the CPU, but one operation).
-            let parallel = g.grads.device() == Device::Cpu
-                && threads > 1
-                && g.grads.numel() >= PARALLEL_COPY_ELEMENTS;
-            if parallel {
-                for &(i, offset, count) in &g.members {
-                    let grad = &grads[i];
-                    let mut slot = g.grads.f_narrow(0, offset, count)?;
-                    if grad.defined() {
-                        // In the gradient's shape: a channels-last gradient is reordered once,
-                        // by the copy.
-                        slot.f_view(grad.size().as_slice())?.f_copy_(grad)?;
-                    } else {
-                        let _ = slot.f_zero_()?;
-                    }
-                }
-                continue;
-            }
-            let mut parts = Vec::with_capacity(g.members.len());
-            for &(i, _, count) in &g.members {
+        Ok(Tensor::f_run_backward(&[loss], &self.tensors, false, false)?)
+    }
+
+    /// Writes group `group`'s share of `grads` (from [`FlatParameters::gradients`]) over its
+    /// gradient buffer, zero for an undefined gradient.
+    pub fn write_grads(&self, group: usize, grads: &[Tensor]) -> Result<()> {
+        let g = &self.groups[group];
+        // A large CPU buffer takes one copy per parameter, which libtorch spreads over its
+        // threads; others a single concatenation (serial on the CPU, but one operation).
+        let parallel = g.grads.device() == Device::Cpu
+            && tch::get_num_threads() > 1
+            && g.grads.numel() >= PARALLEL_COPY_ELEMENTS;
+        if parallel {
+            for &(i, offset, count) in &g.members {
                 let grad = &grads[i];
-                parts.push(if grad.defined() {
-                    grad.f_reshape([count])?
+                let mut slot = g.grads.f_narrow(0, offset, count)?;
+                if grad.defined() {
+                    // In the gradient's shape: a channels-last gradient is reordered once,
+                    // by the copy.
+                    slot.f_view(grad.size().as_slice())?.f_copy_(grad)?;
                 } else {
-                    g.grads
-                        .f_new_zeros([count], (g.grads.kind(), g.grads.device()))?
-                });
+                    let _ = slot.f_zero_()?;
+                }
             }
-            let _ = Tensor::f_cat_out(&g.grads, &parts, 0)?;
+            return Ok(());
         }
+        let mut parts = Vec::with_capacity(g.members.len());
+        for &(i, _, count) in &g.members {
+            let grad = &grads[i];
+            parts.push(if grad.defined() {
+                grad.f_reshape([count])?
+            } else {
+                g.grads
+                    .f_new_zeros([count], (g.grads.kind(), g.grads.device()))?
+            });
+        }
+        let _ = Tensor::f_cat_out(&g.grads, &parts, 0)?;
         Ok(())
     }
 

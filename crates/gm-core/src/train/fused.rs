@@ -36,6 +36,8 @@ pub fn supports(t: &Tensor) -> bool {
 /// The arithmetic the kernels need, for `f32` and `f64`.
 trait Real:
     Copy
+    + Send
+    + Sync
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
@@ -101,19 +103,102 @@ pub fn adam_step(
     // are its flat buffers, so no other reference writes them during the call.
     unsafe {
         match p.kind() {
-            Kind::Float => adam_slices::<f32>(p, g, m, v, n, c),
-            _ => adam_slices::<f64>(p, g, m, v, n, c),
+            Kind::Float => adam_slices::<f32>(p, g, m, v, n, None, c),
+            _ => adam_slices::<f64>(p, g, m, v, n, None, c),
         }
     }
     Ok(())
 }
 
+/// One member of a flat buffer and its gradient as autograd returned it, for
+/// [`adam_step_gathering`]: `len` elements from `offset`, and `grad` (a contiguous CPU tensor of
+/// the buffer's dtype and `len` elements), or `None` for a parameter the loss did not reach.
+pub struct MemberGrad<'a> {
+    pub offset: usize,
+    pub len: usize,
+    pub grad: Option<&'a Tensor>,
+}
+
+/// One Adam step like [`adam_step`], reading each member's gradient from the tensor autograd
+/// returned for it (zero for `None`) and storing it into `g` on the way, in the same pass:
+/// `g` ends as [`adam_step`] would have found it after the gradients were copied in, and the
+/// weights and moments get the same bits, without a separate pass that reads and writes the
+/// whole gradient buffer first. `members` must tile `0..len(p)`.
+pub fn adam_step_gathering(
+    p: &mut Tensor,
+    g: &mut Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    members: &[MemberGrad],
+    c: &AdamStep,
+) -> Result<()> {
+    let n = check_buffers(&[p, g, m, v])?;
+    let mut covered = 0;
+    for member in members {
+        let fits = member.offset == covered
+            && member.grad.is_none_or(|t| {
+                supports(t) && t.kind() == p.kind() && t.numel() == member.len
+            });
+        if !fits {
+            return Err(GmError::config(
+                "params",
+                format!(
+                    "the fused update needs gradients that tile the buffer in order, each a \
+                     contiguous CPU tensor of {:?} with its member's length; the member at \
+                     offset {} of {} elements does not fit",
+                    p.kind(),
+                    member.offset,
+                    member.len
+                ),
+            ));
+        }
+        covered += member.len;
+    }
+    if covered != n {
+        return Err(GmError::config(
+            "params",
+            format!("the members cover {covered} of the buffer's {n} elements"),
+        ));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let sources: Vec<Source> = members
+        .iter()
+        .map(|member| Source {
+            offset: member.offset,
+            len: member.len,
+            address: member.grad.map_or(0, |t| t.data_ptr() as usize),
+        })
+        .collect();
+    // SAFETY: as for `adam_step`; the sources are checked above to be CPU buffers of the
+    // dtype read, of their member's length, and are only read.
+    unsafe {
+        match p.kind() {
+            Kind::Float => adam_slices::<f32>(p, g, m, v, n, Some(&sources), c),
+            _ => adam_slices::<f64>(p, g, m, v, n, Some(&sources), c),
+        }
+    }
+    Ok(())
+}
+
+/// A member's gradient by address (0 for a zero gradient), so that it may cross threads.
+struct Source {
+    offset: usize,
+    len: usize,
+    address: usize,
+}
+
+/// The update of `n` elements, split across libtorch's threads. With `sources`, the gradient
+/// of each element is read from its member's source and stored into `g`; without, read from
+/// `g`.
 unsafe fn adam_slices<T: Real>(
     p: &Tensor,
     g: &Tensor,
     m: &Tensor,
     v: &Tensor,
     n: usize,
+    sources: Option<&[Source]>,
     c: &AdamStep,
 ) {
     // Every element is updated on its own, so splitting the buffers changes no bit of the
@@ -132,16 +217,44 @@ unsafe fn adam_slices<T: Real>(
         m.data_ptr() as usize,
         v.data_ptr() as usize,
     );
+    let k = Coefficients::<T>::of(c);
     super::openmp::run_on_team(threads, &|part, parts| {
         let start = n * part / parts;
-        let len = n * (part + 1) / parts - start;
-        // SAFETY: the parts are disjoint stretches of the four buffers (see the caller).
+        let end = n * (part + 1) / parts;
+        // SAFETY: the parts are disjoint stretches of the four buffers (see the caller), and
+        // each source is read within its member's length.
         unsafe {
-            let p = std::slice::from_raw_parts_mut((p as *mut T).add(start), len);
-            let g = std::slice::from_raw_parts((g as *const T).add(start), len);
-            let m = std::slice::from_raw_parts_mut((m as *mut T).add(start), len);
-            let v = std::slice::from_raw_parts_mut((v as *mut T).add(start), len);
-            adam_chunk(p, g, m, v, c)
+            let slices = |from: usize, to: usize| {
+                let len = to - from;
+                (
+                    std::slice::from_raw_parts_mut((p as *mut T).add(from), len),
+                    std::slice::from_raw_parts_mut((g as *mut T).add(from), len),
+                    std::slice::from_raw_parts_mut((m as *mut T).add(from), len),
+                    std::slice::from_raw_parts_mut((v as *mut T).add(from), len),
+                )
+            };
+            let Some(sources) = sources else {
+                let (p, g, m, v) = slices(start, end);
+                return adam_chunk(p, g, m, v, &k);
+            };
+            for source in sources {
+                let from = start.max(source.offset);
+                let to = end.min(source.offset + source.len);
+                if from >= to {
+                    continue;
+                }
+                let (p, g, m, v) = slices(from, to);
+                if source.address == 0 {
+                    g.fill(T::of(0.0));
+                    adam_chunk(p, g, m, v, &k);
+                } else {
+                    let read = std::slice::from_raw_parts(
+                        (source.address as *const T).add(from - source.offset),
+                        to - from,
+                    );
+                    adam_gathering_chunk(p, read, g, m, v, &k);
+                }
+            }
         }
     });
 }
@@ -149,42 +262,120 @@ unsafe fn adam_slices<T: Real>(
 /// Below this many elements, one thread does the update: starting the others costs more.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
-unsafe fn adam_chunk<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], c: &AdamStep) {
+/// The scalars of [`AdamStep`] in the buffers' dtype.
+struct Coefficients<T> {
+    beta1: T,
+    one_minus_beta1: T,
+    beta2: T,
+    one_minus_beta2: T,
+    eps: T,
+    step_size: T,
+    inv_bias2_sqrt: T,
+    coupled: T,
+    decoupled: T,
+    scale: T,
+}
+
+impl<T: Real> Coefficients<T> {
+    fn of(c: &AdamStep) -> Self {
+        Coefficients {
+            beta1: T::of(c.beta1),
+            one_minus_beta1: T::of(1.0 - c.beta1),
+            beta2: T::of(c.beta2),
+            one_minus_beta2: T::of(1.0 - c.beta2),
+            eps: T::of(c.eps),
+            step_size: T::of(c.step_size),
+            inv_bias2_sqrt: T::of(1.0 / c.bias2_sqrt),
+            coupled: T::of(c.coupled_decay),
+            decoupled: T::of(c.decoupled_factor),
+            scale: T::of(c.grad_scale),
+        }
+    }
+}
+
+unsafe fn adam_chunk<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coefficients<T>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return adam_avx2(p, g, m, v, c);
+            return adam_avx2(p, g, m, v, k);
         }
     }
-    adam_loop(p, g, m, v, c)
+    adam_loop(p, g, m, v, k)
+}
+
+unsafe fn adam_gathering_chunk<T: Real>(
+    p: &mut [T],
+    read: &[T],
+    g: &mut [T],
+    m: &mut [T],
+    v: &mut [T],
+    k: &Coefficients<T>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return adam_gathering_avx2(p, read, g, m, v, k);
+        }
+    }
+    adam_gathering_loop(p, read, g, m, v, k)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn adam_avx2<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], c: &AdamStep) {
-    adam_loop(p, g, m, v, c)
+unsafe fn adam_avx2<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coefficients<T>) {
+    adam_loop(p, g, m, v, k)
 }
 
-/// The update itself, written so the compiler vectorises it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adam_gathering_avx2<T: Real>(
+    p: &mut [T],
+    read: &[T],
+    g: &mut [T],
+    m: &mut [T],
+    v: &mut [T],
+    k: &Coefficients<T>,
+) {
+    adam_gathering_loop(p, read, g, m, v, k)
+}
+
+/// The update, written so the compiler vectorises it.
 #[inline(always)]
-fn adam_loop<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], c: &AdamStep) {
-    let beta1 = T::of(c.beta1);
-    let one_minus_beta1 = T::of(1.0 - c.beta1);
-    let beta2 = T::of(c.beta2);
-    let one_minus_beta2 = T::of(1.0 - c.beta2);
-    let eps = T::of(c.eps);
-    let step_size = T::of(c.step_size);
-    let inv_bias2_sqrt = T::of(1.0 / c.bias2_sqrt);
-    let coupled = T::of(c.coupled_decay);
-    let decoupled = T::of(c.decoupled_factor);
-    let scale = T::of(c.grad_scale);
+fn adam_loop<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coefficients<T>) {
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let g = g * scale + coupled * *p;
-        let w = *p * decoupled;
-        let m_new = beta1 * *m + one_minus_beta1 * g;
-        let v_new = beta2 * *v + one_minus_beta2 * (g * g);
-        *m = m_new;
-        *v = v_new;
-        *p = w - step_size * m_new / (v_new.sqrt() * inv_bias2_sqrt + eps);
+        adam_element(p, g, m, v, k);
     }
+}
+
+/// The update reading the gradients from `read` and storing them into `g`.
+#[inline(always)]
+fn adam_gathering_loop<T: Real>(
+    p: &mut [T],
+    read: &[T],
+    g: &mut [T],
+    m: &mut [T],
+    v: &mut [T],
+    k: &Coefficients<T>,
+) {
+    for ((((p, &r), g), m), v) in p
+        .iter_mut()
+        .zip(read)
+        .zip(g.iter_mut())
+        .zip(m.iter_mut())
+        .zip(v.iter_mut())
+    {
+        *g = r;
+        adam_element(p, r, m, v, k);
+    }
+}
+
+#[inline(always)]
+fn adam_element<T: Real>(p: &mut T, g: T, m: &mut T, v: &mut T, k: &Coefficients<T>) {
+    let g = g * k.scale + k.coupled * *p;
+    let w = *p * k.decoupled;
+    let m_new = k.beta1 * *m + k.one_minus_beta1 * g;
+    let v_new = k.beta2 * *v + k.one_minus_beta2 * (g * g);
+    *m = m_new;
+    *v = v_new;
+    *p = w - k.step_size * m_new / (v_new.sqrt() * k.inv_bias2_sqrt + k.eps);
 }

@@ -6,7 +6,7 @@
 
 use super::checkpoint::StateDict;
 use super::config::{check_positive, check_range, Config};
-use super::flat::FlatParameters;
+use super::flat::{FlatGroup, FlatParameters};
 use super::fused::{self, AdamStep};
 use crate::{GmError, Result};
 use serde::{Deserialize, Serialize};
@@ -134,16 +134,19 @@ impl Adam {
     /// zeroing pass): other leaves of `loss`'s graph, such as the discriminator's weights in a
     /// generator step, get none, and autograd skips the work only they need.
     pub fn backward_step(&mut self, loss: &Tensor, lr: f64) -> Result<Option<Tensor>> {
-        self.flat.backward_into_grads(loss)?;
         match self.config.grad_clip_norm {
             Some(max) => {
+                self.flat.backward_into_grads(loss)?;
                 let norm = self.flat.grad_norm()?;
                 let scale = clip_scale(&norm, max)?;
-                self.update(lr, Some(&scale))?;
+                self.update(lr, Some(&scale), None)?;
                 Ok(Some(norm))
             }
             None => {
-                self.update(lr, None)?;
+                // The fused CPU update reads the gradients where autograd left them and writes
+                // them into the gradient buffer in its own pass, so they are not copied first.
+                let grads = self.flat.gradients(loss)?;
+                self.update(lr, None, Some(&grads))?;
                 Ok(None)
             }
         }
@@ -152,11 +155,18 @@ impl Adam {
     /// One update from the current gradients (a parameter that has received no gradient since
     /// the last zeroing has a zero one).
     pub fn step(&mut self, lr: f64) -> Result<()> {
-        self.update(lr, None)
+        self.update(lr, None, None)
     }
 
-    /// The update with the gradients multiplied by `grad_scale` (the clipping factor).
-    fn update(&mut self, lr: f64, grad_scale: Option<&Tensor>) -> Result<()> {
+    /// The update with the gradients multiplied by `grad_scale` (the clipping factor). With
+    /// `fresh` (from [`FlatParameters::gradients`]), those gradients are written into the
+    /// gradient buffer first (by the fused update as it goes, where it applies).
+    fn update(
+        &mut self,
+        lr: f64,
+        grad_scale: Option<&Tensor>,
+        fresh: Option<&[Tensor]>,
+    ) -> Result<()> {
         // A parameter whose storage was replaced after the optimizer was built would silently
         // stop training: every step checks the weights' addresses, and debug builds (the test
         // suite) the gradients' too (reading them allocates a handle per parameter).
@@ -184,24 +194,45 @@ impl Adam {
             grad_scale: 1.0,
         };
         tch::no_grad(|| -> Result<()> {
-            for ((group, m), v) in self
+            for (index, ((group, m), v)) in self
                 .flat
                 .groups()
                 .iter()
                 .zip(&mut self.exp_avg)
                 .zip(&mut self.exp_avg_sq)
+                .enumerate()
             {
                 let mut p = group.params.shallow_clone();
-                let g = &group.grads;
                 if fused::supports(&p) {
                     let mut step = coefficients.clone();
                     if let Some(scale) = grad_scale {
                         // On the CPU reading the factor back costs nothing.
                         step.grad_scale = scale.f_double_value(&[])?;
                     }
-                    fused::adam_step(&mut p, g, m, v, &step)?;
+                    let mut g = group.grads.shallow_clone();
+                    match fresh {
+                        Some(grads) => {
+                            let sources = fused_sources(group, grads)?;
+                            let members: Vec<fused::MemberGrad> = group
+                                .members
+                                .iter()
+                                .zip(&sources)
+                                .map(|(&(_, offset, count), source)| fused::MemberGrad {
+                                    offset: offset as usize,
+                                    len: count as usize,
+                                    grad: source.as_ref(),
+                                })
+                                .collect();
+                            fused::adam_step_gathering(&mut p, &mut g, m, v, &members, &step)?
+                        }
+                        None => fused::adam_step(&mut p, &g, m, v, &step)?,
+                    }
                     continue;
                 }
+                if let Some(grads) = fresh {
+                    self.flat.write_grads(index, grads)?;
+                }
+                let g = &group.grads;
                 let mut g = match grad_scale {
                     Some(scale) => g.f_mul(&scale.f_to_kind(g.kind())?.f_to_device(g.device())?)?,
                     None => g.shallow_clone(),
@@ -292,6 +323,24 @@ impl Adam {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// Each member's gradient as the fused update reads it: in the group's dtype and contiguous in
+/// the parameter's own layout (a channels-last gradient is reordered here), `None` where
+/// autograd returned none.
+fn fused_sources(group: &FlatGroup, grads: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+    let kind = group.params.kind();
+    group
+        .members
+        .iter()
+        .map(|&(i, _, _)| {
+            let grad = &grads[i];
+            if !grad.defined() {
+                return Ok(None);
+            }
+            Ok(Some(grad.f_to_kind(kind)?.f_contiguous()?))
+        })
+        .collect()
 }
 
 /// `min(1, max_norm / (norm + 1e-6))`, on the norm's device.
