@@ -574,16 +574,27 @@ fn update_from_autograd_gradients_matches_update_from_the_buffer() {
             b.step(0.01).unwrap();
             flat_is_bound(&a);
             for (i, (p, q)) in gathered.iter().zip(&accumulated).enumerate() {
-                assert_eq!(p.detach(), q.detach(), "{t} threads, step {step}: weight {i}");
+                assert_eq!(
+                    p.detach(),
+                    q.detach(),
+                    "{t} threads, step {step}: weight {i}"
+                );
                 assert_eq!(p.grad(), q.grad(), "{t} threads, step {step}: gradient {i}");
             }
-            assert_eq!(a.state(""), b.state(""), "{t} threads, step {step}: moments");
+            assert_eq!(
+                a.state(""),
+                b.state(""),
+                "{t} threads, step {step}: moments"
+            );
         }
         // Every weight the loss reaches moved, and the unreached one's gradient is zero.
         assert!(gathered[2].grad().eq(0.0).all().int64_value(&[]) != 0);
         let first = make();
         for i in [0, 1, 3] {
-            let moved = (gathered[i].detach() - &first[i]).abs().max().double_value(&[]);
+            let moved = (gathered[i].detach() - &first[i])
+                .abs()
+                .max()
+                .double_value(&[]);
             assert!(moved > 1e-3, "{t} threads: weight {i} moved by {moved}");
         }
     }

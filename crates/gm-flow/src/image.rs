@@ -116,7 +116,7 @@ impl InvertibleConv1x1 {
         })
     }
 
-    /// The `[C, C]` weight (the stack of [`InvertibleConv1x1::stacked_weights`] for one layer).
+    /// The `[C, C]` weight (what `InvertibleConv1x1::stacked_weights` stacks, for one layer).
     pub fn weight(&self) -> Result<Tensor> {
         Ok(Self::stacked_weights(&[self])?.weights.f_squeeze_dim(0)?)
     }

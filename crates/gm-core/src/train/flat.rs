@@ -168,7 +168,12 @@ impl FlatParameters {
                 ),
             ));
         }
-        Ok(Tensor::f_run_backward(&[loss], &self.tensors, false, false)?)
+        Ok(Tensor::f_run_backward(
+            &[loss],
+            &self.tensors,
+            false,
+            false,
+        )?)
     }
 
     /// Writes group `group`'s share of `grads` (from [`FlatParameters::gradients`]) over its

@@ -136,9 +136,9 @@ pub fn adam_step_gathering(
     let mut covered = 0;
     for member in members {
         let fits = member.offset == covered
-            && member.grad.is_none_or(|t| {
-                supports(t) && t.kind() == p.kind() && t.numel() == member.len
-            });
+            && member
+                .grad
+                .is_none_or(|t| supports(t) && t.kind() == p.kind() && t.numel() == member.len);
         if !fits {
             return Err(GmError::config(
                 "params",
