@@ -235,7 +235,7 @@ unsafe fn adam_slices<T: Real>(
             };
             let Some(sources) = sources else {
                 let (p, g, m, v) = slices(start, end);
-                return adam_chunk(p, g, m, v, &k);
+                return adam_chunk(p, Grads::InBuffer(g), m, v, &k);
             };
             for source in sources {
                 let from = start.max(source.offset);
@@ -246,13 +246,13 @@ unsafe fn adam_slices<T: Real>(
                 let (p, g, m, v) = slices(from, to);
                 if source.address == 0 {
                     g.fill(T::of(0.0));
-                    adam_chunk(p, g, m, v, &k);
+                    adam_chunk(p, Grads::InBuffer(g), m, v, &k);
                 } else {
                     let read = std::slice::from_raw_parts(
                         (source.address as *const T).add(from - source.offset),
                         to - from,
                     );
-                    adam_gathering_chunk(p, read, g, m, v, &k);
+                    adam_chunk(p, Grads::Gathered { read, into: g }, m, v, &k);
                 }
             }
         }
@@ -293,50 +293,48 @@ impl<T: Real> Coefficients<T> {
     }
 }
 
-unsafe fn adam_chunk<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coefficients<T>) {
+/// Where a stretch's gradients come from: the gradient buffer itself, or a member's own
+/// gradient, stored into the buffer as it is read.
+enum Grads<'a, T> {
+    InBuffer(&'a [T]),
+    Gathered { read: &'a [T], into: &'a mut [T] },
+}
+
+unsafe fn adam_chunk<T: Real>(
+    p: &mut [T],
+    g: Grads<T>,
+    m: &mut [T],
+    v: &mut [T],
+    k: &Coefficients<T>,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             return adam_avx2(p, g, m, v, k);
         }
     }
-    adam_loop(p, g, m, v, k)
+    adam_stretch(p, g, m, v, k)
 }
 
-unsafe fn adam_gathering_chunk<T: Real>(
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adam_avx2<T: Real>(
     p: &mut [T],
-    read: &[T],
-    g: &mut [T],
+    g: Grads<T>,
     m: &mut [T],
     v: &mut [T],
     k: &Coefficients<T>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return adam_gathering_avx2(p, read, g, m, v, k);
-        }
+    adam_stretch(p, g, m, v, k)
+}
+
+/// One loop per source of gradients, chosen once per stretch, not per element.
+#[inline(always)]
+fn adam_stretch<T: Real>(p: &mut [T], g: Grads<T>, m: &mut [T], v: &mut [T], k: &Coefficients<T>) {
+    match g {
+        Grads::InBuffer(g) => adam_loop(p, g, m, v, k),
+        Grads::Gathered { read, into } => adam_gathering_loop(p, read, into, m, v, k),
     }
-    adam_gathering_loop(p, read, g, m, v, k)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn adam_avx2<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coefficients<T>) {
-    adam_loop(p, g, m, v, k)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn adam_gathering_avx2<T: Real>(
-    p: &mut [T],
-    read: &[T],
-    g: &mut [T],
-    m: &mut [T],
-    v: &mut [T],
-    k: &Coefficients<T>,
-) {
-    adam_gathering_loop(p, read, g, m, v, k)
 }
 
 /// The update, written so the compiler vectorises it.
