@@ -163,6 +163,28 @@ pub fn adam_step_gathering(
     if n == 0 {
         return Ok(());
     }
+    // The pass reads the sources while it writes the four buffers: a source inside one of them
+    // would be read after it was overwritten (and alias a mutable slice). Autograd returns
+    // fresh tensors, so this is a check of that, not a case that arises.
+    let bytes = n * p.kind().elt_size_in_bytes();
+    let written = [&*p, &*g, &*m, &*v].map(|t| t.data_ptr() as usize);
+    for (member, grad) in members
+        .iter()
+        .filter_map(|member| member.grad.map(|t| (member, t)))
+    {
+        let start = grad.data_ptr() as usize;
+        let end = start + member.len * p.kind().elt_size_in_bytes();
+        if written.iter().any(|&w| start < w + bytes && w < end) {
+            return Err(GmError::config(
+                "params",
+                format!(
+                    "the gradient of the member at offset {} shares memory with the buffers \
+                     the fused update writes",
+                    member.offset
+                ),
+            ));
+        }
+    }
     let sources: Vec<Source> = members
         .iter()
         .map(|member| Source {
@@ -376,4 +398,71 @@ fn adam_element<T: Real>(p: &mut T, g: T, m: &mut T, v: &mut T, k: &Coefficients
     *m = m_new;
     *v = v_new;
     *p = w - k.step_size * m_new / (v_new.sqrt() * k.inv_bias2_sqrt + k.eps);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step() -> AdamStep {
+        AdamStep {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step_size: 0.01,
+            bias2_sqrt: 1.0,
+            coupled_decay: 0.0,
+            decoupled_factor: 1.0,
+            grad_scale: 1.0,
+        }
+    }
+
+    /// Members that do not tile the buffer in order, a gradient of the wrong length or dtype,
+    /// and a gradient inside one of the written buffers are refused, and nothing is written.
+    #[test]
+    fn gathering_refuses_sources_it_cannot_read_safely() {
+        let buffer = || Tensor::zeros([6], (Kind::Float, Device::Cpu));
+        let (mut p, mut g, mut m, mut v) = (buffer(), buffer(), buffer(), buffer());
+        let a = Tensor::ones([2], (Kind::Float, Device::Cpu));
+        let b = Tensor::ones([4], (Kind::Float, Device::Cpu));
+        let b_double = Tensor::ones([4], (Kind::Double, Device::Cpu));
+        let inside_p = p.narrow(0, 2, 4);
+        let inside_v = v.narrow(0, 0, 4);
+        let member = |offset, len, grad| MemberGrad { offset, len, grad };
+        let cases: Vec<(&str, Vec<MemberGrad>)> = vec![
+            (
+                "out of order",
+                vec![member(2, 4, Some(&b)), member(0, 2, Some(&a))],
+            ),
+            ("short", vec![member(0, 2, Some(&a))]),
+            (
+                "wrong length",
+                vec![member(0, 2, Some(&a)), member(2, 4, Some(&a))],
+            ),
+            (
+                "wrong dtype",
+                vec![member(0, 2, Some(&a)), member(2, 4, Some(&b_double))],
+            ),
+            (
+                "inside p",
+                vec![member(0, 2, Some(&a)), member(2, 4, Some(&inside_p))],
+            ),
+            (
+                "inside v",
+                vec![member(0, 2, None), member(2, 4, Some(&inside_v))],
+            ),
+        ];
+        for (what, members) in cases {
+            let result = adam_step_gathering(&mut p, &mut g, &mut m, &mut v, &members, &step());
+            assert!(result.is_err(), "{what}: accepted");
+            for t in [&p, &g, &m, &v] {
+                assert_eq!(t.abs().sum(Kind::Double).double_value(&[]), 0.0, "{what}");
+            }
+        }
+        // The same members, well formed, are accepted and move the weights.
+        let members = [member(0, 2, Some(&a)), member(2, 4, Some(&b))];
+        adam_step_gathering(&mut p, &mut g, &mut m, &mut v, &members, &step()).unwrap();
+        assert_eq!(g, Tensor::ones([6], (Kind::Float, Device::Cpu)));
+        assert!(p.lt(0.0).all().int64_value(&[]) != 0);
+    }
 }
