@@ -2,14 +2,18 @@
 //!
 //! It builds the `gm-speed` harness (`benches/speed.rs`) in release mode and starts it beside
 //! `benches/twins/driver.py` in eager mode and, unless `--no-compile`, in `torch.compile` mode,
-//! all with the Python environment that `cargo xtask` installed libtorch from. Every process
-//! builds every case once; then the blocks are interleaved: each round times one block of each
-//! implementation, in an order that rotates, so that drift in the machine's speed (other jobs,
-//! heat) falls on all of them alike, after one untimed block each. The table gives median step
-//! times over the rounds, the twins' time over gm's (the median of the per-round ratios, which
-//! pair blocks timed seconds apart), and the share of the machine's matrix-multiply limit gm reaches (the
-//! step's matrix-multiply and convolution FLOPs, counted by PyTorch's FLOP counter on the twin,
-//! at the throughput measured for 1024³ products).
+//! all with the Python environment that `cargo xtask` installed libtorch from, each in
+//! `--processes` processes (a process's speed depends on its own luck: where its memory lands,
+//! what its heap went through; two processes of the same binary differ by up to about 10%, so no
+//! single process should decide a ratio, the reason pyperf also spreads its runs over processes).
+//! Every process builds every case once; then the blocks are interleaved: each round times one
+//! block in every process, in an order that rotates, so that drift in the machine's speed (other
+//! jobs, heat) falls on all of them alike, after one untimed block each. The table gives median
+//! step times over the blocks, the twins' time over gm's (the median of the ratios of each twin
+//! block to each gm block of the same round, which pairs blocks timed seconds apart), and the
+//! share of the machine's matrix-multiply limit gm reaches (the step's matrix-multiply and
+//! convolution FLOPs, counted by PyTorch's FLOP counter on the twin, at the throughput measured
+//! for 1024³ products).
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -24,8 +28,13 @@ pub struct SpeedArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Interleaved rounds per case; the table shows medians over them.
-    #[arg(long, default_value_t = 11)]
+    #[arg(long, default_value_t = 7)]
     rounds: usize,
+    /// Processes per implementation. A process's speed depends on its own luck (where its
+    /// memory lands, its heap's history) by up to about 10% for the same binary, so each side
+    /// is timed in several and every round averages them.
+    #[arg(long, default_value_t = 3)]
+    processes: usize,
     /// Seconds one timed block should last (the step count is set from gm's first step).
     #[arg(long, default_value_t = 0.4)]
     block_seconds: f64,
@@ -53,16 +62,22 @@ const CASES: &[&str] = &[
     "unet_b64",
 ];
 
-/// One implementation answering the line protocol.
+/// The implementations, in the order of the table's columns.
+const SIDES: [&str; 3] = ["gm", "PyTorch eager", "torch.compile"];
+
+/// One process of one implementation, answering the line protocol.
 struct Worker {
-    label: &'static str,
+    label: String,
+    /// Index into [`SIDES`].
+    side: usize,
     child: Child,
     input: ChildStdin,
     output: BufReader<ChildStdout>,
 }
 
 impl Worker {
-    fn start(label: &'static str, mut cmd: Command) -> Result<Worker, String> {
+    fn start(side: usize, process: usize, mut cmd: Command) -> Result<Worker, String> {
+        let label = format!("{} (process {})", SIDES[side], process + 1);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -73,6 +88,7 @@ impl Worker {
         let output = BufReader::new(child.stdout.take().ok_or("no stdout")?);
         Ok(Worker {
             label,
+            side,
             child,
             input,
             output,
@@ -81,9 +97,20 @@ impl Worker {
 
     /// Sends one command and reads its JSON answer; a refusal comes back as `Err`.
     fn ask(&mut self, command: &str) -> Result<Value, String> {
+        self.send(command)?;
+        self.receive()
+    }
+
+    /// Sends one command without waiting for the answer, so that several processes can work on
+    /// theirs at once.
+    fn send(&mut self, command: &str) -> Result<(), String> {
         writeln!(self.input, "{command}")
             .and_then(|_| self.input.flush())
-            .map_err(|e| format!("{} stopped: {e}", self.label))?;
+            .map_err(|e| format!("{} stopped: {e}", self.label))
+    }
+
+    /// Reads the answer to the command sent last.
+    fn receive(&mut self) -> Result<Value, String> {
         let mut line = String::new();
         self.output
             .read_line(&mut line)
@@ -125,13 +152,34 @@ struct Row {
     twin_params: Option<i64>,
     threads: Option<i64>,
     flops: Option<f64>,
+    /// Steps per timed block.
+    steps: Option<u64>,
+    /// Seconds per step of every timed block: per round, per side, one per process.
+    blocks: Vec<[Vec<f64>; 3]>,
     /// Median seconds per step of gm, eager, compiled.
     medians: [Option<f64>; 3],
-    /// Eager's and compiled's time over gm's: the median over rounds of the ratio of the two
-    /// blocks of the same round (paired, so a slow spell of a shared machine, which lasts
-    /// longer than a round, falls on both sides of each ratio).
+    /// Eager's and compiled's time over gm's (see [`paired_ratio`]).
     ratios: [Option<f64>; 2],
     notes: Vec<String>,
+}
+
+/// Side `side`'s time over gm's: the median, over every round, of the ratio of each of the
+/// side's blocks to each of gm's blocks of the same round. Paired within a round, so a slow
+/// spell of a shared machine, which lasts longer than a round, falls on both sides of each
+/// ratio; every process of each side weighs alike, so no one process's luck decides it; and a
+/// median, so an odd slow block moves it by little (a mean over a round's processes let one
+/// such block pull the whole round).
+fn paired_ratio(blocks: &[[Vec<f64>; 3]], side: usize) -> Option<f64> {
+    median(
+        blocks
+            .iter()
+            .flat_map(|round| {
+                round[side]
+                    .iter()
+                    .flat_map(move |twin| round[0].iter().map(move |gm| twin / gm))
+            })
+            .collect(),
+    )
 }
 
 fn median(mut xs: Vec<f64>) -> Option<f64> {
@@ -178,6 +226,9 @@ pub fn run(args: SpeedArgs, torch: &crate::libtorch::Libtorch) -> Result<(), Str
     if args.rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
+    if args.processes == 0 {
+        return Err("--processes must be at least 1".into());
+    }
     eprintln!("building the gm-speed harness (release) ...");
     let mut build = crate::cargo();
     build.args([
@@ -198,10 +249,12 @@ pub fn run(args: SpeedArgs, torch: &crate::libtorch::Libtorch) -> Result<(), Str
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let mut gm_cmd = Command::new(target.join("release").join("gm-speed"));
-    gm_cmd
-        .args(["--device", &args.device])
-        .envs(env.iter().cloned());
+    let gm_cmd_for = || {
+        let mut cmd = Command::new(target.join("release").join("gm-speed"));
+        cmd.args(["--device", &args.device])
+            .envs(env.iter().cloned());
+        cmd
+    };
     let python = python_for(&torch.root);
     let driver = root.join("benches").join("twins").join("driver.py");
     let twin = |mode: &str| {
@@ -211,54 +264,81 @@ pub fn run(args: SpeedArgs, torch: &crate::libtorch::Libtorch) -> Result<(), Str
             .env("PYTHONWARNINGS", "ignore");
         cmd
     };
-    let mut workers = vec![
-        Worker::start("gm", gm_cmd)?,
-        Worker::start("PyTorch eager", twin("eager"))?,
-    ];
-    if !args.no_compile {
-        workers.push(Worker::start("torch.compile", twin("compile"))?);
+    let sides = if args.no_compile { 2 } else { 3 };
+    // Processes side by side in the order gm, eager, compiled, gm, ...: the rotation of each
+    // round then keeps the sides interleaved.
+    let mut workers = Vec::with_capacity(sides * args.processes);
+    for process in 0..args.processes {
+        workers.push(Worker::start(0, process, gm_cmd_for())?);
+        workers.push(Worker::start(1, process, twin("eager"))?);
+        if !args.no_compile {
+            workers.push(Worker::start(2, process, twin("compile"))?);
+        }
     }
     // Wait until the twins have imported torch: measuring while they start would undercount.
-    for worker in workers.iter_mut().skip(1) {
+    for worker in workers.iter_mut().filter(|w| w.side > 0) {
         worker.ask("list")?;
     }
+    // gm's first process measures the machine and sets the block length.
+    let gm_first = 0;
     // The machine's throughput is the best of a measurement before each case: a single one
     // taken while another tenant of the machine ran read as little as half of it.
     let mut gflops: f64 = 0.0;
     let mut rows = Vec::new();
     for case in &cases {
-        gflops = gflops.max(workers[0].ask("matmul")?["gflops"].as_f64().unwrap_or(0.0));
+        gflops = gflops.max(
+            workers[gm_first].ask("matmul")?["gflops"]
+                .as_f64()
+                .unwrap_or(0.0),
+        );
         eprintln!("{case}: setting up (torch.compile may take minutes) ...");
         let mut row = Row {
             case: case.clone(),
             ..Default::default()
         };
-        let mut ready = [false; 3];
-        for (k, worker) in workers.iter_mut().enumerate() {
-            match worker.ask(&format!("setup {case}")) {
-                Ok(reply) => {
-                    ready[k] = true;
-                    match k {
-                        0 => {
-                            row.params = reply["params"].as_i64();
-                            row.threads = reply["threads"].as_i64();
-                        }
-                        1 => {
-                            row.twin_params = reply["params"].as_i64();
-                            row.flops = reply["flops"].as_f64().filter(|f| *f > 0.0);
-                        }
-                        _ => {}
-                    }
+        // Every process sets the case up at once (compiling is the slow part); a side whose
+        // processes do not all succeed is left out of the case.
+        let mut ready = [true; 3];
+        let mut sent = vec![false; workers.len()];
+        for (i, worker) in workers.iter_mut().enumerate() {
+            match worker.send(&format!("setup {case}")) {
+                Ok(()) => sent[i] = true,
+                Err(e) => {
+                    row.notes.push(e);
+                    ready[worker.side] = false;
                 }
-                Err(e) => row.notes.push(format!("{}: {e}", worker.label)),
+            }
+        }
+        for (i, worker) in workers.iter_mut().enumerate() {
+            if !sent[i] {
+                continue;
+            }
+            match worker.receive() {
+                Ok(reply) => match worker.side {
+                    0 => {
+                        row.params = reply["params"].as_i64();
+                        row.threads = reply["threads"].as_i64();
+                    }
+                    1 => {
+                        row.twin_params = reply["params"].as_i64();
+                        row.flops = reply["flops"].as_f64().filter(|f| *f > 0.0);
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    row.notes.push(format!("{}: {e}", worker.label));
+                    ready[worker.side] = false;
+                }
             }
         }
         if !ready[0] {
             rows.push(row);
             continue;
         }
-        // A block of about `block_seconds` of gm's time, the same step count for every side.
-        let first = match workers[0].time(case, 1) {
+        // A block of about `block_seconds` of gm's time, the same step count for every side,
+        // set from a first block of gm (its untimed block) rather than from one step alone: a
+        // single step caught in a slow moment made a run's blocks a third as long as meant.
+        let first = match workers[gm_first].time(case, 1) {
             Ok(t) => t,
             Err(e) => {
                 row.notes.push(format!("gm: {e}"));
@@ -266,55 +346,58 @@ pub fn run(args: SpeedArgs, torch: &crate::libtorch::Libtorch) -> Result<(), Str
                 continue;
             }
         };
-        let steps = ((args.block_seconds / first.max(1e-6)).round() as u64).clamp(1, 5000);
-        // One untimed block on every side first: allocators, caches and anything initialised
-        // lazily (PyTorch's eager twin has run no step before this) are then warm everywhere.
-        for (k, worker) in workers.iter_mut().enumerate() {
-            if ready[k] {
+        let steps_for = |per_step: f64| {
+            ((args.block_seconds / per_step.max(1e-6)).round() as u64).clamp(1, 5000)
+        };
+        let steps = match workers[gm_first].time(case, steps_for(first)) {
+            Ok(t) => steps_for(t),
+            Err(e) => {
+                row.notes.push(format!("gm: {e}"));
+                rows.push(row);
+                continue;
+            }
+        };
+        row.steps = Some(steps);
+        // One untimed block in every other process first: allocators, caches and anything
+        // initialised lazily (PyTorch's eager twin has run no step before this) are then warm
+        // everywhere.
+        for (i, worker) in workers.iter_mut().enumerate() {
+            if ready[worker.side] && i != gm_first {
                 if let Err(e) = worker.time(case, steps) {
                     row.notes.push(format!("{}: {e}", worker.label));
-                    ready[k] = false;
+                    ready[worker.side] = false;
                 }
             }
         }
-        let mut samples: [Vec<f64>; 3] = Default::default();
-        // Per round, each side's seconds per step (None where a side did not run).
-        let mut rounds: Vec<[Option<f64>; 3]> = Vec::with_capacity(args.rounds);
         let started = Instant::now();
         for round in 0..args.rounds {
-            let mut this_round = [None; 3];
-            for j in 0..workers.len() {
-                let k = (j + round) % workers.len();
-                if !ready[k] {
+            let mut blocks: [Vec<f64>; 3] = Default::default();
+            let count = workers.len();
+            for j in 0..count {
+                let worker = &mut workers[(j + round) % count];
+                if !ready[worker.side] {
                     continue;
                 }
-                match workers[k].time(case, steps) {
-                    Ok(t) => {
-                        samples[k].push(t);
-                        this_round[k] = Some(t);
-                    }
+                match worker.time(case, steps) {
+                    Ok(t) => blocks[worker.side].push(t),
                     Err(e) => {
-                        row.notes.push(format!("{}: {e}", workers[k].label));
-                        ready[k] = false;
+                        row.notes.push(format!("{}: {e}", worker.label));
+                        ready[worker.side] = false;
                     }
                 }
             }
-            rounds.push(this_round);
+            row.blocks.push(blocks);
         }
-        for (median_of, times) in row.medians.iter_mut().zip(&mut samples) {
-            *median_of = median(std::mem::take(times));
+        for (side, median_of) in row.medians.iter_mut().enumerate() {
+            *median_of = median(row.blocks.iter().flat_map(|r| r[side].clone()).collect());
         }
         for (k, ratio) in row.ratios.iter_mut().enumerate() {
-            *ratio = median(
-                rounds
-                    .iter()
-                    .filter_map(|r| Some(r[k + 1]? / r[0]?))
-                    .collect(),
-            );
+            *ratio = paired_ratio(&row.blocks, k + 1);
         }
         eprintln!(
-            "{case}: {} rounds of {steps} steps in {:.0} s",
+            "{case}: {} rounds of {steps} steps in {} processes per side in {:.0} s",
             args.rounds,
+            args.processes,
             started.elapsed().as_secs_f64()
         );
         rows.push(row);
@@ -331,6 +414,7 @@ pub fn run(args: SpeedArgs, torch: &crate::libtorch::Libtorch) -> Result<(), Str
         "device": args.device,
         "matmul_gflops": gflops,
         "rounds": args.rounds,
+        "processes": args.processes,
         "rows": rows.iter().map(|r| serde_json::json!({
             "case": r.case,
             "params": r.params,
@@ -342,6 +426,12 @@ pub fn run(args: SpeedArgs, torch: &crate::libtorch::Libtorch) -> Result<(), Str
             "compile_seconds": r.medians[2],
             "eager_over_gm": r.ratios[0],
             "compile_over_gm": r.ratios[1],
+            "steps_per_block": r.steps,
+            "block_seconds_per_step": r.blocks.iter().map(|round| serde_json::json!({
+                "gm": round[0],
+                "eager": round[1],
+                "compile": round[2],
+            })).collect::<Vec<_>>(),
             "notes": r.notes,
         })).collect::<Vec<_>>(),
     });
@@ -370,16 +460,18 @@ fn render(rows: &[Row], gflops: f64, args: &SpeedArgs) -> String {
     let ms = |t: Option<f64>| t.map_or("–".to_string(), |t| format!("{:.2}", t * 1e3));
     let ratio = |r: Option<f64>| r.map_or("–".to_string(), |r| format!("{r:.2}×"));
     let mut out = format!(
-        "Median step time (ms) over {} interleaved rounds on {}; matrix-multiply throughput {gflops:.1} GFLOP/s\n\
-         (the best of one 1024³ measurement before each case), after one untimed block on each side.\n\
-         Ratios are the twin's time over gm's (above 1: gm is faster), as the median over rounds of the ratio\n\
-         of the two blocks of one round (paired: a slow spell of the machine falls on both sides of a ratio,\n\
-         so it may differ from the ratio of the medians). FLOP limit: the step's matrix-multiply\n\
-         and convolution FLOPs at that throughput, as a share of gm's step time. Threads: gm's; the\n\
-         twins run with PyTorch's default.\n\n\
+        "Median step time (ms) of the blocks of {} interleaved rounds, each timing one block in each of {}\n\
+         processes per implementation, on {}; matrix-multiply throughput {gflops:.1} GFLOP/s (the best of\n\
+         one 1024³ measurement before each case), after one untimed block in every process.\n\
+         Ratios are the twin's time over gm's (above 1: gm is faster): the median of the ratios of each of\n\
+         the twin's blocks to each of gm's blocks of the same round, over all rounds (paired: a slow spell\n\
+         of the machine falls on both sides of a ratio, so it may differ from the ratio of the medians;\n\
+         every process weighs alike: one process's luck does not decide it). FLOP limit: the step's\n\
+         matrix-multiply and convolution FLOPs at that throughput, as a share of gm's step time.\n\
+         Threads: gm's; the twins run with PyTorch's default. Every block's time is in speed.json.\n\n\
          | case | gm | PyTorch eager | torch.compile | eager / gm | compile / gm | FLOP limit | threads |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n",
-        args.rounds, args.device
+        args.rounds, args.processes, args.device
     );
     let mut notes = Vec::new();
     for r in rows {

@@ -30,6 +30,34 @@ proptest! {
         assert_close(&pi.kl_divergence(&qi).unwrap(), &kl.sum(Kind::Double), 1e-12, "Independent KL");
     }
 
+    /// The standard-normal pair against the general pair with a prior of zeros and ones (a
+    /// different formula: variance ratio and its logarithm), in value and in gradient for both
+    /// ways of building the posterior, and against Monte Carlo.
+    #[test]
+    fn kl_to_standard_normal_matches_the_general_pair(m in prop::collection::vec(-3.0f64..3.0, 6),
+                                                       s in prop::collection::vec(-2.0f64..1.5, 6), seed in 0i64..1000) {
+        tch::manual_seed(seed);
+        let loc = dt(&m).reshape([2, 3]).set_requires_grad(true);
+        let log_scale = dt(&s).reshape([2, 3]).set_requires_grad(true);
+        let prior = StandardNormal::new(&[3], Device::Cpu).with_kind(Kind::Double);
+        let p = Independent::new(Normal::from_log_scale(&loc, &log_scale).unwrap(), 1).unwrap();
+        let kl = p.kl_divergence(&prior).unwrap();
+        let general_prior = Independent::new(
+            Normal::new(&Tensor::zeros([3], (Kind::Double, Device::Cpu)), &Tensor::ones([3], (Kind::Double, Device::Cpu))).unwrap(), 1).unwrap();
+        let general = p.kl_divergence(&general_prior).unwrap();
+        assert_close(&kl, &general, 1e-12, "KL to N(0, I)");
+        let grads = Tensor::run_backward(&[kl.sum(Kind::Double)], &[&loc, &log_scale], true, false);
+        let general_grads = Tensor::run_backward(&[general.sum(Kind::Double)], &[&loc, &log_scale], false, false);
+        for (g, want) in grads.iter().zip(&general_grads) {
+            assert_close(g, want, 1e-12, "gradient of the KL to N(0, I)");
+        }
+        // Built from the scale (no kept log-scale), the same value.
+        let from_scale = Independent::new(Normal::new(&loc, &log_scale.exp()).unwrap(), 1).unwrap();
+        assert_close(&from_scale.kl_divergence(&prior).unwrap(), &kl, 1e-12, "KL to N(0, I) from the scale");
+        let (est, se) = kl_monte_carlo(&p, &prior, 40_000).unwrap();
+        assert_kl_matches_monte_carlo(&kl.detach(), &est, &se, 5.0, 1e-9);
+    }
+
     #[test]
     fn bernoulli_kl_laws_and_monte_carlo(a in prop::collection::vec(-6.0f64..6.0, 4), b in prop::collection::vec(-6.0f64..6.0, 4), seed in 0i64..1000) {
         tch::manual_seed(seed);
@@ -193,4 +221,27 @@ fn units_and_helpers() {
         .unwrap()
         .double_value(&[0]);
     assert!((bits_per_dim(nll, 10) - 8.0).abs() < 1e-12);
+}
+
+#[test]
+fn kl_to_standard_normal_refuses_other_events() {
+    let p = Independent::new(
+        Normal::from_log_scale(
+            &Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)),
+            &Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)),
+        )
+        .unwrap(),
+        1,
+    )
+    .unwrap();
+    let err = p
+        .kl_divergence(&StandardNormal::new(&[4], Device::Cpu))
+        .unwrap_err();
+    assert!(err.to_string().contains("[3]"), "{err}");
+    // A zero posterior against its own prior: exactly zero.
+    let kl = p
+        .kl_divergence(&StandardNormal::new(&[3], Device::Cpu))
+        .unwrap();
+    assert_eq!(kl.size(), vec![4]);
+    assert_eq!(kl.abs().max().double_value(&[]), 0.0);
 }

@@ -50,8 +50,9 @@ impl GaussianEncoder {
     /// The posterior for network input `[batch] ++ data_shape` (checked by the caller).
     pub fn posterior(&self, x: &Tensor, context: Option<&Tensor>) -> Result<DiagGaussian> {
         let out = self.net.forward(x, context)?;
-        let loc = out.f_narrow(1, 0, self.latent_dim)?;
-        let log_scale = out.f_narrow(1, self.latent_dim, self.latent_dim)?;
-        Independent::new(Normal::from_log_scale(&loc, &log_scale)?, 1)
+        // One split, not two narrows: autograd joins the two halves' gradients with one
+        // concatenation instead of zero-filling and adding two full-width tensors.
+        let halves = out.f_split(self.latent_dim, 1)?;
+        Independent::new(Normal::from_log_scale(&halves[0], &halves[1])?, 1)
     }
 }

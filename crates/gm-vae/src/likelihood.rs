@@ -196,7 +196,16 @@ impl LikelihoodHead {
 
     /// The likelihood from decoder outputs `[...batch] ++ data_shape ++ [params]`.
     pub fn distribution(&self, params: &Tensor) -> Result<Likelihood> {
-        let first = || params.f_select(-1, 0);
+        // With one output per element the last dimension is dropped as a view: `select`'s
+        // gradient would zero-fill and copy a tensor of the data's size on every step.
+        let one_param = params.size().last() == Some(&1);
+        let first = || {
+            if one_param {
+                params.f_squeeze_dim(-1)
+            } else {
+                params.f_select(-1, 0)
+            }
+        };
         let dims = self.event_dims;
         Ok(match &self.config {
             LikelihoodConfig::Bernoulli => {
@@ -298,7 +307,20 @@ impl Distribution for Likelihood {
         self.inner().rsample(sample_shape)
     }
     fn log_prob(&self, value: &Tensor) -> Result<Tensor> {
-        self.inner().log_prob(value)
+        match self {
+            // Summed before the sign is flipped: one negation per example, not per element.
+            Likelihood::Bernoulli(d) => {
+                let nll = d.base().negative_log_prob(value)?;
+                let dims: Vec<i64> = (1..=d.reinterpreted() as i64).map(|i| -i).collect();
+                if dims.is_empty() {
+                    return Ok(nll.f_neg()?);
+                }
+                Ok(nll
+                    .f_sum_dim_intlist(dims.as_slice(), false, None::<Kind>)?
+                    .f_neg()?)
+            }
+            other => other.inner().log_prob(value),
+        }
     }
     fn entropy(&self) -> Result<Tensor> {
         self.inner().entropy()

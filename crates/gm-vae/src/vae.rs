@@ -6,7 +6,7 @@ use crate::decoder::Decoder;
 use crate::encoder::{standard_normal_prior, DiagGaussian, GaussianEncoder};
 use crate::likelihood::Likelihood;
 use gm_core::bounds::{elbo, iwae_bound};
-use gm_core::distributions::Distribution;
+use gm_core::distributions::{Distribution, StandardNormal};
 use gm_core::kl::kl_divergence;
 use gm_core::model::{
     check_latent, load_var_store, var_store_state, Batch, GenerativeModel, LikelihoodKind,
@@ -320,6 +320,18 @@ impl VaeNet {
         c: Option<&Tensor>,
         samples: i64,
     ) -> Result<ElboTerms> {
+        let (expected_log_likelihood, kl) = self.elbo_parts(x, c, samples)?;
+        let elbo = elbo(&expected_log_likelihood, &kl)?;
+        Ok(ElboTerms {
+            expected_log_likelihood,
+            kl,
+            elbo,
+        })
+    }
+
+    /// `E_q[ln p(x | z)]` over `samples` reparameterised draws and `KL(q(z | x) ‖ N(0, I))`,
+    /// both `[batch]`.
+    fn elbo_parts(&self, x: &Tensor, c: Option<&Tensor>, samples: i64) -> Result<(Tensor, Tensor)> {
         if samples < 1 {
             return Err(GmError::config(
                 "samples",
@@ -331,14 +343,16 @@ impl VaeNet {
         let log_lik = self
             .likelihood(&z, c)?
             .log_prob(&Self::repeat_data(x, samples)?)?;
-        let expected_log_likelihood = log_lik.f_mean_dim(0, false, None::<Kind>)?;
-        let kl = kl_divergence(&posterior, &self.prior()?)?;
-        let elbo = elbo(&expected_log_likelihood, &kl)?;
-        Ok(ElboTerms {
-            expected_log_likelihood,
-            kl,
-            elbo,
-        })
+        // The mean over one draw is the draw itself: a view, not an operation.
+        let expected_log_likelihood = if samples == 1 {
+            log_lik.f_squeeze_dim(0)?
+        } else {
+            log_lik.f_mean_dim(0, false, None::<Kind>)?
+        };
+        // The prior is N(0, I): gm-core's closed form for that pair needs no prior tensors.
+        let prior = StandardNormal::new(&[self.latent_dim], self.device).with_kind(self.kind);
+        let kl = kl_divergence(&posterior, &prior)?;
+        Ok((expected_log_likelihood, kl))
     }
 
     /// Importance log-weights `ln p(x, z_k) - ln q(z_k | x)` for `k` reparameterised draws
@@ -707,22 +721,23 @@ impl Vae {
         match self.config.objective {
             ObjectiveConfig::Elbo { samples, .. } => {
                 let beta = self.current_beta();
-                let terms = self.net.elbo_terms_prepared(&x, c.as_ref(), samples)?;
-                let objective = terms
-                    .expected_log_likelihood
-                    .f_sub(&terms.kl.f_mul_scalar(beta)?)?;
-                let loss = objective.f_mean(None::<Kind>)?.f_neg()?;
+                let (expected_log_likelihood, kl) = self.net.elbo_parts(&x, c.as_ref(), samples)?;
+                // Means first, then scalars: the loss and the reported values from two
+                // reductions, not one operation per example for each.
+                let expected_log_likelihood = expected_log_likelihood.f_mean(None::<Kind>)?;
+                let reconstruction = expected_log_likelihood.f_neg()?;
+                let kl = kl.f_mean(None::<Kind>)?;
+                let weighted_kl = if beta == 1.0 {
+                    kl.shallow_clone()
+                } else {
+                    kl.f_mul_scalar(beta)?
+                };
+                let loss = reconstruction.f_add(&weighted_kl)?;
                 let out = StepOutput::new()
                     .with("loss", &loss)
-                    .with("elbo", &terms.elbo.f_mean(None::<Kind>)?)
-                    .with("kl", &terms.kl.f_mean(None::<Kind>)?)
-                    .with(
-                        "reconstruction",
-                        &terms
-                            .expected_log_likelihood
-                            .f_mean(None::<Kind>)?
-                            .f_neg()?,
-                    )
+                    .with("elbo", &expected_log_likelihood.f_sub(&kl)?)
+                    .with("kl", &kl)
+                    .with("reconstruction", &reconstruction)
                     .with("beta", &Tensor::from(beta));
                 Ok((loss, out))
             }

@@ -84,7 +84,7 @@ fn scan<T: Value>(x: &Tensor, values: ValueKind) -> Option<bool> {
     };
     let address = x.data_ptr() as usize;
     let valid = AtomicBool::new(true);
-    run_on_team(parts, &|part, parts| {
+    run_on_team(parts, parts, &|part, parts| {
         let start = n * part / parts;
         let end = n * (part + 1) / parts;
         // SAFETY: `x` is a contiguous CPU tensor of `n` values of type `T` (checked by the

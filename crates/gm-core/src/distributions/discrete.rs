@@ -24,6 +24,25 @@ impl Bernoulli {
     pub fn probs(&self) -> Result<Tensor> {
         Ok(self.logits.f_sigmoid()?)
     }
+
+    /// `-ln p(value)` element-wise, the binary cross-entropy with logits: `log_prob` without
+    /// its final negation, for callers that sum first and negate the sum (one operation per
+    /// example instead of one per element).
+    pub fn negative_log_prob(&self, value: &Tensor) -> Result<Tensor> {
+        check_value_shape("Bernoulli", value, &self.logits.size(), &[])?;
+        let value = value.f_to_kind(self.logits.kind())?;
+        let logits = if self.logits.size() == value.size() {
+            self.logits.shallow_clone()
+        } else {
+            self.logits.f_expand_as(&value)?
+        };
+        Ok(logits.f_binary_cross_entropy_with_logits(
+            &value,
+            None::<Tensor>,
+            None::<Tensor>,
+            tch::Reduction::None,
+        )?)
+    }
 }
 
 impl Distribution for Bernoulli {
@@ -46,16 +65,7 @@ impl Distribution for Bernoulli {
     /// `x * l - softplus(l)`, computed as the negative binary cross-entropy with logits, which
     /// libtorch evaluates stably for any logit.
     fn log_prob(&self, value: &Tensor) -> Result<Tensor> {
-        check_value_shape("Bernoulli", value, &self.logits.size(), &[])?;
-        let value = value.f_to_kind(self.logits.kind())?;
-        let logits = self.logits.f_expand_as(&value)?;
-        let bce = logits.f_binary_cross_entropy_with_logits(
-            &value,
-            None::<Tensor>,
-            None::<Tensor>,
-            tch::Reduction::None,
-        )?;
-        Ok(bce.f_neg()?)
+        Ok(self.negative_log_prob(value)?.f_neg()?)
     }
 
     /// `softplus(l) - l * sigmoid(l)`, finite for every finite logit.

@@ -10,27 +10,38 @@ use tch::{Device, Kind, Tensor};
 pub struct Normal {
     loc: Tensor,
     scale: Tensor,
+    /// `ln scale`, kept when the distribution was built from it (see [`Normal::log_scale`]).
+    log_scale: Option<Tensor>,
 }
 
 impl Normal {
     /// `loc` and `scale` are broadcast together; `scale` must be positive.
     pub fn new(loc: &Tensor, scale: &Tensor) -> Result<Self> {
-        let both = Tensor::f_broadcast_tensors(&[loc, scale]).map_err(|_| {
-            GmError::shape(
-                "Normal::new",
-                format!("scale broadcastable to loc {:?}", loc.size()),
-                &scale.size(),
-            )
-        })?;
-        let mut it = both.into_iter();
-        let loc = it.next().expect("two tensors in, two out");
-        let scale = it.next().expect("two tensors in, two out");
-        Ok(Normal { loc, scale })
+        let (loc, scale) = broadcast_pair(loc, scale, "scale")?;
+        Ok(Normal {
+            loc,
+            scale,
+            log_scale: None,
+        })
     }
 
     /// Parameterised by the log of the scale, which is always valid; the usual output of a network.
     pub fn from_log_scale(loc: &Tensor, log_scale: &Tensor) -> Result<Self> {
-        Normal::new(loc, &log_scale.f_exp()?)
+        let (loc, log_scale) = broadcast_pair(loc, log_scale, "log_scale")?;
+        Ok(Normal {
+            loc,
+            scale: log_scale.f_exp()?,
+            log_scale: Some(log_scale),
+        })
+    }
+
+    /// `ln scale`: the tensor the distribution was built from by [`Normal::from_log_scale`]
+    /// (exact, and no operation), otherwise the logarithm of the scale.
+    pub fn log_scale(&self) -> Result<Tensor> {
+        match &self.log_scale {
+            Some(log_scale) => Ok(log_scale.shallow_clone()),
+            None => Ok(self.scale.f_log()?),
+        }
     }
 
     /// Checks that every scale is positive and finite (one host synchronisation).
@@ -56,6 +67,25 @@ impl Normal {
     }
 }
 
+/// `loc` and a second parameter broadcast to one shape. Tensors of one shape already are, and
+/// are taken as they are (no view, so no node for autograd to walk).
+fn broadcast_pair(loc: &Tensor, other: &Tensor, name: &str) -> Result<(Tensor, Tensor)> {
+    if loc.size() == other.size() {
+        return Ok((loc.shallow_clone(), other.shallow_clone()));
+    }
+    let both = Tensor::f_broadcast_tensors(&[loc, other]).map_err(|_| {
+        GmError::shape(
+            "Normal::new",
+            format!("{name} broadcastable to loc {:?}", loc.size()),
+            &other.size(),
+        )
+    })?;
+    let mut it = both.into_iter();
+    let loc = it.next().expect("two tensors in, two out");
+    let other = it.next().expect("two tensors in, two out");
+    Ok((loc, other))
+}
+
 impl Distribution for Normal {
     fn batch_shape(&self) -> Vec<i64> {
         self.loc.size()
@@ -72,20 +102,19 @@ impl Distribution for Normal {
     fn rsample(&self, sample_shape: &[i64]) -> Result<Tensor> {
         let shape = extended(sample_shape, &self.loc.size());
         let eps = Tensor::f_randn(shape.as_slice(), (self.loc.kind(), self.loc.device()))?;
-        Ok(self.loc.f_add(&eps.f_mul(&self.scale)?)?)
+        // loc + eps · scale in one operation (one node for autograd instead of two).
+        Ok(self.loc.f_addcmul(&eps, &self.scale)?)
     }
 
     fn log_prob(&self, value: &Tensor) -> Result<Tensor> {
         check_value_shape("Normal", value, &self.loc.size(), &[])?;
         let z = value.f_sub(&self.loc)?.f_div(&self.scale)?;
         let quad = z.f_square()?.f_mul_scalar(-0.5)?;
-        Ok(quad
-            .f_sub(&self.scale.f_log()?)?
-            .f_sub_scalar(0.5 * LN_2PI)?)
+        Ok(quad.f_sub(&self.log_scale()?)?.f_sub_scalar(0.5 * LN_2PI)?)
     }
 
     fn entropy(&self) -> Result<Tensor> {
-        Ok(self.scale.f_log()?.f_add_scalar(0.5 + 0.5 * LN_2PI)?)
+        Ok(self.log_scale()?.f_add_scalar(0.5 + 0.5 * LN_2PI)?)
     }
 
     fn mean(&self) -> Result<Tensor> {

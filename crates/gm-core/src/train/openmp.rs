@@ -50,14 +50,17 @@ fn team_available() -> bool {
     gomp_parallel().is_some()
 }
 
-/// Calls `work(part, parts)` exactly once for every `part` in `0..parts`, where `parts` is
-/// `threads` (at least 1), on libtorch's OpenMP team (the calling thread among its members), and
+/// Calls `work(part, parts)` exactly once for every `part` in `0..parts` (at least 1), on a team
+/// of at most `threads` members of libtorch's OpenMP runtime (the calling thread among them), and
 /// returns when all calls have finished. Each member claims parts until none is left, so the
-/// parts are covered whatever the team's actual size (a nested region's team has one member);
-/// without an OpenMP runtime, or for one part, the calls run on this thread. `work` must not
-/// panic (it would abort the process inside the runtime) and must not call libtorch.
-pub fn run_on_team(threads: usize, work: &(dyn Fn(usize, usize) + Sync)) {
-    let parts = threads.max(1);
+/// parts are covered whatever the team's actual size (a nested region's team has one member),
+/// and more parts than threads balance the load between members that run at different speeds;
+/// without an OpenMP runtime, or for one part or one thread, the calls run on this thread.
+/// `work` must not panic (it would abort the process inside the runtime) and must not call
+/// libtorch.
+pub fn run_on_team(threads: usize, parts: usize, work: &(dyn Fn(usize, usize) + Sync)) {
+    let parts = parts.max(1);
+    let threads = threads.clamp(1, parts);
     let claim_all = |next: &AtomicUsize| loop {
         let part = next.fetch_add(1, Ordering::Relaxed);
         if part >= parts {
@@ -67,7 +70,7 @@ pub fn run_on_team(threads: usize, work: &(dyn Fn(usize, usize) + Sync)) {
     };
     let next = AtomicUsize::new(0);
     let parallel = match gomp_parallel() {
-        Some(p) if parts > 1 => p,
+        Some(p) if threads > 1 => p,
         _ => return claim_all(&next),
     };
     struct Shared<'a> {
@@ -89,7 +92,7 @@ pub fn run_on_team(threads: usize, work: &(dyn Fn(usize, usize) + Sync)) {
         parallel(
             body,
             &shared as *const Shared as *mut c_void,
-            parts.min(u32::MAX as usize) as u32,
+            threads.min(u32::MAX as usize) as u32,
             0,
         )
     };
@@ -109,17 +112,17 @@ mod tests {
             let _ = tch::get_num_threads();
             assert!(team_available(), "no GOMP_parallel in the process");
         }
-        for threads in [1, 2, 3, 8] {
-            let seen: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+        for (threads, parts) in [(1, 1), (1, 4), (2, 2), (2, 16), (3, 3), (8, 8), (8, 2)] {
+            let seen: Vec<AtomicUsize> = (0..16).map(|_| AtomicUsize::new(0)).collect();
             let counts = Mutex::new(Vec::new());
-            run_on_team(threads, &|part, parts| {
+            run_on_team(threads, parts, &|part, parts| {
                 counts.lock().unwrap().push(parts);
                 seen[part].fetch_add(1, Ordering::SeqCst);
             });
-            assert!(counts.into_inner().unwrap().iter().all(|&p| p == threads));
+            assert!(counts.into_inner().unwrap().iter().all(|&p| p == parts));
             for (i, s) in seen.iter().enumerate() {
-                let want = usize::from(i < threads);
-                assert_eq!(s.load(Ordering::SeqCst), want, "part {i} of {threads}");
+                let want = usize::from(i < parts);
+                assert_eq!(s.load(Ordering::SeqCst), want, "part {i} of {parts}");
             }
         }
     }
