@@ -1,7 +1,7 @@
 //! Kullback–Leibler divergences: analytic pairs and a Monte Carlo estimate for any pair.
 
 use crate::distributions::{
-    Bernoulli, Categorical, Distribution, Independent, Normal, StandardNormal,
+    sum_rightmost, Bernoulli, Categorical, Distribution, Independent, Normal, StandardNormal,
 };
 use crate::{GmError, Result};
 use tch::{Kind, Tensor};
@@ -53,11 +53,7 @@ impl KlDivergence<StandardNormal> for Independent<Normal> {
             .f_sub_scalar(1.0)?
             .f_mul_scalar(0.5)?
             .f_sub(&p.log_scale()?)?;
-        if event.is_empty() {
-            return Ok(per_element);
-        }
-        let dims: Vec<i64> = (1..=event.len() as i64).map(|i| -i).collect();
-        Ok(per_element.f_sum_dim_intlist(dims.as_slice(), false, None::<Kind>)?)
+        sum_rightmost(&per_element, event.len())
     }
 }
 
@@ -115,12 +111,7 @@ where
                 q.reinterpreted()
             )));
         }
-        let base = self.base().kl_divergence(q.base())?;
-        if self.reinterpreted() == 0 {
-            return Ok(base);
-        }
-        let dims: Vec<i64> = (1..=self.reinterpreted() as i64).map(|i| -i).collect();
-        Ok(base.f_sum_dim_intlist(dims.as_slice(), false, None::<Kind>)?)
+        sum_rightmost(&self.base().kl_divergence(q.base())?, self.reinterpreted())
     }
 }
 

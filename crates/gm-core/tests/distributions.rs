@@ -249,3 +249,38 @@ fn rsample_carries_gradients() {
         "Bernoulli is not reparameterisable"
     );
 }
+
+/// An independent Bernoulli's summed negative log-probability: against a per-element sum of
+/// `softplus(l) - x·l` computed on the host, for zero, one and two event dimensions (with
+/// values broadcast over a sample dimension), so that the shortcut the VAE's likelihood takes
+/// is its own check, not `log_prob` restated.
+#[test]
+fn independent_bernoulli_negative_log_prob_sums_each_event() {
+    tch::manual_seed(3);
+    let logits = Tensor::randn([2, 3, 4], (Kind::Double, Device::Cpu)) * 4.0;
+    let x = Tensor::rand([5, 2, 3, 4], (Kind::Double, Device::Cpu))
+        .lt(0.4)
+        .to_kind(Kind::Double);
+    let l: Vec<f64> = Vec::try_from(logits.flatten(0, -1)).unwrap();
+    let xs: Vec<f64> = Vec::try_from(x.flatten(0, -1)).unwrap();
+    let per_element: Vec<f64> = (0..xs.len())
+        .map(|i| {
+            let (l, x) = (l[i % l.len()], xs[i]);
+            l.max(0.0) + (-l.abs()).exp().ln_1p() - x * l
+        })
+        .collect();
+    for dims in 0..=2usize {
+        let d = Independent::new(Bernoulli::new(&logits), dims).unwrap();
+        let got = d.negative_log_prob(&x).unwrap();
+        let event: usize = [1, 4, 12][dims];
+        let want: Vec<f64> = per_element.chunks(event).map(|c| c.iter().sum()).collect();
+        let want = Tensor::from_slice(&want).reshape(got.size());
+        assert_close(
+            &got,
+            &want,
+            1e-12,
+            "Independent<Bernoulli>::negative_log_prob",
+        );
+        assert_close(&d.log_prob(&x).unwrap(), &(-&want), 1e-12, "log_prob");
+    }
+}

@@ -309,16 +309,7 @@ impl Distribution for Likelihood {
     fn log_prob(&self, value: &Tensor) -> Result<Tensor> {
         match self {
             // Summed before the sign is flipped: one negation per example, not per element.
-            Likelihood::Bernoulli(d) => {
-                let nll = d.base().negative_log_prob(value)?;
-                let dims: Vec<i64> = (1..=d.reinterpreted() as i64).map(|i| -i).collect();
-                if dims.is_empty() {
-                    return Ok(nll.f_neg()?);
-                }
-                Ok(nll
-                    .f_sum_dim_intlist(dims.as_slice(), false, None::<Kind>)?
-                    .f_neg()?)
-            }
+            Likelihood::Bernoulli(d) => Ok(d.negative_log_prob(value)?.f_neg()?),
             other => other.inner().log_prob(value),
         }
     }

@@ -727,12 +727,7 @@ impl Vae {
                 let expected_log_likelihood = expected_log_likelihood.f_mean(None::<Kind>)?;
                 let reconstruction = expected_log_likelihood.f_neg()?;
                 let kl = kl.f_mean(None::<Kind>)?;
-                let weighted_kl = if beta == 1.0 {
-                    kl.shallow_clone()
-                } else {
-                    kl.f_mul_scalar(beta)?
-                };
-                let loss = reconstruction.f_add(&weighted_kl)?;
+                let loss = reconstruction.f_add(&kl.f_mul_scalar(beta)?)?;
                 let out = StepOutput::new()
                     .with("loss", &loss)
                     .with("elbo", &expected_log_likelihood.f_sub(&kl)?)

@@ -1,6 +1,6 @@
 //! Bernoulli and Categorical, both parameterised by logits for numerical stability.
 
-use super::{check_value_shape, extended, Distribution};
+use super::{check_value_shape, extended, sum_rightmost, Distribution, Independent};
 use crate::{GmError, Result};
 use tch::{Kind, Tensor};
 
@@ -42,6 +42,15 @@ impl Bernoulli {
             None::<Tensor>,
             tch::Reduction::None,
         )?)
+    }
+}
+
+impl Independent<Bernoulli> {
+    /// `-ln p(value)` per event: the element-wise cross-entropies summed over the event
+    /// dimensions. Negated, it is `log_prob`, but with one negation per event instead of one
+    /// per element (a VAE's Bernoulli likelihood over 784 pixels).
+    pub fn negative_log_prob(&self, value: &Tensor) -> Result<Tensor> {
+        sum_rightmost(&self.base().negative_log_prob(value)?, self.reinterpreted())
     }
 }
 
